@@ -1,0 +1,215 @@
+#include "common/codec/codec.h"
+
+#include <zlib.h>
+#include <zstd.h>
+#include <zstd_errors.h>
+
+#include <algorithm>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+
+namespace fleetd {
+namespace {
+
+constexpr size_t kChunk = 64 * 1024;
+// Largest zstd window accepted (128 MiB, zstd's own default limit); smaller output limits
+// lower it further so the decoder never allocates far beyond what the caller allows.
+constexpr int kMaxWindowLog = 27;
+constexpr int kMinWindowLog = 20;
+
+absl::Status TooLarge(size_t max_output) {
+  return absl::ResourceExhaustedError(
+      absl::StrCat("decompressed size exceeds the limit of ", max_output, " bytes"));
+}
+
+// ---- gzip ------------------------------------------------------------------------------
+
+absl::StatusOr<std::string> GzipCompress(absl::string_view input, int level) {
+  if (level == 0) level = 6;
+  if (level < 1 || level > 9) {
+    return absl::InvalidArgumentError(absl::StrCat("gzip level must be 1..9, got ", level));
+  }
+  z_stream zs{};
+  // 15 window bits + 16 selects the gzip wrapper.
+  if (deflateInit2(&zs, level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+    return absl::InternalError("deflateInit2 failed");
+  }
+  std::string out;
+  out.resize(deflateBound(&zs, input.size()) + 32);
+  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(input.data()));
+  zs.avail_in = static_cast<uInt>(input.size());
+  zs.next_out = reinterpret_cast<Bytef*>(out.data());
+  zs.avail_out = static_cast<uInt>(out.size());
+  int rc = deflate(&zs, Z_FINISH);
+  size_t produced = zs.total_out;
+  deflateEnd(&zs);
+  if (rc != Z_STREAM_END) return absl::InternalError("gzip compression failed");
+  out.resize(produced);
+  return out;
+}
+
+absl::StatusOr<std::string> GzipDecompress(absl::string_view input, size_t max_output) {
+  z_stream zs{};
+  if (inflateInit2(&zs, 15 + 16) != Z_OK) return absl::InternalError("inflateInit2 failed");
+  std::unique_ptr<z_stream, int (*)(z_stream*)> guard(&zs, inflateEnd);
+  std::string out;
+  char buf[kChunk];
+  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(input.data()));
+  zs.avail_in = static_cast<uInt>(input.size());
+  while (true) {
+    zs.next_out = reinterpret_cast<Bytef*>(buf);
+    zs.avail_out = sizeof(buf);
+    int rc = inflate(&zs, Z_NO_FLUSH);
+    size_t got = sizeof(buf) - zs.avail_out;
+    if (out.size() + got > max_output) return TooLarge(max_output);
+    out.append(buf, got);
+    if (rc == Z_STREAM_END) {
+      // Concatenated gzip members form one stream, as RFC 1952 allows.
+      if (zs.avail_in == 0) return out;
+      if (inflateReset(&zs) != Z_OK) return absl::InternalError("inflateReset failed");
+      continue;
+    }
+    if (rc == Z_OK) continue;
+    if (rc == Z_BUF_ERROR && zs.avail_in == 0) {
+      return absl::InvalidArgumentError("gzip data is truncated");
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("gzip data is corrupt: ", zs.msg != nullptr ? zs.msg : "inflate error"));
+  }
+}
+
+// ---- zstd ------------------------------------------------------------------------------
+
+absl::StatusOr<std::string> ZstdCompress(absl::string_view input, int level) {
+  if (level == 0) level = 3;
+  if (level < 1 || level > 19) {
+    return absl::InvalidArgumentError(absl::StrCat("zstd level must be 1..19, got ", level));
+  }
+  std::string out;
+  out.resize(ZSTD_compressBound(input.size()));
+  size_t n = ZSTD_compress(out.data(), out.size(), input.data(), input.size(), level);
+  if (ZSTD_isError(n)) {
+    return absl::InternalError(absl::StrCat("zstd compression failed: ", ZSTD_getErrorName(n)));
+  }
+  out.resize(n);
+  return out;
+}
+
+absl::StatusOr<std::string> ZstdDecompress(absl::string_view input, size_t max_output) {
+  if (input.empty()) return absl::InvalidArgumentError("zstd data is empty");
+  // Check what every frame declares before producing anything.
+  size_t declared_total = 0;
+  for (absl::string_view rest = input; !rest.empty();) {
+    unsigned long long declared = ZSTD_getFrameContentSize(rest.data(), rest.size());
+    if (declared == ZSTD_CONTENTSIZE_ERROR) {
+      return absl::InvalidArgumentError("zstd data is corrupt: bad frame header");
+    }
+    if (declared != ZSTD_CONTENTSIZE_UNKNOWN) {
+      if (declared > max_output || declared_total + declared > max_output) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("zstd frame declares ", declared, " bytes, over the limit of ",
+                         max_output, " bytes"));
+      }
+      declared_total += declared;
+    }
+    size_t frame = ZSTD_findFrameCompressedSize(rest.data(), rest.size());
+    if (ZSTD_isError(frame)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("zstd data is corrupt or truncated: ", ZSTD_getErrorName(frame)));
+    }
+    rest.remove_prefix(frame);
+  }
+
+  std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> dctx(ZSTD_createDCtx(), ZSTD_freeDCtx);
+  if (dctx == nullptr) return absl::InternalError("ZSTD_createDCtx failed");
+  int window_log = kMinWindowLog;
+  while (window_log < kMaxWindowLog && (size_t{1} << window_log) < max_output) ++window_log;
+  ZSTD_DCtx_setParameter(dctx.get(), ZSTD_d_windowLogMax, window_log);
+
+  std::string out;
+  out.reserve(std::min(declared_total, max_output));
+  char buf[kChunk];
+  ZSTD_inBuffer in{input.data(), input.size(), 0};
+  size_t last = 0;
+  while (in.pos < in.size) {
+    ZSTD_outBuffer ob{buf, sizeof(buf), 0};
+    last = ZSTD_decompressStream(dctx.get(), &ob, &in);
+    if (ZSTD_isError(last)) {
+      if (ZSTD_getErrorCode(last) == ZSTD_error_frameParameter_windowTooLarge) {
+        return absl::ResourceExhaustedError("zstd frame window exceeds the memory limit");
+      }
+      return absl::InvalidArgumentError(
+          absl::StrCat("zstd data is corrupt: ", ZSTD_getErrorName(last)));
+    }
+    if (out.size() + ob.pos > max_output) return TooLarge(max_output);
+    out.append(buf, ob.pos);
+  }
+  // Flush whatever the decoder still holds for the last frame.
+  while (last != 0) {
+    ZSTD_outBuffer ob{buf, sizeof(buf), 0};
+    last = ZSTD_decompressStream(dctx.get(), &ob, &in);
+    if (ZSTD_isError(last)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("zstd data is corrupt: ", ZSTD_getErrorName(last)));
+    }
+    if (out.size() + ob.pos > max_output) return TooLarge(max_output);
+    out.append(buf, ob.pos);
+    if (ob.pos == 0 && last != 0) return absl::InvalidArgumentError("zstd data is truncated");
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<Compression> ParseCompression(absl::string_view name) {
+  std::string lower = absl::AsciiStrToLower(name);
+  if (lower.empty() || lower == "none" || lower == "identity") return Compression::kNone;
+  if (lower == "gzip") return Compression::kGzip;
+  if (lower == "zstd") return Compression::kZstd;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown compression \"", name, "\" (want none, gzip or zstd)"));
+}
+
+absl::string_view CompressionName(Compression compression) {
+  switch (compression) {
+    case Compression::kNone:
+      return "none";
+    case Compression::kGzip:
+      return "gzip";
+    case Compression::kZstd:
+      return "zstd";
+  }
+  return "none";
+}
+
+absl::StatusOr<std::string> Compress(Compression compression, absl::string_view input,
+                                     const CompressOptions& options) {
+  switch (compression) {
+    case Compression::kNone:
+      return std::string(input);
+    case Compression::kGzip:
+      return GzipCompress(input, options.level);
+    case Compression::kZstd:
+      return ZstdCompress(input, options.level);
+  }
+  return absl::InvalidArgumentError("unknown compression");
+}
+
+absl::StatusOr<std::string> Decompress(Compression compression, absl::string_view input,
+                                       size_t max_output) {
+  switch (compression) {
+    case Compression::kNone:
+      if (input.size() > max_output) return TooLarge(max_output);
+      return std::string(input);
+    case Compression::kGzip:
+      return GzipDecompress(input, max_output);
+    case Compression::kZstd:
+      return ZstdDecompress(input, max_output);
+  }
+  return absl::InvalidArgumentError("unknown compression");
+}
+
+}  // namespace fleetd
