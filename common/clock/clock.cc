@@ -40,15 +40,18 @@ absl::Time RealClock::Now() { return absl::Now(); }
 
 absl::Time RealClock::MonotonicNow() {
   auto since = std::chrono::steady_clock::now().time_since_epoch();
-  return absl::UnixEpoch() + absl::FromChrono(
-                                 std::chrono::duration_cast<std::chrono::nanoseconds>(since));
+  return absl::UnixEpoch() +
+         absl::FromChrono(
+             std::chrono::duration_cast<std::chrono::nanoseconds>(since));
 }
 
 bool RealClock::SleepUntil(absl::Time monotonic_deadline, Wakeup* wakeup) {
   Wakeup local;
-  Wakeup::State* state = wakeup != nullptr ? wakeup->state_.get() : local.state_.get();
+  Wakeup::State* state =
+      wakeup != nullptr ? wakeup->state_.get() : local.state_.get();
   absl::MutexLock lock(&state->mu);
-  // Re-arm the timeout after spurious returns until the monotonic deadline has passed.
+  // Re-arm the timeout after spurious returns until the monotonic deadline has
+  // passed.
   while (!state->notified) {
     absl::Duration left = monotonic_deadline - MonotonicNow();
     if (left <= absl::ZeroDuration()) break;
@@ -108,7 +111,8 @@ void SimulatedClock::Advance(absl::Duration d) {
       if (s->deadline <= now) due.push_back(s);
     }
   }
-  // Taken after mu_ is released: a sleeper holds its state mutex and then takes mu_.
+  // Taken after mu_ is released: a sleeper holds its state mutex and then takes
+  // mu_.
   for (const auto& s : due) {
     absl::MutexLock state_lock(&s->state->mu);
     s->expired = true;

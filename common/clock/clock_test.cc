@@ -45,7 +45,8 @@ TEST(SimulatedClockTest, WakeupEndsSleepEarly) {
   SimulatedClock clock;
   Wakeup wakeup;
   std::atomic<int> result{-1};
-  std::thread sleeper([&] { result = clock.SleepFor(absl::Hours(1), &wakeup) ? 1 : 0; });
+  std::thread sleeper(
+      [&] { result = clock.SleepFor(absl::Hours(1), &wakeup) ? 1 : 0; });
   ASSERT_TRUE(clock.AwaitSleepers(1, kRealTimeout));
   wakeup.Notify();
   sleeper.join();
@@ -59,7 +60,8 @@ TEST(SimulatedClockTest, PastDeadlineReturnsAtOnce) {
   EXPECT_FALSE(clock.SleepUntil(clock.MonotonicNow(), nullptr));
   Wakeup wakeup;
   wakeup.Notify();
-  EXPECT_TRUE(clock.SleepUntil(clock.MonotonicNow() - absl::Seconds(1), &wakeup));
+  EXPECT_TRUE(
+      clock.SleepUntil(clock.MonotonicNow() - absl::Seconds(1), &wakeup));
 }
 
 TEST(SimulatedClockTest, ManySleepersWakeInDeadlineOrder) {

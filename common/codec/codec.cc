@@ -15,26 +15,30 @@ namespace fleetd {
 namespace {
 
 constexpr size_t kChunk = 64 * 1024;
-// Largest zstd window accepted (128 MiB, zstd's own default limit); smaller output limits
-// lower it further so the decoder never allocates far beyond what the caller allows.
+// Largest zstd window accepted (128 MiB, zstd's own default limit); smaller
+// output limits lower it further so the decoder never allocates far beyond what
+// the caller allows.
 constexpr int kMaxWindowLog = 27;
 constexpr int kMinWindowLog = 20;
 
 absl::Status TooLarge(size_t max_output) {
-  return absl::ResourceExhaustedError(
-      absl::StrCat("decompressed size exceeds the limit of ", max_output, " bytes"));
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "decompressed size exceeds the limit of ", max_output, " bytes"));
 }
 
-// ---- gzip ------------------------------------------------------------------------------
+// ---- gzip
+// ------------------------------------------------------------------------------
 
 absl::StatusOr<std::string> GzipCompress(absl::string_view input, int level) {
   if (level == 0) level = 6;
   if (level < 1 || level > 9) {
-    return absl::InvalidArgumentError(absl::StrCat("gzip level must be 1..9, got ", level));
+    return absl::InvalidArgumentError(
+        absl::StrCat("gzip level must be 1..9, got ", level));
   }
   z_stream zs{};
   // 15 window bits + 16 selects the gzip wrapper.
-  if (deflateInit2(&zs, level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+  if (deflateInit2(&zs, level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) !=
+      Z_OK) {
     return absl::InternalError("deflateInit2 failed");
   }
   std::string out;
@@ -51,9 +55,11 @@ absl::StatusOr<std::string> GzipCompress(absl::string_view input, int level) {
   return out;
 }
 
-absl::StatusOr<std::string> GzipDecompress(absl::string_view input, size_t max_output) {
+absl::StatusOr<std::string> GzipDecompress(absl::string_view input,
+                                           size_t max_output) {
   z_stream zs{};
-  if (inflateInit2(&zs, 15 + 16) != Z_OK) return absl::InternalError("inflateInit2 failed");
+  if (inflateInit2(&zs, 15 + 16) != Z_OK)
+    return absl::InternalError("inflateInit2 failed");
   std::unique_ptr<z_stream, int (*)(z_stream*)> guard(&zs, inflateEnd);
   std::string out;
   char buf[kChunk];
@@ -69,7 +75,8 @@ absl::StatusOr<std::string> GzipDecompress(absl::string_view input, size_t max_o
     if (rc == Z_STREAM_END) {
       // Concatenated gzip members form one stream, as RFC 1952 allows.
       if (zs.avail_in == 0) return out;
-      if (inflateReset(&zs) != Z_OK) return absl::InternalError("inflateReset failed");
+      if (inflateReset(&zs) != Z_OK)
+        return absl::InternalError("inflateReset failed");
       continue;
     }
     if (rc == Z_OK) continue;
@@ -77,56 +84,66 @@ absl::StatusOr<std::string> GzipDecompress(absl::string_view input, size_t max_o
       return absl::InvalidArgumentError("gzip data is truncated");
     }
     return absl::InvalidArgumentError(
-        absl::StrCat("gzip data is corrupt: ", zs.msg != nullptr ? zs.msg : "inflate error"));
+        absl::StrCat("gzip data is corrupt: ",
+                     zs.msg != nullptr ? zs.msg : "inflate error"));
   }
 }
 
-// ---- zstd ------------------------------------------------------------------------------
+// ---- zstd
+// ------------------------------------------------------------------------------
 
 absl::StatusOr<std::string> ZstdCompress(absl::string_view input, int level) {
   if (level == 0) level = 3;
   if (level < 1 || level > 19) {
-    return absl::InvalidArgumentError(absl::StrCat("zstd level must be 1..19, got ", level));
+    return absl::InvalidArgumentError(
+        absl::StrCat("zstd level must be 1..19, got ", level));
   }
   std::string out;
   out.resize(ZSTD_compressBound(input.size()));
-  size_t n = ZSTD_compress(out.data(), out.size(), input.data(), input.size(), level);
+  size_t n =
+      ZSTD_compress(out.data(), out.size(), input.data(), input.size(), level);
   if (ZSTD_isError(n)) {
-    return absl::InternalError(absl::StrCat("zstd compression failed: ", ZSTD_getErrorName(n)));
+    return absl::InternalError(
+        absl::StrCat("zstd compression failed: ", ZSTD_getErrorName(n)));
   }
   out.resize(n);
   return out;
 }
 
-absl::StatusOr<std::string> ZstdDecompress(absl::string_view input, size_t max_output) {
+absl::StatusOr<std::string> ZstdDecompress(absl::string_view input,
+                                           size_t max_output) {
   if (input.empty()) return absl::InvalidArgumentError("zstd data is empty");
   // Check what every frame declares before producing anything.
   size_t declared_total = 0;
   for (absl::string_view rest = input; !rest.empty();) {
-    unsigned long long declared = ZSTD_getFrameContentSize(rest.data(), rest.size());
+    unsigned long long declared =
+        ZSTD_getFrameContentSize(rest.data(), rest.size());
     if (declared == ZSTD_CONTENTSIZE_ERROR) {
-      return absl::InvalidArgumentError("zstd data is corrupt: bad frame header");
+      return absl::InvalidArgumentError(
+          "zstd data is corrupt: bad frame header");
     }
     if (declared != ZSTD_CONTENTSIZE_UNKNOWN) {
       if (declared > max_output || declared_total + declared > max_output) {
         return absl::ResourceExhaustedError(
-            absl::StrCat("zstd frame declares ", declared, " bytes, over the limit of ",
-                         max_output, " bytes"));
+            absl::StrCat("zstd frame declares ", declared,
+                         " bytes, over the limit of ", max_output, " bytes"));
       }
       declared_total += declared;
     }
     size_t frame = ZSTD_findFrameCompressedSize(rest.data(), rest.size());
     if (ZSTD_isError(frame)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("zstd data is corrupt or truncated: ", ZSTD_getErrorName(frame)));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "zstd data is corrupt or truncated: ", ZSTD_getErrorName(frame)));
     }
     rest.remove_prefix(frame);
   }
 
-  std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> dctx(ZSTD_createDCtx(), ZSTD_freeDCtx);
+  std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> dctx(ZSTD_createDCtx(),
+                                                          ZSTD_freeDCtx);
   if (dctx == nullptr) return absl::InternalError("ZSTD_createDCtx failed");
   int window_log = kMinWindowLog;
-  while (window_log < kMaxWindowLog && (size_t{1} << window_log) < max_output) ++window_log;
+  while (window_log < kMaxWindowLog && (size_t{1} << window_log) < max_output)
+    ++window_log;
   ZSTD_DCtx_setParameter(dctx.get(), ZSTD_d_windowLogMax, window_log);
 
   std::string out;
@@ -139,7 +156,8 @@ absl::StatusOr<std::string> ZstdDecompress(absl::string_view input, size_t max_o
     last = ZSTD_decompressStream(dctx.get(), &ob, &in);
     if (ZSTD_isError(last)) {
       if (ZSTD_getErrorCode(last) == ZSTD_error_frameParameter_windowTooLarge) {
-        return absl::ResourceExhaustedError("zstd frame window exceeds the memory limit");
+        return absl::ResourceExhaustedError(
+            "zstd frame window exceeds the memory limit");
       }
       return absl::InvalidArgumentError(
           absl::StrCat("zstd data is corrupt: ", ZSTD_getErrorName(last)));
@@ -157,7 +175,8 @@ absl::StatusOr<std::string> ZstdDecompress(absl::string_view input, size_t max_o
     }
     if (out.size() + ob.pos > max_output) return TooLarge(max_output);
     out.append(buf, ob.pos);
-    if (ob.pos == 0 && last != 0) return absl::InvalidArgumentError("zstd data is truncated");
+    if (ob.pos == 0 && last != 0)
+      return absl::InvalidArgumentError("zstd data is truncated");
   }
   return out;
 }
@@ -166,11 +185,12 @@ absl::StatusOr<std::string> ZstdDecompress(absl::string_view input, size_t max_o
 
 absl::StatusOr<Compression> ParseCompression(absl::string_view name) {
   std::string lower = absl::AsciiStrToLower(name);
-  if (lower.empty() || lower == "none" || lower == "identity") return Compression::kNone;
+  if (lower.empty() || lower == "none" || lower == "identity")
+    return Compression::kNone;
   if (lower == "gzip") return Compression::kGzip;
   if (lower == "zstd") return Compression::kZstd;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown compression \"", name, "\" (want none, gzip or zstd)"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown compression \"", name, "\" (want none, gzip or zstd)"));
 }
 
 absl::string_view CompressionName(Compression compression) {
@@ -185,7 +205,8 @@ absl::string_view CompressionName(Compression compression) {
   return "none";
 }
 
-absl::StatusOr<std::string> Compress(Compression compression, absl::string_view input,
+absl::StatusOr<std::string> Compress(Compression compression,
+                                     absl::string_view input,
                                      const CompressOptions& options) {
   switch (compression) {
     case Compression::kNone:
@@ -198,7 +219,8 @@ absl::StatusOr<std::string> Compress(Compression compression, absl::string_view 
   return absl::InvalidArgumentError("unknown compression");
 }
 
-absl::StatusOr<std::string> Decompress(Compression compression, absl::string_view input,
+absl::StatusOr<std::string> Decompress(Compression compression,
+                                       absl::string_view input,
                                        size_t max_output) {
   switch (compression) {
     case Compression::kNone:

@@ -1,8 +1,9 @@
 // Compression codecs for batches on the wire: none, gzip and zstd.
 //
-// Decompression is always bounded: the caller names the largest output it accepts, and
-// both the size a zstd frame declares and the bytes actually produced are checked against
-// it, so a small "bomb" that would expand to gigabytes fails fast with bounded memory.
+// Decompression is always bounded: the caller names the largest output it
+// accepts, and both the size a zstd frame declares and the bytes actually
+// produced are checked against it, so a small "bomb" that would expand to
+// gigabytes fails fast with bounded memory.
 #ifndef FLEETD_COMMON_CODEC_CODEC_H_
 #define FLEETD_COMMON_CODEC_CODEC_H_
 
@@ -16,8 +17,8 @@ namespace fleetd {
 
 enum class Compression { kNone, kGzip, kZstd };
 
-// Parses the wire names "none", "gzip" and "zstd" (case-insensitive; "" means none).
-// Unknown names are InvalidArgument.
+// Parses the wire names "none", "gzip" and "zstd" (case-insensitive; "" means
+// none). Unknown names are InvalidArgument.
 absl::StatusOr<Compression> ParseCompression(absl::string_view name);
 // The wire name: "none", "gzip" or "zstd".
 absl::string_view CompressionName(Compression compression);
@@ -27,18 +28,20 @@ struct CompressOptions {
   int level = 0;
 };
 
-// Compresses `input`. zstd frames record their content size. Fails only on an invalid
-// level or an internal codec error (Internal).
-absl::StatusOr<std::string> Compress(Compression compression, absl::string_view input,
+// Compresses `input`. zstd frames record their content size. Fails only on an
+// invalid level or an internal codec error (Internal).
+absl::StatusOr<std::string> Compress(Compression compression,
+                                     absl::string_view input,
                                      const CompressOptions& options = {});
 
 // Decompresses `input`, producing at most `max_output` bytes.
 // Errors:
 //   ResourceExhausted: the declared or actual output exceeds `max_output`;
 //   InvalidArgument: the data is corrupt, truncated or not of this codec.
-// Memory use is bounded by `max_output` plus a fixed working set (the zstd window is
-// limited too), whatever the input claims.
-absl::StatusOr<std::string> Decompress(Compression compression, absl::string_view input,
+// Memory use is bounded by `max_output` plus a fixed working set (the zstd
+// window is limited too), whatever the input claims.
+absl::StatusOr<std::string> Decompress(Compression compression,
+                                       absl::string_view input,
                                        size_t max_output);
 
 }  // namespace fleetd

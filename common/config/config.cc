@@ -30,7 +30,8 @@ EnvLookup ProcessEnv() {
 }
 
 EnvLookup MapEnv(std::map<std::string, std::string> vars) {
-  return [vars = std::move(vars)](absl::string_view name) -> std::optional<std::string> {
+  return [vars = std::move(vars)](
+             absl::string_view name) -> std::optional<std::string> {
     auto it = vars.find(std::string(name));
     if (it == vars.end()) return std::nullopt;
     return it->second;
@@ -60,10 +61,13 @@ absl::StatusOr<int64_t> ParseByteSizeSetting(absl::string_view name,
     const char* suffix;
     int64_t factor;
   };
-  static constexpr Unit kUnits[] = {
-      {"KIB", int64_t{1} << 10}, {"MIB", int64_t{1} << 20}, {"GIB", int64_t{1} << 30},
-      {"KB", 1000},              {"MB", 1000 * 1000},       {"GB", 1000 * 1000 * 1000},
-      {"B", 1}};
+  static constexpr Unit kUnits[] = {{"KIB", int64_t{1} << 10},
+                                    {"MIB", int64_t{1} << 20},
+                                    {"GIB", int64_t{1} << 30},
+                                    {"KB", 1000},
+                                    {"MB", 1000 * 1000},
+                                    {"GB", 1000 * 1000 * 1000},
+                                    {"B", 1}};
   int64_t factor = 1;
   absl::string_view number = v;
   for (const Unit& u : kUnits) {
@@ -83,16 +87,20 @@ absl::StatusOr<int64_t> ParseByteSizeSetting(absl::string_view name,
   return n * factor;
 }
 
-absl::StatusOr<int64_t> ParseIntSetting(absl::string_view name, absl::string_view value,
-                                        int64_t min, int64_t max) {
+absl::StatusOr<int64_t> ParseIntSetting(absl::string_view name,
+                                        absl::string_view value, int64_t min,
+                                        int64_t max) {
   int64_t n;
-  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(value), &n) || n < min || n > max) {
-    return Invalid(name, value, absl::StrCat("an integer from ", min, " to ", max));
+  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(value), &n) || n < min ||
+      n > max) {
+    return Invalid(name, value,
+                   absl::StrCat("an integer from ", min, " to ", max));
   }
   return n;
 }
 
-absl::StatusOr<bool> ParseBoolSetting(absl::string_view name, absl::string_view value) {
+absl::StatusOr<bool> ParseBoolSetting(absl::string_view name,
+                                      absl::string_view value) {
   std::string v = absl::AsciiStrToLower(absl::StripAsciiWhitespace(value));
   if (v == "1" || v == "true" || v == "yes" || v == "on") return true;
   if (v == "0" || v == "false" || v == "no" || v == "off") return false;
@@ -111,7 +119,8 @@ Settings::Settings() = default;
 Settings::~Settings() = default;
 
 Settings& Settings::Add(
-    Info info, std::function<absl::Status(absl::string_view, absl::string_view)> apply) {
+    Info info,
+    std::function<absl::Status(absl::string_view, absl::string_view)> apply) {
   auto e = std::make_unique<Entry>();
   e->info = std::move(info);
   e->apply = std::move(apply);
@@ -121,14 +130,16 @@ Settings& Settings::Add(
 
 Settings& Settings::String(std::string env, std::string flag, std::string help,
                            std::string* target) {
-  return Add({env, flag, help, *target}, [target](absl::string_view, absl::string_view v) {
-    *target = std::string(v);
-    return absl::OkStatus();
-  });
+  return Add({env, flag, help, *target},
+             [target](absl::string_view, absl::string_view v) {
+               *target = std::string(v);
+               return absl::OkStatus();
+             });
 }
 
 Settings& Settings::Choice(std::string env, std::string flag, std::string help,
-                           std::string* target, std::vector<std::string> allowed) {
+                           std::string* target,
+                           std::vector<std::string> allowed) {
   help = absl::StrCat(help, " (one of: ", absl::StrJoin(allowed, ", "), ")");
   return Add({env, flag, help, *target},
              [target, allowed](absl::string_view name, absl::string_view v) {
@@ -138,12 +149,14 @@ Settings& Settings::Choice(std::string env, std::string flag, std::string help,
                    return absl::OkStatus();
                  }
                }
-               return Invalid(name, v, absl::StrCat("one of ", absl::StrJoin(allowed, ", ")));
+               return Invalid(
+                   name, v,
+                   absl::StrCat("one of ", absl::StrJoin(allowed, ", ")));
              });
 }
 
-Settings& Settings::Int(std::string env, std::string flag, std::string help, int64_t* target,
-                        int64_t min, int64_t max) {
+Settings& Settings::Int(std::string env, std::string flag, std::string help,
+                        int64_t* target, int64_t min, int64_t max) {
   return Add({env, flag, help, absl::StrCat(*target)},
              [target, min, max](absl::string_view name, absl::string_view v) {
                auto n = ParseIntSetting(name, v, min, max);
@@ -164,8 +177,8 @@ Settings& Settings::Int32(std::string env, std::string flag, std::string help,
              });
 }
 
-Settings& Settings::Duration(std::string env, std::string flag, std::string help,
-                             absl::Duration* target) {
+Settings& Settings::Duration(std::string env, std::string flag,
+                             std::string help, absl::Duration* target) {
   return Add({env, flag, help, absl::FormatDuration(*target)},
              [target](absl::string_view name, absl::string_view v) {
                auto d = ParseDurationSetting(name, v);
@@ -186,7 +199,8 @@ Settings& Settings::Bytes(std::string env, std::string flag, std::string help,
              });
 }
 
-Settings& Settings::Bool(std::string env, std::string flag, std::string help, bool* target) {
+Settings& Settings::Bool(std::string env, std::string flag, std::string help,
+                         bool* target) {
   return Add({env, flag, help, *target ? "true" : "false"},
              [target](absl::string_view name, absl::string_view v) {
                auto b = ParseBoolSetting(name, v);
@@ -200,11 +214,13 @@ void Settings::AddFlags(CLI::App* app) {
   for (auto& e : entries_) {
     if (e->info.flag.empty()) continue;
     std::string description = e->info.help;
-    if (!e->info.env.empty()) absl::StrAppend(&description, " [env ", e->info.env, "]");
+    if (!e->info.env.empty())
+      absl::StrAppend(&description, " [env ", e->info.env, "]");
     if (!e->info.default_text.empty()) {
       absl::StrAppend(&description, " (default ", e->info.default_text, ")");
     }
-    e->option = app->add_option("--" + e->info.flag, e->flag_value, description);
+    e->option =
+        app->add_option("--" + e->info.flag, e->flag_value, description);
   }
 }
 

@@ -18,17 +18,23 @@ using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 TEST(ParseTest, Durations) {
-  EXPECT_THAT(ParseDurationSetting("X", "60s"), IsOkAndHolds(absl::Seconds(60)));
+  EXPECT_THAT(ParseDurationSetting("X", "60s"),
+              IsOkAndHolds(absl::Seconds(60)));
   EXPECT_THAT(ParseDurationSetting("X", "5m"), IsOkAndHolds(absl::Minutes(5)));
-  EXPECT_THAT(ParseDurationSetting("X", "1h30m"), IsOkAndHolds(absl::Minutes(90)));
-  EXPECT_THAT(ParseDurationSetting("X", "250ms"), IsOkAndHolds(absl::Milliseconds(250)));
+  EXPECT_THAT(ParseDurationSetting("X", "1h30m"),
+              IsOkAndHolds(absl::Minutes(90)));
+  EXPECT_THAT(ParseDurationSetting("X", "250ms"),
+              IsOkAndHolds(absl::Milliseconds(250)));
   EXPECT_THAT(ParseDurationSetting("X", "30"), IsOkAndHolds(absl::Seconds(30)));
   EXPECT_THAT(ParseDurationSetting("SYNC_INTERVAL", "soon"),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr("SYNC_INTERVAL"), HasSubstr("soon"))));
-  EXPECT_THAT(ParseDurationSetting("X", "-5s"), StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(ParseDurationSetting("X", ""), StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(ParseDurationSetting("X", "inf"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ParseDurationSetting("X", "-5s"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ParseDurationSetting("X", ""),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ParseDurationSetting("X", "inf"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(ParseTest, ByteSizes) {
@@ -39,7 +45,8 @@ TEST(ParseTest, ByteSizes) {
   EXPECT_THAT(ParseByteSizeSetting("X", "512 KiB"), IsOkAndHolds(512 << 10));
   EXPECT_THAT(ParseByteSizeSetting("QUOTA", "lots"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("QUOTA")));
-  EXPECT_THAT(ParseByteSizeSetting("X", "-1"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ParseByteSizeSetting("X", "-1"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(ParseByteSizeSetting("X", "99999999999999GB"),
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
@@ -49,12 +56,14 @@ TEST(ParseTest, IntsAndBools) {
   EXPECT_THAT(ParseIntSetting("BATCH_SIZE", "0", 1, 10),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr("BATCH_SIZE"), HasSubstr("1 to 10"))));
-  EXPECT_THAT(ParseIntSetting("X", "3x", 1, 10), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ParseIntSetting("X", "3x", 1, 10),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(ParseBoolSetting("X", "yes"), IsOkAndHolds(true));
   EXPECT_THAT(ParseBoolSetting("X", "0"), IsOkAndHolds(false));
   EXPECT_THAT(ParseBoolSetting("X", "True"), IsOkAndHolds(true));
   EXPECT_THAT(ParseBoolSetting("FLEET_INSECURE", "maybe"),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("FLEET_INSECURE")));
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("FLEET_INSECURE")));
 }
 
 struct Config {
@@ -69,14 +78,16 @@ struct Config {
 void Declare(Settings& s, Config& c) {
   s.String("FLEET_GRPC_ADDR", "grpc-addr", "gRPC listen address", &c.addr)
       .Int("BATCH_SIZE", "batch-size", "records per batch", &c.batch, 1, 100000)
-      .Duration("SYNC_INTERVAL", "sync-interval", "time between syncs", &c.interval)
+      .Duration("SYNC_INTERVAL", "sync-interval", "time between syncs",
+                &c.interval)
       .Bool("FLEET_INSECURE", "insecure", "plaintext", &c.insecure)
       .Choice("COMPRESSION_TYPE", "compression", "codec", &c.compression,
               {"none", "gzip", "zstd"})
       .Bytes("STORAGE_QUOTA", "storage-quota", "bytes", &c.quota);
 }
 
-absl::Status ParseArgs(Settings& s, std::vector<std::string> args, const EnvLookup& env) {
+absl::Status ParseArgs(Settings& s, std::vector<std::string> args,
+                       const EnvLookup& env) {
   CLI::App app("test");
   s.AddFlags(&app);
   std::vector<std::string> reversed(args.rbegin(), args.rend());
@@ -124,22 +135,25 @@ TEST(SettingsTest, BadValuesNameTheirSource) {
     Config c;
     Declare(s, c);
     EXPECT_THAT(ParseArgs(s, {}, MapEnv({{"SYNC_INTERVAL", "often"}})),
-                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("SYNC_INTERVAL")));
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         HasSubstr("SYNC_INTERVAL")));
   }
   {
     Settings s;
     Config c;
     Declare(s, c);
     EXPECT_THAT(ParseArgs(s, {"--batch-size", "-3"}, MapEnv({})),
-                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--batch-size")));
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         HasSubstr("--batch-size")));
   }
   {
     Settings s;
     Config c;
     Declare(s, c);
-    EXPECT_THAT(ParseArgs(s, {}, MapEnv({{"COMPRESSION_TYPE", "lz4"}})),
-                StatusIs(absl::StatusCode::kInvalidArgument,
-                         AllOf(HasSubstr("COMPRESSION_TYPE"), HasSubstr("zstd"))));
+    EXPECT_THAT(
+        ParseArgs(s, {}, MapEnv({{"COMPRESSION_TYPE", "lz4"}})),
+        StatusIs(absl::StatusCode::kInvalidArgument,
+                 AllOf(HasSubstr("COMPRESSION_TYPE"), HasSubstr("zstd"))));
   }
 }
 

@@ -10,10 +10,12 @@ absl::Status ValidateBackoffOptions(const BackoffOptions& options) {
     return absl::InvalidArgumentError("backoff initial delay must be positive");
   }
   if (!(options.multiplier >= 1.0) || !std::isfinite(options.multiplier)) {
-    return absl::InvalidArgumentError("backoff multiplier must be a finite number >= 1");
+    return absl::InvalidArgumentError(
+        "backoff multiplier must be a finite number >= 1");
   }
   if (options.max < options.initial) {
-    return absl::InvalidArgumentError("backoff maximum must be at least the initial delay");
+    return absl::InvalidArgumentError(
+        "backoff maximum must be at least the initial delay");
   }
   if (!(options.jitter >= 0.0 && options.jitter <= 1.0)) {
     return absl::InvalidArgumentError("backoff jitter must be within [0, 1]");
@@ -21,11 +23,13 @@ absl::Status ValidateBackoffOptions(const BackoffOptions& options) {
   return absl::OkStatus();
 }
 
-ExponentialBackoff::ExponentialBackoff(const BackoffOptions& options, uint64_t seed)
+ExponentialBackoff::ExponentialBackoff(const BackoffOptions& options,
+                                       uint64_t seed)
     : options_(options), rng_(seed) {}
 
 absl::Duration ExponentialBackoff::BaseDelay(int attempt) const {
-  // Computed in floating point seconds: the cap is reached long before overflow matters.
+  // Computed in floating point seconds: the cap is reached long before overflow
+  // matters.
   double seconds = absl::ToDoubleSeconds(options_.initial) *
                    std::pow(options_.multiplier, std::max(attempt, 0));
   double cap = absl::ToDoubleSeconds(options_.max);

@@ -14,17 +14,19 @@ struct BackoffOptions {
   absl::Duration initial = absl::Seconds(1);
   double multiplier = 2.0;
   absl::Duration max = absl::Minutes(5);
-  // Each delay is drawn uniformly from [base * (1 - jitter), base * (1 + jitter)] and then
-  // capped at `max`, so devices that failed together do not retry in lockstep.
+  // Each delay is drawn uniformly from [base * (1 - jitter), base * (1 +
+  // jitter)] and then capped at `max`, so devices that failed together do not
+  // retry in lockstep.
   double jitter = 0.2;
 };
 
-// Checks that initial > 0, multiplier >= 1, max >= initial and jitter in [0, 1].
+// Checks that initial > 0, multiplier >= 1, max >= initial and jitter in [0,
+// 1].
 absl::Status ValidateBackoffOptions(const BackoffOptions& options);
 
-// Produces the delays before successive retries: initial, initial*multiplier, ... capped at
-// max, each with jitter. Deterministic for a given seed. Not thread-safe: one instance
-// belongs to one retry loop.
+// Produces the delays before successive retries: initial, initial*multiplier,
+// ... capped at max, each with jitter. Deterministic for a given seed. Not
+// thread-safe: one instance belongs to one retry loop.
 class ExponentialBackoff {
  public:
   // REQUIRES: ValidateBackoffOptions(options).ok().

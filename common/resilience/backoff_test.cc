@@ -24,8 +24,10 @@ TEST(BackoffTest, DefaultsAreOneSecondDoublingToFiveMinutes) {
 }
 
 TEST(BackoffTest, WithoutJitterDelaysAreExact) {
-  ExponentialBackoff b({.initial = absl::Milliseconds(100), .multiplier = 3.0,
-                        .max = absl::Seconds(2), .jitter = 0.0},
+  ExponentialBackoff b({.initial = absl::Milliseconds(100),
+                        .multiplier = 3.0,
+                        .max = absl::Seconds(2),
+                        .jitter = 0.0},
                        7);
   EXPECT_EQ(b.Next(), absl::Milliseconds(100));
   EXPECT_EQ(b.Next(), absl::Milliseconds(300));
@@ -70,7 +72,8 @@ TEST(BackoffTest, ValidatesOptions) {
               StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(ValidateBackoffOptions({.multiplier = 0.5}),
               StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(ValidateBackoffOptions({.initial = absl::Minutes(10), .max = absl::Minutes(1)}),
+  EXPECT_THAT(ValidateBackoffOptions(
+                  {.initial = absl::Minutes(10), .max = absl::Minutes(1)}),
               StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(ValidateBackoffOptions({.jitter = 1.5}),
               StatusIs(absl::StatusCode::kInvalidArgument));

@@ -4,7 +4,8 @@
 
 namespace fleetd {
 
-CircuitBreaker::CircuitBreaker(const CircuitBreakerOptions& options, Clock* clock)
+CircuitBreaker::CircuitBreaker(const CircuitBreakerOptions& options,
+                               Clock* clock)
     : options_(options), clock_(clock) {}
 
 bool CircuitBreaker::Allow() {
@@ -13,7 +14,8 @@ bool CircuitBreaker::Allow() {
     case State::kClosed:
       return true;
     case State::kOpen:
-      if (clock_->MonotonicNow() - opened_at_ < options_.open_duration) return false;
+      if (clock_->MonotonicNow() - opened_at_ < options_.open_duration)
+        return false;
       state_ = State::kHalfOpen;
       half_open_successes_ = 0;
       probe_in_flight_ = true;
@@ -42,7 +44,8 @@ void CircuitBreaker::RecordFailure() {
   ++consecutive_failures_;
   switch (state_) {
     case State::kClosed:
-      if (consecutive_failures_ >= std::max(1, options_.failure_threshold)) OpenLocked();
+      if (consecutive_failures_ >= std::max(1, options_.failure_threshold))
+        OpenLocked();
       break;
     case State::kHalfOpen:
       OpenLocked();
@@ -67,8 +70,9 @@ CircuitBreaker::State CircuitBreaker::state() {
 absl::Duration CircuitBreaker::RetryAfter() {
   absl::MutexLock lock(&mu_);
   if (state_ != State::kOpen) return absl::ZeroDuration();
-  return std::max(absl::ZeroDuration(),
-                  options_.open_duration - (clock_->MonotonicNow() - opened_at_));
+  return std::max(
+      absl::ZeroDuration(),
+      options_.open_duration - (clock_->MonotonicNow() - opened_at_));
 }
 
 int CircuitBreaker::consecutive_failures() {

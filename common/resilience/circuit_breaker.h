@@ -20,11 +20,12 @@ struct CircuitBreakerOptions {
 };
 
 // closed --(failure_threshold consecutive failures)--> open
-// open --(open_duration passed; next Allow())--> half-open (one probe at a time)
-// half-open --(success_threshold successes)--> closed; --(a failure)--> open again.
+// open --(open_duration passed; next Allow())--> half-open (one probe at a
+// time) half-open --(success_threshold successes)--> closed; --(a failure)-->
+// open again.
 //
-// Callers ask Allow() before each attempt and report its outcome with RecordSuccess() or
-// RecordFailure(). Safe for concurrent use.
+// Callers ask Allow() before each attempt and report its outcome with
+// RecordSuccess() or RecordFailure(). Safe for concurrent use.
 class CircuitBreaker {
  public:
   enum class State { kClosed, kOpen, kHalfOpen };
@@ -34,8 +35,8 @@ class CircuitBreaker {
   CircuitBreaker(const CircuitBreaker&) = delete;
   CircuitBreaker& operator=(const CircuitBreaker&) = delete;
 
-  // Whether an attempt may go ahead now. In half-open state only one attempt is admitted
-  // until its outcome is recorded.
+  // Whether an attempt may go ahead now. In half-open state only one attempt is
+  // admitted until its outcome is recorded.
   bool Allow();
   void RecordSuccess();
   void RecordFailure();

@@ -10,7 +10,8 @@ using State = CircuitBreaker::State;
 class CircuitBreakerTest : public ::testing::Test {
  protected:
   SimulatedClock clock_;
-  CircuitBreaker breaker_{{.failure_threshold = 3, .open_duration = absl::Seconds(30),
+  CircuitBreaker breaker_{{.failure_threshold = 3,
+                           .open_duration = absl::Seconds(30),
                            .success_threshold = 2},
                           &clock_};
 
@@ -45,7 +46,8 @@ TEST_F(CircuitBreakerTest, HalfOpenAdmitsOneProbeAfterCoolDown) {
   EXPECT_EQ(breaker_.state(), State::kHalfOpen);
   EXPECT_FALSE(breaker_.Allow()) << "a second concurrent probe must wait";
   breaker_.RecordSuccess();
-  EXPECT_EQ(breaker_.state(), State::kHalfOpen) << "needs two successful probes";
+  EXPECT_EQ(breaker_.state(), State::kHalfOpen)
+      << "needs two successful probes";
   EXPECT_TRUE(breaker_.Allow());
   breaker_.RecordSuccess();
   EXPECT_EQ(breaker_.state(), State::kClosed);

@@ -14,7 +14,8 @@ TokenBucket::TokenBucket(double rate_per_second, double burst, Clock* clock)
 void TokenBucket::RefillLocked() {
   absl::Time now = clock_->MonotonicNow();
   if (now > last_) {
-    tokens_ = std::min(burst_, tokens_ + absl::ToDoubleSeconds(now - last_) * rate_);
+    tokens_ =
+        std::min(burst_, tokens_ + absl::ToDoubleSeconds(now - last_) * rate_);
     last_ = now;
   }
 }

@@ -9,8 +9,8 @@
 
 namespace fleetd {
 
-// Tokens refill continuously at `rate` per second up to `burst`; the bucket starts full.
-// Safe for concurrent use.
+// Tokens refill continuously at `rate` per second up to `burst`; the bucket
+// starts full. Safe for concurrent use.
 class TokenBucket {
  public:
   // REQUIRES: rate > 0, burst >= 1. `clock` must outlive the bucket.
@@ -20,11 +20,13 @@ class TokenBucket {
 
   // Takes `n` tokens if that many are available now; otherwise takes none.
   bool TryConsume(double n = 1);
-  // How long until `n` tokens will be available (zero if they are now). For n > burst the
-  // answer is InfiniteDuration(): such a request can never be served whole.
+  // How long until `n` tokens will be available (zero if they are now). For n >
+  // burst the answer is InfiniteDuration(): such a request can never be served
+  // whole.
   absl::Duration TimeUntilAvailable(double n = 1);
   double Available();
-  // Changes the rate and burst, keeping the tokens already earned (capped at the new burst).
+  // Changes the rate and burst, keeping the tokens already earned (capped at
+  // the new burst).
   void SetRate(double rate_per_second, double burst);
 
  private:

@@ -24,7 +24,8 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (code < 0 || code > kMaxCanonicalCode) {
     code = static_cast<int>(absl::StatusCode::kUnknown);
   }
-  return absl::Status(static_cast<absl::StatusCode>(code), status.error_message());
+  return absl::Status(static_cast<absl::StatusCode>(code),
+                      status.error_message());
 }
 
 }  // namespace fleetd

@@ -1,7 +1,8 @@
 // Conversion between absl::Status and grpc::Status.
 //
-// The canonical codes of Abseil and gRPC share their numbers (0..16); this is the one place
-// that relies on it. Messages are carried over unchanged; absl payloads are dropped.
+// The canonical codes of Abseil and gRPC share their numbers (0..16); this is
+// the one place that relies on it. Messages are carried over unchanged; absl
+// payloads are dropped.
 #ifndef FLEETD_COMMON_STATUS_GRPC_STATUS_H_
 #define FLEETD_COMMON_STATUS_GRPC_STATUS_H_
 

@@ -8,7 +8,8 @@ namespace {
 
 TEST(GrpcStatusTest, EveryCanonicalCodeRoundTrips) {
   for (int code = 1; code <= 16; ++code) {
-    absl::Status in(static_cast<absl::StatusCode>(code), "message " + std::to_string(code));
+    absl::Status in(static_cast<absl::StatusCode>(code),
+                    "message " + std::to_string(code));
     grpc::Status g = ToGrpcStatus(in);
     EXPECT_EQ(static_cast<int>(g.error_code()), code);
     EXPECT_EQ(g.error_message(), "message " + std::to_string(code));
@@ -23,8 +24,10 @@ TEST(GrpcStatusTest, NamedCodesLineUp) {
             grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_EQ(ToGrpcStatus(absl::UnauthenticatedError("")).error_code(),
             grpc::StatusCode::UNAUTHENTICATED);
-  EXPECT_EQ(FromGrpcStatus(grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "p")).code(),
-            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(
+      FromGrpcStatus(grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "p"))
+          .code(),
+      absl::StatusCode::kPermissionDenied);
 }
 
 TEST(GrpcStatusTest, OkAndOutOfRangeCodes) {
@@ -32,7 +35,8 @@ TEST(GrpcStatusTest, OkAndOutOfRangeCodes) {
   EXPECT_TRUE(FromGrpcStatus(grpc::Status::OK).ok());
   absl::Status odd(static_cast<absl::StatusCode>(99), "odd");
   EXPECT_EQ(ToGrpcStatus(odd).error_code(), grpc::StatusCode::UNKNOWN);
-  EXPECT_EQ(FromGrpcStatus(grpc::Status(static_cast<grpc::StatusCode>(42), "x")).code(),
+  EXPECT_EQ(FromGrpcStatus(grpc::Status(static_cast<grpc::StatusCode>(42), "x"))
+                .code(),
             absl::StatusCode::kUnknown);
 }
 

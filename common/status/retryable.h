@@ -7,9 +7,9 @@
 namespace fleetd {
 
 // True for codes where the same request may succeed later (UNAVAILABLE,
-// DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED): the caller backs off and retries.
-// Every other error means the request itself is wrong or refused and retrying the same
-// bytes cannot help.
+// DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED): the caller backs off and
+// retries. Every other error means the request itself is wrong or refused and
+// retrying the same bytes cannot help.
 inline bool IsRetryable(absl::StatusCode code) {
   switch (code) {
     case absl::StatusCode::kUnavailable:

@@ -49,8 +49,8 @@ absl::StatusOr<int> Unbox(int v) {
 
 TEST(StatusMacrosTest, AssignOrReturnPassesValueAndPropagatesError) {
   EXPECT_THAT(DoubledOrError(21), IsOkAndHolds(42));
-  EXPECT_THAT(DoubledOrError(-1),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("positive")));
+  EXPECT_THAT(DoubledOrError(-1), StatusIs(absl::StatusCode::kInvalidArgument,
+                                           HasSubstr("positive")));
   EXPECT_THAT(Unbox(1), IsOkAndHolds(2));
   EXPECT_THAT(Unbox(-1), StatusIs(absl::StatusCode::kOutOfRange));
 }
@@ -60,7 +60,8 @@ TEST(StatusMacrosTest, ReturnIfErrorStopsAtFirstError) {
   EXPECT_THAT(CheckBoth(1, 2, &reached), IsOk());
   EXPECT_EQ(reached, 2);
   reached = 0;
-  EXPECT_THAT(CheckBoth(1, -2, &reached), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(CheckBoth(1, -2, &reached),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_EQ(reached, 1);
   reached = 0;
   EXPECT_THAT(CheckBoth(-1, 2, &reached), Not(IsOk()));
@@ -73,7 +74,8 @@ TEST(StatusMatchersTest, MatchersRejectWhatTheyShould) {
   EXPECT_THAT(absl::InternalError("boom"),
               Not(StatusIs(absl::StatusCode::kInternal, HasSubstr("other"))));
   EXPECT_THAT(absl::StatusOr<int>(3), Not(IsOkAndHolds(4)));
-  EXPECT_THAT(absl::StatusOr<int>(absl::UnknownError("u")), Not(IsOkAndHolds(4)));
+  EXPECT_THAT(absl::StatusOr<int>(absl::UnknownError("u")),
+              Not(IsOkAndHolds(4)));
 }
 
 TEST(RetryableTest, OnlyTransientCodesAreRetryable) {

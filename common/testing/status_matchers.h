@@ -1,4 +1,5 @@
-// gMock matchers for absl::Status and absl::StatusOr (missing from Abseil 20220623).
+// gMock matchers for absl::Status and absl::StatusOr (missing from Abseil
+// 20220623).
 //
 //   EXPECT_THAT(DoIt(), IsOk());
 //   EXPECT_THAT(Parse("x"), StatusIs(absl::StatusCode::kInvalidArgument,
@@ -17,7 +18,9 @@
 namespace fleetd::testing {
 namespace internal {
 
-inline const absl::Status& GetStatus(const absl::Status& status) { return status; }
+inline const absl::Status& GetStatus(const absl::Status& status) {
+  return status;
+}
 template <typename T>
 const absl::Status& GetStatus(const absl::StatusOr<T>& status_or) {
   return status_or.status();
