@@ -10,7 +10,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libzstd-dev zlib1g-dev libsqlite3-dev libsqlcipher-dev sqlcipher sqlite3 libpqxx-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcurl4-openssl-dev libcpp-httplib-dev
-  libsnappy-dev libssl-dev nlohmann-json3-dev libcli11-dev
+  libsnappy-dev libssl-dev nlohmann-json3-dev libcli11-dev libgoogle-glog-dev
   # Real backends for tests and the demo.
   postgresql victoria-metrics clickhouse-server
   # Test and report tools.

@@ -27,7 +27,7 @@ inline absl::Status WithRetryAfter(absl::Status status, absl::Duration delay) {
 
 // The retry hint on `status`, if any.
 inline std::optional<absl::Duration> GetRetryAfter(const absl::Status& status) {
-  std::optional<absl::Cord> payload = status.GetPayload(kRetryAfterPayload);
+  auto payload = status.GetPayload(kRetryAfterPayload);
   if (!payload.has_value()) return std::nullopt;
   int64_t ms;
   if (!absl::SimpleAtoi(std::string(*payload), &ms) || ms < 0) return std::nullopt;

@@ -1,0 +1,202 @@
+#include "server/router/group_commit.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status/retry_after.h"
+#include "glog/logging.h"
+
+namespace fleetd::server {
+
+GroupCommitter::GroupCommitter(Writer* writer, Clock* clock,
+                               metrics::Registry* metrics, Options options)
+    : writer_(writer),
+      clock_(clock),
+      options_(options),
+      breaker_(options.breaker, clock) {
+  if (metrics != nullptr) {
+    std::string backend(writer->name());
+    auto& flushes = metrics->CounterFamily(
+        "fleetd_backend_flushes_total", "Coalesced backend writes by result.",
+        {"backend", "result"});
+    flushes_ok_ = &flushes.WithLabels({backend, "ok"});
+    flushes_failed_ = &flushes.WithLabels({backend, "error"});
+    records_written_ =
+        &metrics
+             ->CounterFamily("fleetd_backend_records_written_total",
+                             "Records accepted by each backend.", {"backend"})
+             .WithLabels({backend});
+    auto& rejected = metrics->CounterFamily(
+        "fleetd_backend_rejected_batches_total",
+        "Device batches refused before reaching the backend, by reason.",
+        {"backend", "reason"});
+    rejected_overload_ = &rejected.WithLabels({backend, "queue_full"});
+    rejected_breaker_ = &rejected.WithLabels({backend, "circuit_open"});
+    queue_bytes_gauge_ =
+        &metrics
+             ->GaugeFamily("fleetd_backend_queue_bytes",
+                           "Bytes of batches waiting for each backend.",
+                           {"backend"})
+             .WithLabels({backend});
+    flush_seconds_ =
+        &metrics
+             ->HistogramFamily("fleetd_backend_flush_seconds",
+                               "Duration of coalesced backend writes.",
+                               {"backend"}, metrics::LatencyBuckets())
+             .WithLabels({backend});
+    flush_batches_ =
+        &metrics
+             ->HistogramFamily("fleetd_backend_flush_batches",
+                               "Device batches per coalesced backend write.",
+                               {"backend"},
+                               {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000})
+             .WithLabels({backend});
+  }
+  for (int i = 0; i < std::max(1, options_.flush_threads); ++i) {
+    threads_.emplace_back([this] { FlushLoop(); });
+  }
+}
+
+GroupCommitter::~GroupCommitter() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  for (auto& t : threads_) t.join();
+  std::vector<Pending> rest;
+  {
+    absl::MutexLock lock(&mu_);
+    rest.assign(std::make_move_iterator(queue_.begin()),
+                std::make_move_iterator(queue_.end()));
+    queue_.clear();
+  }
+  Complete(rest, absl::UnavailableError("server shutting down"));
+}
+
+size_t GroupCommitter::queued_bytes() {
+  absl::MutexLock lock(&mu_);
+  return queued_bytes_;
+}
+
+size_t GroupCommitter::queued_batches() {
+  absl::MutexLock lock(&mu_);
+  return queue_.size();
+}
+
+absl::Status GroupCommitter::Submit(const DecodedBatch* batch,
+                                    absl::Time deadline) {
+  if (!breaker_.Allow()) {
+    if (rejected_breaker_ != nullptr) rejected_breaker_->Increment();
+    return WithRetryAfter(
+        absl::UnavailableError(
+            absl::StrCat(writer_->name(), " is failing; not writing")),
+        std::max(breaker_.RetryAfter(), absl::Milliseconds(100)));
+  }
+  // Allow() admitted a probe in half-open state; the flush outcome reports
+  // back.
+  Pending p{batch, batch->approx_bytes(), std::make_shared<Pending::Result>()};
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return absl::UnavailableError("server shutting down");
+    if (queued_bytes_ + p.bytes > options_.max_queue_bytes && !queue_.empty()) {
+      if (rejected_overload_ != nullptr) rejected_overload_->Increment();
+      LOG(WARNING) << "queue for " << writer_->name() << " is full ("
+                   << queued_bytes_ << " bytes); refusing a batch";
+      return WithRetryAfter(
+          absl::ResourceExhaustedError(absl::StrCat(
+              "server overloaded: ", writer_->name(), " queue is full")),
+          options_.overload_retry_after);
+    }
+    queued_bytes_ += p.bytes;
+    if (queue_bytes_gauge_ != nullptr) queue_bytes_gauge_->Set(queued_bytes_);
+    queue_.push_back(p);
+  }
+  // Waits for the flush in real time, bounded by the caller's deadline on our
+  // clock.
+  Pending::Result* r = p.result.get();
+  absl::MutexLock lock(&r->mu);
+  while (!r->done) {
+    absl::Duration left = deadline - clock_->MonotonicNow();
+    if (left <= absl::ZeroDuration()) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("deadline passed waiting for ", writer_->name()));
+    }
+    r->mu.AwaitWithTimeout(absl::Condition(&r->done),
+                           std::min(left, absl::Seconds(1)));
+  }
+  return r->status;
+}
+
+void GroupCommitter::Complete(std::vector<Pending>& taken,
+                              const absl::Status& status) {
+  for (Pending& p : taken) {
+    absl::MutexLock lock(&p.result->mu);
+    p.result->status = status;
+    p.result->done = true;
+  }
+}
+
+void GroupCommitter::FlushLoop() {
+  while (true) {
+    std::vector<Pending> taken;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || !queue_.empty();
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (stopping_) return;
+      if (options_.linger > absl::ZeroDuration()) {
+        auto full = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stopping_ || queued_bytes_ >= options_.max_bytes_per_flush;
+        };
+        mu_.AwaitWithTimeout(absl::Condition(&full), options_.linger);
+        if (queue_.empty()) continue;
+      }
+      int records = 0;
+      size_t bytes = 0;
+      while (!queue_.empty()) {
+        const Pending& next = queue_.front();
+        int n = next.batch->record_count();
+        if (!taken.empty() &&
+            (records + n > options_.max_records_per_flush ||
+             bytes + next.bytes > options_.max_bytes_per_flush)) {
+          break;
+        }
+        records += n;
+        bytes += next.bytes;
+        taken.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+      queued_bytes_ -= bytes;
+      if (queue_bytes_gauge_ != nullptr) queue_bytes_gauge_->Set(queued_bytes_);
+    }
+    std::vector<const DecodedBatch*> batches;
+    batches.reserve(taken.size());
+    int records = 0;
+    for (const Pending& p : taken) {
+      batches.push_back(p.batch);
+      records += p.batch->record_count();
+    }
+    absl::Time start = clock_->MonotonicNow();
+    absl::Status status = writer_->Write(batches);
+    absl::Duration took = clock_->MonotonicNow() - start;
+    if (status.ok()) {
+      breaker_.RecordSuccess();
+      if (flushes_ok_ != nullptr) flushes_ok_->Increment();
+      if (records_written_ != nullptr) records_written_->Increment(records);
+    } else {
+      breaker_.RecordFailure();
+      if (flushes_failed_ != nullptr) flushes_failed_->Increment();
+      LOG(WARNING) << "write of " << batches.size() << " batches (" << records
+                   << " records) to " << writer_->name()
+                   << " failed: " << status;
+    }
+    if (flush_seconds_ != nullptr)
+      flush_seconds_->Observe(absl::ToDoubleSeconds(took));
+    if (flush_batches_ != nullptr) flush_batches_->Observe(batches.size());
+    Complete(taken, status);
+  }
+}
+
+}  // namespace fleetd::server

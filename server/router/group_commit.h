@@ -1,0 +1,110 @@
+// Group commit: coalesces many small device batches into few large backend
+// writes.
+#ifndef FLEETD_SERVER_ROUTER_GROUP_COMMIT_H_
+#define FLEETD_SERVER_ROUTER_GROUP_COMMIT_H_
+
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/clock/clock.h"
+#include "common/metrics/metrics.h"
+#include "common/resilience/circuit_breaker.h"
+#include "server/model/batch.h"
+#include "server/writers/writer.h"
+
+namespace fleetd::server {
+
+// Feeds one Writer from a bounded queue. Callers Submit() a batch and block
+// until the flush that carried it finished (or their deadline passed); flusher
+// threads take everything queued (up to a record and byte limit) and write it
+// in one Writer::Write. While one flush is in flight, new batches accumulate
+// for the next, so batches grow with load and latency stays one backend round
+// trip when idle.
+//
+// Overload is explicit: when the queued bytes would exceed `max_queue_bytes`,
+// Submit returns RESOURCE_EXHAUSTED with a retry hint at once. When the backend
+// keeps failing, a circuit breaker fails submissions fast with UNAVAILABLE (and
+// a retry hint) instead of queueing them behind a dead backend. Safe for
+// concurrent use.
+class GroupCommitter {
+ public:
+  struct Options {
+    int flush_threads = 2;
+    int max_records_per_flush = 50'000;
+    size_t max_bytes_per_flush = 32 << 20;
+    size_t max_queue_bytes = 256 << 20;
+    // How long a flusher waits for more batches once it has some and the flush
+    // is not full yet. Zero: flush as soon as a flusher is free.
+    absl::Duration linger = absl::ZeroDuration();
+    CircuitBreakerOptions breaker = {.failure_threshold = 5,
+                                     .open_duration = absl::Seconds(5)};
+    absl::Duration overload_retry_after = absl::Seconds(1);
+  };
+
+  // `writer`, `clock` and `metrics` (may be null) must outlive this object.
+  GroupCommitter(Writer* writer, Clock* clock, metrics::Registry* metrics,
+                 Options options);
+  // Stops the flushers; batches still queued fail with UNAVAILABLE.
+  ~GroupCommitter();
+  GroupCommitter(const GroupCommitter&) = delete;
+  GroupCommitter& operator=(const GroupCommitter&) = delete;
+
+  // Queues `batch` (which must stay alive until this returns) and waits for its
+  // flush. Returns the Writer's status for that flush, RESOURCE_EXHAUSTED if
+  // the queue is full, UNAVAILABLE if the breaker is open or on shutdown,
+  // DEADLINE_EXCEEDED if `deadline` (monotonic, on the committer's clock)
+  // passes first; in that case the batch may still be written later, which is
+  // harmless because writers are idempotent.
+  absl::Status Submit(const DecodedBatch* batch, absl::Time deadline);
+
+  Writer* writer() const { return writer_; }
+  size_t queued_bytes();
+  size_t queued_batches();
+
+ private:
+  struct Pending {
+    const DecodedBatch* batch;
+    size_t bytes;
+    // Shared with the waiting caller, who may give up (deadline) before the
+    // flush ends.
+    struct Result {
+      absl::Mutex mu;
+      bool done ABSL_GUARDED_BY(mu) = false;
+      absl::Status status ABSL_GUARDED_BY(mu);
+    };
+    std::shared_ptr<Result> result;
+  };
+
+  void FlushLoop();
+  void Complete(std::vector<Pending>& taken, const absl::Status& status);
+
+  Writer* const writer_;
+  Clock* const clock_;
+  const Options options_;
+  CircuitBreaker breaker_;
+  metrics::Counter* flushes_ok_ = nullptr;
+  metrics::Counter* flushes_failed_ = nullptr;
+  metrics::Counter* records_written_ = nullptr;
+  metrics::Counter* rejected_overload_ = nullptr;
+  metrics::Counter* rejected_breaker_ = nullptr;
+  metrics::Gauge* queue_bytes_gauge_ = nullptr;
+  metrics::Histogram* flush_seconds_ = nullptr;
+  metrics::Histogram* flush_batches_ = nullptr;
+
+  absl::Mutex mu_;
+  std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
+  size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace fleetd::server
+
+#endif  // FLEETD_SERVER_ROUTER_GROUP_COMMIT_H_

@@ -1,0 +1,104 @@
+#include "server/store/pg_pool.h"
+
+#include <pqxx/pqxx>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace fleetd::server {
+
+absl::Status PgExceptionToStatus(const std::exception& e) {
+  if (dynamic_cast<const pqxx::broken_connection*>(&e) != nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat("postgres connection failed: ", e.what()));
+  }
+  if (dynamic_cast<const pqxx::in_doubt_error*>(&e) != nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat("postgres commit in doubt: ", e.what()));
+  }
+  if (const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e);
+      sql != nullptr) {
+    std::string state = sql->sqlstate();
+    std::string msg = absl::StrCat("postgres: ", e.what());
+    if (absl::StartsWith(state, "08") || state == "57P01" || state == "57P02" ||
+        state == "57P03") {
+      return absl::UnavailableError(msg);
+    }
+    if (state == "40001" || state == "40P01") return absl::AbortedError(msg);
+    if (absl::StartsWith(state, "53")) return absl::ResourceExhaustedError(msg);
+    if (state == "23505") return absl::AlreadyExistsError(msg);
+    if (absl::StartsWith(state, "23"))
+      return absl::FailedPreconditionError(msg);
+    if (absl::StartsWith(state, "22")) return absl::InvalidArgumentError(msg);
+    if (state == "57014") return absl::DeadlineExceededError(msg);
+    return absl::InternalError(msg);
+  }
+  return absl::InternalError(absl::StrCat("postgres: ", e.what()));
+}
+
+absl::StatusOr<std::unique_ptr<PgPool>> PgPool::Connect(
+    const Options& options) {
+  std::unique_ptr<PgPool> pool(new PgPool(options));
+  auto conn = pool->Open();
+  if (!conn.ok()) return conn.status();
+  absl::MutexLock lock(&pool->mu_);
+  pool->idle_.push_back(*std::move(conn));
+  pool->open_ = 1;
+  return pool;
+}
+
+PgPool::~PgPool() = default;
+
+absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Open() {
+  try {
+    return std::make_unique<pqxx::connection>(options_.dsn);
+  } catch (const std::exception& e) {
+    absl::Status s = PgExceptionToStatus(e);
+    if (absl::IsInternal(s)) return absl::InvalidArgumentError(s.message());
+    return s;
+  }
+}
+
+absl::Status PgPool::Run(const std::function<void(pqxx::connection&)>& fn) {
+  std::unique_ptr<pqxx::connection> conn;
+  {
+    absl::MutexLock lock(&mu_);
+    auto available = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return !idle_.empty() || open_ < options_.size;
+    };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&available),
+                              options_.acquire_timeout)) {
+      return absl::ResourceExhaustedError("no free postgres connection");
+    }
+    if (!idle_.empty()) {
+      conn = std::move(idle_.back());
+      idle_.pop_back();
+    } else {
+      ++open_;  // reserve a slot; opened below without the lock
+    }
+  }
+  if (conn == nullptr) {
+    auto opened = Open();
+    if (!opened.ok()) {
+      absl::MutexLock lock(&mu_);
+      --open_;
+      return opened.status();
+    }
+    conn = *std::move(opened);
+  }
+  absl::Status status;
+  try {
+    fn(*conn);
+  } catch (const std::exception& e) {
+    status = PgExceptionToStatus(e);
+  }
+  absl::MutexLock lock(&mu_);
+  if (conn->is_open()) {
+    idle_.push_back(std::move(conn));
+  } else {
+    --open_;  // dropped; a fresh one opens on demand
+  }
+  return status;
+}
+
+}  // namespace fleetd::server

@@ -1,0 +1,342 @@
+#include "server/store/pg_store.h"
+
+#include <pqxx/pqxx>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "google/protobuf/util/json_util.h"
+#include "server/auth/api_key.h"
+
+namespace fleetd::server {
+namespace {
+
+// Schema migrations, applied in order; never edit one that has shipped, add a
+// new one.
+constexpr const char* kMigrations[] = {
+    // 1: devices, keys, ledger.
+    R"sql(
+    CREATE TABLE devices (
+      device_id     text PRIMARY KEY,
+      org_id        text NOT NULL,
+      created_at    timestamptz NOT NULL DEFAULT now(),
+      last_seen     timestamptz,
+      tier          integer,
+      capability    jsonb,
+      info          jsonb,
+      hostname      text,
+      agent_version text
+    );
+    CREATE INDEX devices_org ON devices (org_id);
+    CREATE TABLE api_keys (
+      key_id     text PRIMARY KEY,
+      key_hash   text NOT NULL UNIQUE,
+      device_id  text NOT NULL REFERENCES devices (device_id),
+      org_id     text NOT NULL,
+      created_at timestamptz NOT NULL DEFAULT now(),
+      revoked_at timestamptz
+    );
+    CREATE INDEX api_keys_device ON api_keys (device_id);
+    CREATE TABLE sync_ledger (
+      device_id       text NOT NULL,
+      stream          text NOT NULL,
+      sequence_number bigint NOT NULL,
+      record_count    integer NOT NULL,
+      applied_at      timestamptz NOT NULL DEFAULT now(),
+      PRIMARY KEY (device_id, stream, sequence_number)
+    );
+    CREATE INDEX sync_ledger_applied_at ON sync_ledger (applied_at);
+    )sql",
+};
+constexpr int kSchemaVersion = sizeof(kMigrations) / sizeof(kMigrations[0]);
+// pg_advisory_xact_lock key that serialises migrations across servers ("fleetd"
+// in ASCII).
+constexpr int64_t kMigrationLock = 0x666c65657464;
+
+std::string ToTimestamptz(absl::Time t) {
+  return absl::FormatTime("%Y-%m-%d %H:%M:%E6S+00", t, absl::UTCTimeZone());
+}
+
+absl::Time ParseTimestamp(const std::string& text) {
+  // Returned by PostgreSQL as ISO 8601 in the session time zone, which we set
+  // to UTC.
+  absl::Time t;
+  std::string err;
+  if (absl::ParseTime("%Y-%m-%d %H:%M:%E*S%Ez", text, &t, &err)) return t;
+  if (absl::ParseTime("%Y-%m-%d %H:%M:%E*S%z", text + "00", &t, &err)) return t;
+  return absl::UnixEpoch();
+}
+
+std::string ToJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.preserve_proto_field_names = true;
+  if (!google::protobuf::util::MessageToJsonString(m, &out, opts).ok())
+    return "{}";
+  return out;
+}
+
+void SetUtc(pqxx::connection& c) { c.set_variable("TimeZone", "'UTC'"); }
+
+}  // namespace
+
+absl::Status PgStore::Migrate() {
+  return pool_->Run([](pqxx::connection& c) {
+    pqxx::work w(c);
+    w.exec_params("SELECT pg_advisory_xact_lock($1)", kMigrationLock);
+    w.exec(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT "
+        "now())");
+    int current =
+        w.exec1("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")[0]
+            .as<int>();
+    for (int v = current + 1; v <= kSchemaVersion; ++v) {
+      w.exec(kMigrations[v - 1]);
+      w.exec_params("INSERT INTO schema_migrations (version) VALUES ($1)", v);
+    }
+    w.commit();
+  });
+}
+
+absl::StatusOr<int> PgStore::SchemaVersion() {
+  int version = 0;
+  absl::Status s = pool_->Run([&](pqxx::connection& c) {
+    pqxx::read_transaction r(c);
+    version =
+        r.exec1("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")[0]
+            .as<int>();
+  });
+  if (!s.ok()) return s;
+  return version;
+}
+
+absl::StatusOr<NewKey> PgStore::CreateKey(const std::string& device_id,
+                                          const std::string& org_id) {
+  auto keys = CreateKeysInternal({device_id}, org_id);
+  if (!keys.ok()) return keys.status();
+  return (*keys)[0];
+}
+
+absl::StatusOr<std::vector<NewKey>> PgStore::CreateKeys(
+    const std::string& prefix, const std::string& org_id, int count) {
+  if (count < 1) return absl::InvalidArgumentError("count must be at least 1");
+  std::vector<std::string> ids;
+  ids.reserve(count);
+  for (int i = 1; i <= count; ++i)
+    ids.push_back(absl::StrFormat("%s-%05d", prefix, i));
+  return CreateKeysInternal(ids, org_id);
+}
+
+absl::StatusOr<std::vector<NewKey>> PgStore::CreateKeysInternal(
+    const std::vector<std::string>& device_ids, const std::string& org_id) {
+  if (org_id.empty())
+    return absl::InvalidArgumentError("org id must not be empty");
+  std::vector<NewKey> keys;
+  keys.reserve(device_ids.size());
+  for (const auto& id : device_ids) {
+    if (id.empty())
+      return absl::InvalidArgumentError("device id must not be empty");
+    auto generated = GenerateApiKey();
+    if (!generated.ok()) return generated.status();
+    keys.push_back({generated->key_id, id, org_id, generated->api_key});
+  }
+  std::string conflict;
+  absl::Status s = pool_->Run([&](pqxx::connection& c) {
+    conflict.clear();
+    pqxx::work w(c);
+    for (const NewKey& k : keys) {
+      pqxx::result r = w.exec_params(
+          "INSERT INTO devices (device_id, org_id) VALUES ($1, $2) "
+          "ON CONFLICT (device_id) DO UPDATE SET device_id = "
+          "EXCLUDED.device_id "
+          "RETURNING org_id",
+          k.device_id, k.org_id);
+      if (r[0][0].as<std::string>() != k.org_id) {
+        conflict = k.device_id;
+        return;  // rolls back
+      }
+      w.exec_params(
+          "INSERT INTO api_keys (key_id, key_hash, device_id, org_id) "
+          "VALUES ($1, $2, $3, $4)",
+          k.key_id, HashApiKey(k.api_key), k.device_id, k.org_id);
+    }
+    w.commit();
+  });
+  if (!s.ok()) return s;
+  if (!conflict.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("device ", conflict, " already belongs to another org"));
+  }
+  return keys;
+}
+
+absl::StatusOr<NewKey> PgStore::RotateKey(const std::string& device_id) {
+  std::optional<std::string> org;
+  absl::Status s = pool_->Run([&](pqxx::connection& c) {
+    pqxx::read_transaction r(c);
+    pqxx::result res = r.exec_params(
+        "SELECT org_id FROM devices WHERE device_id = $1", device_id);
+    org.reset();
+    if (!res.empty()) org = res[0][0].as<std::string>();
+  });
+  if (!s.ok()) return s;
+  if (!org.has_value()) {
+    return absl::NotFoundError(absl::StrCat("no device ", device_id));
+  }
+  return CreateKey(device_id, *org);
+}
+
+absl::Status PgStore::RevokeKey(const std::string& key_id) {
+  int affected = 0;
+  absl::Status s = pool_->Run([&](pqxx::connection& c) {
+    pqxx::work w(c);
+    affected = w.exec_params(
+                    "UPDATE api_keys SET revoked_at = now() "
+                    "WHERE key_id = $1 AND revoked_at IS NULL",
+                    key_id)
+                   .affected_rows();
+    w.commit();
+  });
+  if (!s.ok()) return s;
+  if (affected == 0)
+    return absl::NotFoundError(absl::StrCat("no active key ", key_id));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> PgStore::RevokeDeviceKeys(const std::string& device_id) {
+  int affected = 0;
+  absl::Status s = pool_->Run([&](pqxx::connection& c) {
+    pqxx::work w(c);
+    affected = w.exec_params(
+                    "UPDATE api_keys SET revoked_at = now() "
+                    "WHERE device_id = $1 AND revoked_at IS NULL",
+                    device_id)
+                   .affected_rows();
+    w.commit();
+  });
+  if (!s.ok()) return s;
+  return affected;
+}
+
+absl::StatusOr<std::vector<KeyInfo>> PgStore::ListKeys(
+    const std::string& device_id) {
+  std::vector<KeyInfo> out;
+  absl::Status s = pool_->Run([&](pqxx::connection& c) {
+    SetUtc(c);
+    out.clear();
+    pqxx::read_transaction r(c);
+    pqxx::result res = r.exec_params(
+        "SELECT key_id, device_id, org_id, created_at::text, revoked_at::text "
+        "FROM api_keys WHERE $1 = '' OR device_id = $1 ORDER BY device_id, "
+        "created_at",
+        device_id);
+    for (const auto& row : res) {
+      KeyInfo k;
+      k.key_id = row[0].as<std::string>();
+      k.device_id = row[1].as<std::string>();
+      k.org_id = row[2].as<std::string>();
+      k.created_at = ParseTimestamp(row[3].as<std::string>());
+      if (!row[4].is_null())
+        k.revoked_at = ParseTimestamp(row[4].as<std::string>());
+      out.push_back(std::move(k));
+    }
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
+absl::StatusOr<std::optional<DeviceIdentity>> PgStore::LookupKeyHash(
+    const std::string& sha256_hex) {
+  std::optional<DeviceIdentity> identity;
+  absl::Status s = pool_->Run([&](pqxx::connection& c) {
+    identity.reset();
+    pqxx::read_transaction r(c);
+    pqxx::result res = r.exec_params(
+        "SELECT device_id, org_id, key_id FROM api_keys "
+        "WHERE key_hash = $1 AND revoked_at IS NULL",
+        sha256_hex);
+    if (!res.empty()) {
+      identity = DeviceIdentity{res[0][0].as<std::string>(),
+                                res[0][1].as<std::string>(),
+                                res[0][2].as<std::string>()};
+    }
+  });
+  if (!s.ok()) return s;
+  return identity;
+}
+
+absl::StatusOr<std::vector<bool>> PgStore::AreApplied(
+    absl::Span<const LedgerEntry> entries) {
+  std::vector<bool> applied(entries.size(), false);
+  if (entries.empty()) return applied;
+  absl::Status s = pool_->Run([&](pqxx::connection& c) {
+    pqxx::read_transaction r(c);
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const LedgerEntry& e = entries[i];
+      applied[i] = !r.exec_params(
+                         "SELECT 1 FROM sync_ledger WHERE device_id = $1 AND "
+                         "stream = $2 AND sequence_number = $3",
+                         e.device_id, e.stream, e.sequence_number)
+                        .empty();
+    }
+  });
+  if (!s.ok()) return s;
+  return applied;
+}
+
+absl::Status PgStore::RecordApplied(absl::Span<const LedgerEntry> entries) {
+  if (entries.empty()) return absl::OkStatus();
+  return pool_->Run([&](pqxx::connection& c) {
+    pqxx::work w(c);
+    for (const LedgerEntry& e : entries) {
+      w.exec_params(
+          "INSERT INTO sync_ledger (device_id, stream, sequence_number, "
+          "record_count) "
+          "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+          e.device_id, e.stream, e.sequence_number, e.record_count);
+    }
+    w.commit();
+  });
+}
+
+absl::Status PgStore::TouchDevices(absl::Span<const std::string> device_ids,
+                                   absl::Time seen) {
+  if (device_ids.empty()) return absl::OkStatus();
+  return pool_->Run([&](pqxx::connection& c) {
+    pqxx::work w(c);
+    std::string when = ToTimestamptz(seen);
+    for (const std::string& id : device_ids) {
+      w.exec_params(
+          "UPDATE devices SET last_seen = GREATEST(COALESCE(last_seen, "
+          "$2::timestamptz), "
+          "$2::timestamptz) WHERE device_id = $1",
+          id, when);
+    }
+    w.commit();
+  });
+}
+
+absl::Status PgStore::UpdateDeviceInfo(
+    const DeviceIdentity& device, const v1::DeviceInfo& info,
+    const v1::SyncDeviceCapability* capability, absl::Time seen) {
+  return pool_->Run([&](pqxx::connection& c) {
+    pqxx::work w(c);
+    w.exec_params(
+        "UPDATE devices SET info = $2::jsonb, hostname = $3, agent_version = "
+        "$4, "
+        "last_seen = GREATEST(COALESCE(last_seen, $5::timestamptz), "
+        "$5::timestamptz), "
+        "tier = COALESCE($6, tier), capability = COALESCE($7::jsonb, "
+        "capability) "
+        "WHERE device_id = $1",
+        device.device_id, ToJson(info), info.hostname(), info.agent_version(),
+        ToTimestamptz(seen),
+        capability != nullptr ? std::optional<int>(capability->tier())
+                              : std::nullopt,
+        capability != nullptr ? std::optional<std::string>(ToJson(*capability))
+                              : std::nullopt);
+    w.commit();
+  });
+}
+
+}  // namespace fleetd::server

@@ -1,0 +1,70 @@
+// Server metadata in PostgreSQL: devices, API keys, and the sync ledger.
+#ifndef FLEETD_SERVER_STORE_STORE_H_
+#define FLEETD_SERVER_STORE_STORE_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "fleetd/v1/sync.pb.h"
+#include "server/model/batch.h"
+
+namespace fleetd::server {
+
+// Looks up API keys by the SHA-256 of the whole key (keys are never stored in
+// clear).
+class KeyLookup {
+ public:
+  virtual ~KeyLookup() = default;
+  // The identity of a valid (existing, not revoked) key with this hash, nullopt
+  // when there is none. Errors only when the store cannot answer (UNAVAILABLE
+  // etc.).
+  virtual absl::StatusOr<std::optional<DeviceIdentity>> LookupKeyHash(
+      const std::string& sha256_hex) = 0;
+};
+
+// One applied batch.
+struct LedgerEntry {
+  std::string device_id;
+  std::string stream;
+  int64_t sequence_number = 0;
+  int32_t record_count = 0;
+};
+
+// Records which batches were applied, so a retried batch is acknowledged
+// without being written twice.
+class Ledger {
+ public:
+  virtual ~Ledger() = default;
+  // Of `entries`, which were applied before (same device, stream, sequence
+  // number)? Returns one bool per entry, in order.
+  virtual absl::StatusOr<std::vector<bool>> AreApplied(
+      absl::Span<const LedgerEntry> entries) = 0;
+  // Marks entries applied; entries already present are left as they are. All or
+  // nothing.
+  virtual absl::Status RecordApplied(absl::Span<const LedgerEntry> entries) = 0;
+};
+
+// Device metadata.
+class DeviceRegistry {
+ public:
+  virtual ~DeviceRegistry() = default;
+  // Updates last-seen times (coalesced by the caller). Unknown devices are
+  // ignored.
+  virtual absl::Status TouchDevices(absl::Span<const std::string> device_ids,
+                                    absl::Time seen) = 0;
+  // Stores the device's self-reported info and capability; the latest report
+  // wins.
+  virtual absl::Status UpdateDeviceInfo(
+      const DeviceIdentity& device, const v1::DeviceInfo& info,
+      const v1::SyncDeviceCapability* capability, absl::Time seen) = 0;
+};
+
+}  // namespace fleetd::server
+
+#endif  // FLEETD_SERVER_STORE_STORE_H_
