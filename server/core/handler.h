@@ -1,10 +1,11 @@
-// The transport-agnostic core of the Fleet server: one implementation of each RPC.
+// The transport-agnostic core of the Fleet server: one implementation of each
+// RPC.
 //
-// Front ends (gRPC, Connect, gRPC-Web) only decode the request, collect the call context
-// (API key, peer, deadline) and hand over to a SyncHandler; they turn the returned
-// absl::Status into their protocol's error form (code, message, retry hint from
-// common/status/retry_after.h). Authentication, validation, routing and delivery all happen
-// behind this interface.
+// Front ends (gRPC, Connect, gRPC-Web) only decode the request, collect the
+// call context (API key, peer, deadline) and hand over to a SyncHandler; they
+// turn the returned absl::Status into their protocol's error form (code,
+// message, retry hint from common/status/retry_after.h). Authentication,
+// validation, routing and delivery all happen behind this interface.
 #ifndef FLEETD_SERVER_CORE_HANDLER_H_
 #define FLEETD_SERVER_CORE_HANDLER_H_
 
@@ -20,7 +21,8 @@ namespace fleetd::server {
 
 // What a front end knows about a call.
 struct CallContext {
-  // The API key from `x-api-key` metadata / the `X-API-Key` header; empty when absent.
+  // The API key from `x-api-key` metadata / the `X-API-Key` header; empty when
+  // absent.
   std::string api_key;
   // The remote address, for logs.
   std::string peer;
@@ -34,32 +36,34 @@ struct CallContext {
 class StreamSink {
  public:
   virtual ~StreamSink() = default;
-  // Queues a response to the client. Returns false once the stream is closed; the response
-  // is then dropped.
+  // Queues a response to the client. Returns false once the stream is closed;
+  // the response is then dropped.
   virtual bool Send(const v1::StreamSyncResponse& response) = 0;
 };
 
-// One StreamSync call. The front end calls OnRequest for each client message in order
-// (never concurrently), then Finish exactly once when the client half-closes or the call
-// breaks. The session may Send on its sink from any thread until Finish returns.
+// One StreamSync call. The front end calls OnRequest for each client message in
+// order (never concurrently), then Finish exactly once when the client
+// half-closes or the call breaks. The session may Send on its sink from any
+// thread until Finish returns.
 class StreamSession {
  public:
   virtual ~StreamSession() = default;
   // Handles one client message. An error ends the call with that status.
   virtual absl::Status OnRequest(const v1::StreamSyncRequest& request) = 0;
-  // Ends the session: waits for outstanding work on already-received batches and returns
-  // the status the call ends with (OK after a clean half-close).
+  // Ends the session: waits for outstanding work on already-received batches
+  // and returns the status the call ends with (OK after a clean half-close).
   virtual absl::Status Finish() = 0;
 };
 
 // The server core. Implementations are safe for concurrent use.
 //
-// Every method authenticates `context.api_key` first: UNAUTHENTICATED for a missing,
-// unknown or revoked key; PERMISSION_DENIED when the request names another device or org.
-// Malformed content is INVALID_ARGUMENT (or RESOURCE_EXHAUSTED when over a size limit) and
-// writes nothing. A batch is acknowledged (OK) only after every backend it routes to
-// accepted it; if one did not, the status is retryable (UNAVAILABLE, or RESOURCE_EXHAUSTED
-// with a retry hint on overload) and the batch is not recorded as applied.
+// Every method authenticates `context.api_key` first: UNAUTHENTICATED for a
+// missing, unknown or revoked key; PERMISSION_DENIED when the request names
+// another device or org. Malformed content is INVALID_ARGUMENT (or
+// RESOURCE_EXHAUSTED when over a size limit) and writes nothing. A batch is
+// acknowledged (OK) only after every backend it routes to accepted it; if one
+// did not, the status is retryable (UNAVAILABLE, or RESOURCE_EXHAUSTED with a
+// retry hint on overload) and the batch is not recorded as applied.
 class SyncHandler {
  public:
   virtual ~SyncHandler() = default;
@@ -73,10 +77,11 @@ class SyncHandler {
   virtual absl::StatusOr<v1::SyncEventsResponse> SyncEvents(
       const CallContext& context, const v1::SyncEventsRequest& request) = 0;
   virtual absl::StatusOr<v1::UpdateDeviceInfoResponse> UpdateDeviceInfo(
-      const CallContext& context, const v1::UpdateDeviceInfoRequest& request) = 0;
+      const CallContext& context,
+      const v1::UpdateDeviceInfoRequest& request) = 0;
 
-  // Starts a StreamSync call. `sink` outlives the session. Fails (e.g. UNAUTHENTICATED)
-  // before any message is read.
+  // Starts a StreamSync call. `sink` outlives the session. Fails (e.g.
+  // UNAUTHENTICATED) before any message is read.
   virtual absl::StatusOr<std::unique_ptr<StreamSession>> OpenStream(
       const CallContext& context, StreamSink* sink) = 0;
 };

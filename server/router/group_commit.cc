@@ -83,8 +83,8 @@ size_t GroupCommitter::queued_batches() {
   return queue_.size();
 }
 
-absl::Status GroupCommitter::Submit(const DecodedBatch* batch,
-                                    absl::Time deadline) {
+absl::StatusOr<GroupCommitter::Ticket> GroupCommitter::Enqueue(
+    std::shared_ptr<const DecodedBatch> batch) {
   if (!breaker_.Allow()) {
     if (rejected_breaker_ != nullptr) rejected_breaker_->Increment();
     return WithRetryAfter(
@@ -92,28 +92,33 @@ absl::Status GroupCommitter::Submit(const DecodedBatch* batch,
             absl::StrCat(writer_->name(), " is failing; not writing")),
         std::max(breaker_.RetryAfter(), absl::Milliseconds(100)));
   }
-  // Allow() admitted a probe in half-open state; the flush outcome reports
-  // back.
-  Pending p{batch, batch->approx_bytes(), std::make_shared<Pending::Result>()};
-  {
-    absl::MutexLock lock(&mu_);
-    if (stopping_) return absl::UnavailableError("server shutting down");
-    if (queued_bytes_ + p.bytes > options_.max_queue_bytes && !queue_.empty()) {
-      if (rejected_overload_ != nullptr) rejected_overload_->Increment();
-      LOG(WARNING) << "queue for " << writer_->name() << " is full ("
-                   << queued_bytes_ << " bytes); refusing a batch";
-      return WithRetryAfter(
-          absl::ResourceExhaustedError(absl::StrCat(
-              "server overloaded: ", writer_->name(), " queue is full")),
-          options_.overload_retry_after);
-    }
-    queued_bytes_ += p.bytes;
-    if (queue_bytes_gauge_ != nullptr) queue_bytes_gauge_->Set(queued_bytes_);
-    queue_.push_back(p);
+  // In half-open state Allow() admitted this batch as the probe; its flush
+  // reports back.
+  size_t bytes = batch->approx_bytes();
+  Pending p{std::move(batch), bytes, std::make_shared<Result>()};
+  Ticket ticket;
+  ticket.result_ = p.result;
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("server shutting down");
+  if (queued_bytes_ + p.bytes > options_.max_queue_bytes && !queue_.empty()) {
+    if (rejected_overload_ != nullptr) rejected_overload_->Increment();
+    LOG(WARNING) << "queue for " << writer_->name() << " is full ("
+                 << queued_bytes_ << " bytes); refusing a batch";
+    return WithRetryAfter(
+        absl::ResourceExhaustedError(absl::StrCat(
+            "server overloaded: ", writer_->name(), " queue is full")),
+        options_.overload_retry_after);
   }
-  // Waits for the flush in real time, bounded by the caller's deadline on our
-  // clock.
-  Pending::Result* r = p.result.get();
+  queued_bytes_ += p.bytes;
+  if (queue_bytes_gauge_ != nullptr) queue_bytes_gauge_->Set(queued_bytes_);
+  queue_.push_back(std::move(p));
+  return ticket;
+}
+
+absl::Status GroupCommitter::Wait(const Ticket& ticket, absl::Time deadline) {
+  // Waits in real time, re-checking the caller's deadline on our clock at least
+  // every second so that a simulated clock in tests is honoured too.
+  Result* r = ticket.result_.get();
   absl::MutexLock lock(&r->mu);
   while (!r->done) {
     absl::Duration left = deadline - clock_->MonotonicNow();
@@ -125,6 +130,13 @@ absl::Status GroupCommitter::Submit(const DecodedBatch* batch,
                            std::min(left, absl::Seconds(1)));
   }
   return r->status;
+}
+
+absl::Status GroupCommitter::Submit(std::shared_ptr<const DecodedBatch> batch,
+                                    absl::Time deadline) {
+  absl::StatusOr<Ticket> ticket = Enqueue(std::move(batch));
+  if (!ticket.ok()) return ticket.status();
+  return Wait(*ticket, deadline);
 }
 
 void GroupCommitter::Complete(std::vector<Pending>& taken,
@@ -175,7 +187,7 @@ void GroupCommitter::FlushLoop() {
     batches.reserve(taken.size());
     int records = 0;
     for (const Pending& p : taken) {
-      batches.push_back(p.batch);
+      batches.push_back(p.batch.get());
       records += p.batch->record_count();
     }
     absl::Time start = clock_->MonotonicNow();

@@ -11,6 +11,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/clock/clock.h"
@@ -56,29 +57,37 @@ class GroupCommitter {
   GroupCommitter(const GroupCommitter&) = delete;
   GroupCommitter& operator=(const GroupCommitter&) = delete;
 
-  // Queues `batch` (which must stay alive until this returns) and waits for its
-  // flush. Returns the Writer's status for that flush, RESOURCE_EXHAUSTED if
-  // the queue is full, UNAVAILABLE if the breaker is open or on shutdown,
-  // DEADLINE_EXCEEDED if `deadline` (monotonic, on the committer's clock)
-  // passes first; in that case the batch may still be written later, which is
-  // harmless because writers are idempotent.
-  absl::Status Submit(const DecodedBatch* batch, absl::Time deadline);
+  class Ticket;
+
+  // Queues `batch` for the next flush. Fails at once with RESOURCE_EXHAUSTED
+  // (and a retry hint) if the queue is full, UNAVAILABLE if the breaker is open
+  // or on shutdown. The committer keeps the batch alive until it has been
+  // flushed.
+  absl::StatusOr<Ticket> Enqueue(std::shared_ptr<const DecodedBatch> batch);
+  // Waits for the flush that carried the ticket's batch and returns the
+  // Writer's status for it, or DEADLINE_EXCEEDED if `deadline` (monotonic, on
+  // the committer's clock) passes first; the batch may then still be written
+  // later, which is harmless because writers are idempotent.
+  absl::Status Wait(const Ticket& ticket, absl::Time deadline);
+  // Enqueue, then Wait.
+  absl::Status Submit(std::shared_ptr<const DecodedBatch> batch,
+                      absl::Time deadline);
 
   Writer* writer() const { return writer_; }
   size_t queued_bytes();
   size_t queued_batches();
 
  private:
+  struct Result {
+    absl::Mutex mu;
+    bool done ABSL_GUARDED_BY(mu) = false;
+    absl::Status status ABSL_GUARDED_BY(mu);
+  };
   struct Pending {
-    const DecodedBatch* batch;
+    std::shared_ptr<const DecodedBatch> batch;
     size_t bytes;
     // Shared with the waiting caller, who may give up (deadline) before the
     // flush ends.
-    struct Result {
-      absl::Mutex mu;
-      bool done ABSL_GUARDED_BY(mu) = false;
-      absl::Status status ABSL_GUARDED_BY(mu);
-    };
     std::shared_ptr<Result> result;
   };
 
@@ -103,6 +112,13 @@ class GroupCommitter {
   size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
+};
+
+// A claim on the outcome of one enqueued batch.
+class GroupCommitter::Ticket {
+ private:
+  friend class GroupCommitter;
+  std::shared_ptr<Result> result_;
 };
 
 }  // namespace fleetd::server

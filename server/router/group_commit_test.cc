@@ -67,13 +67,13 @@ class FakeWriter : public Writer {
   std::vector<int64_t> seen_ ABSL_GUARDED_BY(mu_);
 };
 
-DecodedBatch MakeBatch(int64_t seq, int records) {
-  DecodedBatch b;
-  b.device = {"dev", "org", "k"};
-  b.kind = DataKind::kMetrics;
-  b.stream = "metrics";
-  b.sequence_number = seq;
-  for (int i = 0; i < records; ++i) b.metrics.add_metrics()->set_name("m");
+std::shared_ptr<DecodedBatch> MakeBatch(int64_t seq, int records) {
+  auto b = std::make_shared<DecodedBatch>();
+  b->device = {"dev", "org", "k"};
+  b->kind = DataKind::kMetrics;
+  b->stream = "metrics";
+  b->sequence_number = seq;
+  for (int i = 0; i < records; ++i) b->metrics.add_metrics()->set_name("m");
   return b;
 }
 
@@ -83,8 +83,8 @@ TEST(GroupCommitTest, SingleBatchIsWrittenAndAcknowledged) {
   FakeWriter writer;
   metrics::Registry registry;
   GroupCommitter gc(&writer, Clock::Real(), &registry, {});
-  DecodedBatch b = MakeBatch(1, 3);
-  EXPECT_THAT(gc.Submit(&b, kNoDeadline), IsOk());
+  auto b = MakeBatch(1, 3);
+  EXPECT_THAT(gc.Submit(b, kNoDeadline), IsOk());
   EXPECT_THAT(writer.seen(), ::testing::ElementsAre(1));
   EXPECT_THAT(registry.Render(),
               ::testing::HasSubstr(
@@ -95,15 +95,15 @@ TEST(GroupCommitTest, BatchesArrivingDuringAFlushAreCoalescedIntoTheNext) {
   FakeWriter writer;
   GroupCommitter gc(&writer, Clock::Real(), nullptr, {.flush_threads = 1});
   writer.Close();
-  DecodedBatch first = MakeBatch(0, 1);
-  std::thread t0([&] { EXPECT_THAT(gc.Submit(&first, kNoDeadline), IsOk()); });
+  auto first = MakeBatch(0, 1);
+  std::thread t0([&] { EXPECT_THAT(gc.Submit(first, kNoDeadline), IsOk()); });
   ASSERT_TRUE(WaitFor([&] { return writer.in_flight() == 1; }));
-  std::vector<DecodedBatch> batches;
+  std::vector<std::shared_ptr<DecodedBatch>> batches;
   for (int i = 1; i <= 20; ++i) batches.push_back(MakeBatch(i, 2));
   std::vector<std::thread> threads;
   for (auto& b : batches) {
     threads.emplace_back(
-        [&gc, &b] { EXPECT_THAT(gc.Submit(&b, kNoDeadline), IsOk()); });
+        [&gc, &b] { EXPECT_THAT(gc.Submit(b, kNoDeadline), IsOk()); });
   }
   ASSERT_TRUE(WaitFor([&] { return gc.queued_batches() == 20; }));
   writer.Open();
@@ -118,14 +118,14 @@ TEST(GroupCommitTest, FlushRespectsRecordLimit) {
   GroupCommitter gc(&writer, Clock::Real(), nullptr,
                     {.flush_threads = 1, .max_records_per_flush = 10});
   writer.Close();
-  DecodedBatch first = MakeBatch(0, 1);
-  std::thread t0([&] { (void)gc.Submit(&first, kNoDeadline); });
+  auto first = MakeBatch(0, 1);
+  std::thread t0([&] { (void)gc.Submit(first, kNoDeadline); });
   ASSERT_TRUE(WaitFor([&] { return writer.in_flight() == 1; }));
-  std::vector<DecodedBatch> batches;
+  std::vector<std::shared_ptr<DecodedBatch>> batches;
   for (int i = 1; i <= 6; ++i) batches.push_back(MakeBatch(i, 4));
   std::vector<std::thread> threads;
   for (auto& b : batches)
-    threads.emplace_back([&gc, &b] { (void)gc.Submit(&b, kNoDeadline); });
+    threads.emplace_back([&gc, &b] { (void)gc.Submit(b, kNoDeadline); });
   ASSERT_TRUE(WaitFor([&] { return gc.queued_batches() == 6; }));
   writer.Open();
   t0.join();
@@ -138,8 +138,8 @@ TEST(GroupCommitTest, WriterFailureReachesEveryCallerInTheFlush) {
   FakeWriter writer;
   GroupCommitter gc(&writer, Clock::Real(), nullptr, {.flush_threads = 1});
   writer.Fail(absl::UnavailableError("backend down"));
-  DecodedBatch b = MakeBatch(1, 1);
-  EXPECT_THAT(gc.Submit(&b, kNoDeadline),
+  auto b = MakeBatch(1, 1);
+  EXPECT_THAT(gc.Submit(b, kNoDeadline),
               StatusIs(absl::StatusCode::kUnavailable));
 }
 
@@ -151,13 +151,13 @@ TEST(GroupCommitTest, BreakerOpensAfterRepeatedFailuresAndFailsFastWithHint) {
       {.flush_threads = 1,
        .breaker = {.failure_threshold = 3, .open_duration = absl::Seconds(5)}});
   writer.Fail(absl::UnavailableError("down"));
-  DecodedBatch b = MakeBatch(1, 1);
+  auto b = MakeBatch(1, 1);
   for (int i = 0; i < 3; ++i) {
-    EXPECT_THAT(gc.Submit(&b, kNoDeadline),
+    EXPECT_THAT(gc.Submit(b, kNoDeadline),
                 StatusIs(absl::StatusCode::kUnavailable));
   }
   EXPECT_EQ(writer.seen().size(), 3u);
-  absl::Status fast = gc.Submit(&b, kNoDeadline);
+  absl::Status fast = gc.Submit(b, kNoDeadline);
   EXPECT_THAT(fast, StatusIs(absl::StatusCode::kUnavailable,
                              ::testing::HasSubstr("failing")));
   EXPECT_EQ(GetRetryAfter(fast), absl::Seconds(5));
@@ -165,25 +165,25 @@ TEST(GroupCommitTest, BreakerOpensAfterRepeatedFailuresAndFailsFastWithHint) {
       << "open breaker must not call the writer";
   writer.Fail(absl::OkStatus());
   clock.Advance(absl::Seconds(5));
-  EXPECT_THAT(gc.Submit(&b, kNoDeadline), IsOk()) << "half-open probe succeeds";
-  EXPECT_THAT(gc.Submit(&b, kNoDeadline), IsOk());
+  EXPECT_THAT(gc.Submit(b, kNoDeadline), IsOk()) << "half-open probe succeeds";
+  EXPECT_THAT(gc.Submit(b, kNoDeadline), IsOk());
 }
 
 TEST(GroupCommitTest, FullQueueRefusesWithResourceExhaustedAndRetryHint) {
   FakeWriter writer;
-  DecodedBatch big = MakeBatch(1, 100);
+  auto big = MakeBatch(1, 100);
   GroupCommitter gc(&writer, Clock::Real(), nullptr,
                     {.flush_threads = 1,
-                     .max_queue_bytes = big.approx_bytes() + 10,
+                     .max_queue_bytes = big->approx_bytes() + 10,
                      .overload_retry_after = absl::Seconds(2)});
   writer.Close();
-  DecodedBatch first = MakeBatch(0, 1);
-  std::thread t0([&] { EXPECT_THAT(gc.Submit(&first, kNoDeadline), IsOk()); });
+  auto first = MakeBatch(0, 1);
+  std::thread t0([&] { EXPECT_THAT(gc.Submit(first, kNoDeadline), IsOk()); });
   ASSERT_TRUE(WaitFor([&] { return writer.in_flight() == 1; }));
-  std::thread t1([&] { EXPECT_THAT(gc.Submit(&big, kNoDeadline), IsOk()); });
+  std::thread t1([&] { EXPECT_THAT(gc.Submit(big, kNoDeadline), IsOk()); });
   ASSERT_TRUE(WaitFor([&] { return gc.queued_batches() == 1; }));
-  DecodedBatch more = MakeBatch(2, 100);
-  absl::Status refused = gc.Submit(&more, kNoDeadline);
+  auto more = MakeBatch(2, 100);
+  absl::Status refused = gc.Submit(more, kNoDeadline);
   EXPECT_THAT(refused, StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_EQ(GetRetryAfter(refused), absl::Seconds(2));
   writer.Open();
@@ -196,25 +196,25 @@ TEST(GroupCommitTest, CallerDeadlineEndsTheWait) {
   FakeWriter writer;
   GroupCommitter gc(&writer, Clock::Real(), nullptr, {.flush_threads = 1});
   writer.Close();
-  DecodedBatch b = MakeBatch(1, 1);
+  auto b = MakeBatch(1, 1);
   EXPECT_THAT(
-      gc.Submit(&b, Clock::Real()->MonotonicNow() + absl::Milliseconds(20)),
+      gc.Submit(b, Clock::Real()->MonotonicNow() + absl::Milliseconds(20)),
       StatusIs(absl::StatusCode::kDeadlineExceeded));
   writer.Open();
 }
 
 TEST(GroupCommitTest, ShutdownNeverLeavesCallersHanging) {
   FakeWriter writer;
-  DecodedBatch first = MakeBatch(0, 1);
-  DecodedBatch queued = MakeBatch(1, 1);
+  auto first = MakeBatch(0, 1);
+  auto queued = MakeBatch(1, 1);
   absl::Status queued_status;
   std::thread t0, t1;
   {
     GroupCommitter gc(&writer, Clock::Real(), nullptr, {.flush_threads = 1});
     writer.Close();
-    t0 = std::thread([&] { (void)gc.Submit(&first, kNoDeadline); });
+    t0 = std::thread([&] { (void)gc.Submit(first, kNoDeadline); });
     ASSERT_TRUE(WaitFor([&] { return writer.in_flight() == 1; }));
-    t1 = std::thread([&] { queued_status = gc.Submit(&queued, kNoDeadline); });
+    t1 = std::thread([&] { queued_status = gc.Submit(queued, kNoDeadline); });
     ASSERT_TRUE(WaitFor([&] { return gc.queued_batches() == 1; }));
     // Let the in-flight flush finish only once shutdown has begun.
     std::thread opener([&] { writer.Open(); });

@@ -1,0 +1,339 @@
+#include "server/core/decode.h"
+
+#include <openssl/sha.h>
+
+#include <cmath>
+#include <string>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "common/codec/codec.h"
+#include "common/status/status_macros.h"
+
+namespace fleetd::server {
+namespace {
+
+// Identity labels: set by the server from the API key, never taken from the device.
+constexpr absl::string_view kReservedLabels[] = {"device_id", "org_id"};
+
+void SetTimestamp(google::protobuf::Timestamp* ts, absl::Time t) {
+  int64_t nanos = absl::ToUnixNanos(t);
+  ts->set_seconds(nanos / 1'000'000'000);
+  ts->set_nanos(static_cast<int32_t>(nanos % 1'000'000'000));
+}
+
+absl::Status CheckTimestamp(const google::protobuf::Timestamp& ts,
+                            absl::string_view what) {
+  // The range google.protobuf.Timestamp allows: years 0001..9999.
+  if (ts.seconds() < -62135596800 || ts.seconds() > 253402300799 ||
+      ts.nanos() < 0 || ts.nanos() > 999'999'999) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": timestamp out of range"));
+  }
+  return absl::OkStatus();
+}
+
+std::string Sha256(absl::string_view data) {
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(),
+         digest);
+  return std::string(reinterpret_cast<const char*>(digest), sizeof(digest));
+}
+
+// Validates a label set: names, counts and sizes, and the reserved identity
+// labels. Removes the identity labels once checked against `device`.
+absl::Status CheckLabels(
+    google::protobuf::Map<std::string, std::string>* labels,
+    const DeviceIdentity& device, const DecodeLimits& limits,
+    absl::string_view what) {
+  if (labels->size() > static_cast<size_t>(limits.max_labels)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": ", labels->size(), " labels, over the limit of ",
+                     limits.max_labels));
+  }
+  for (const auto& [name, value] : *labels) {
+    if (!IsValidLabelName(name) || name.size() > limits.max_name_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": invalid label name \"", absl::CEscape(name), "\""));
+    }
+    if (value.size() > limits.max_label_value_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": label ", name,
+                                                     " value of ", value.size(),
+                                                     " bytes is too long"));
+    }
+  }
+  auto dev = labels->find("device_id");
+  if (dev != labels->end() && dev->second != device.device_id) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        what, ": label device_id names another device than the API key's"));
+  }
+  auto org = labels->find("org_id");
+  if (org != labels->end() && org->second != device.org_id) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        what, ": label org_id names another org than the API key's"));
+  }
+  for (absl::string_view r : kReservedLabels) labels->erase(std::string(r));
+  return absl::OkStatus();
+}
+
+// Undoes in-message compression. `Batch` is MetricsBatch, LogsBatch or
+// EventsBatch; `wire_records` is how many records the wire batch carries
+// uncompressed.
+template <typename Batch>
+absl::StatusOr<Batch> Unpack(const Batch& wire,
+                             const v1::SyncMetadata& metadata,
+                             int declared_size, int wire_records,
+                             const DecodeLimits& limits) {
+  if (wire.compressed_data().empty()) {
+    if (!metadata.checksum().empty() &&
+        metadata.checksum().size() != SHA256_DIGEST_LENGTH) {
+      return absl::InvalidArgumentError("checksum must be a 32-byte SHA-256");
+    }
+    return wire;
+  }
+  if (wire_records > 0) {
+    return absl::InvalidArgumentError(
+        "batch has both records and compressed_data; send one or the other");
+  }
+  ASSIGN_OR_RETURN(Compression codec, ParseCompression(wire.compression()));
+  if (declared_size < 0) {
+    return absl::InvalidArgumentError("original_size must not be negative");
+  }
+  if (static_cast<size_t>(declared_size) > limits.max_decompressed_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "declared original_size ", declared_size, " exceeds the limit of ",
+        limits.max_decompressed_bytes, " bytes"));
+  }
+  size_t limit = declared_size > 0 ? static_cast<size_t>(declared_size)
+                                   : limits.max_decompressed_bytes;
+  absl::StatusOr<std::string> raw =
+      Decompress(codec, wire.compressed_data(), limit);
+  if (!raw.ok()) {
+    if (absl::IsResourceExhausted(raw.status()) && declared_size > 0) {
+      return absl::InvalidArgumentError(
+          "compressed_data expands beyond its declared original_size");
+    }
+    return raw.status();
+  }
+  if (declared_size > 0 && raw->size() != static_cast<size_t>(declared_size)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("original_size says ", declared_size, " bytes, data has ",
+                     raw->size()));
+  }
+  if (!metadata.checksum().empty() && metadata.checksum() != Sha256(*raw)) {
+    return absl::InvalidArgumentError(
+        "checksum does not match the uncompressed batch");
+  }
+  Batch inner;
+  if (!inner.ParseFromString(*raw)) {
+    return absl::InvalidArgumentError(
+        "compressed_data is not a valid serialized batch");
+  }
+  if (!inner.compressed_data().empty()) {
+    return absl::InvalidArgumentError("nested compressed_data is not allowed");
+  }
+  return inner;
+}
+
+absl::Status CheckEnvelope(const v1::SyncMetadata& metadata, int records,
+                           const DecodeLimits& limits) {
+  if (records > limits.max_records) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("batch of ", records, " records exceeds the limit of ",
+                     limits.max_records));
+  }
+  if (metadata.record_count() != 0 && metadata.record_count() != records) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metadata.record_count says ", metadata.record_count(),
+                     ", batch has ", records));
+  }
+  return absl::OkStatus();
+}
+
+DecodedBatch NewBatch(DataKind kind, const v1::SyncMetadata& metadata,
+                      const DeviceIdentity& device) {
+  DecodedBatch b;
+  b.device = device;
+  b.kind = kind;
+  b.stream = metadata.stream().empty() ? std::string(DataKindName(kind))
+                                       : metadata.stream();
+  b.sequence_number = metadata.sequence_number();
+  return b;
+}
+
+}  // namespace
+
+bool IsValidMetricName(absl::string_view name) {
+  if (name.empty()) return false;
+  for (size_t i = 0; i < name.size(); ++i) {
+    char c = name[i];
+    bool ok = absl::ascii_isalpha(c) || c == '_' || c == ':' ||
+              (i > 0 && absl::ascii_isdigit(c));
+    if (!ok) return false;
+  }
+  return true;
+}
+
+bool IsValidLabelName(absl::string_view name) {
+  if (name.empty()) return false;
+  if (name.size() >= 2 && name[0] == '_' && name[1] == '_')
+    return false;  // reserved
+  for (size_t i = 0; i < name.size(); ++i) {
+    char c = name[i];
+    bool ok =
+        absl::ascii_isalpha(c) || c == '_' || (i > 0 && absl::ascii_isdigit(c));
+    if (!ok) return false;
+  }
+  return true;
+}
+
+absl::Status CheckMetadataIdentity(const v1::SyncMetadata& metadata,
+                                   const DeviceIdentity& device) {
+  if (!metadata.device_id().empty() &&
+      metadata.device_id() != device.device_id) {
+    return absl::PermissionDeniedError(
+        "metadata.device_id names another device than the API key's");
+  }
+  if (!metadata.org_id().empty() && metadata.org_id() != device.org_id) {
+    return absl::PermissionDeniedError(
+        "metadata.org_id names another org than the API key's");
+  }
+  if (metadata.stream().size() > 64 ||
+      (!metadata.stream().empty() && !IsValidLabelName(metadata.stream()))) {
+    return absl::InvalidArgumentError(
+        "metadata.stream must be a short identifier");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DecodedBatch> DecodeMetrics(
+    const v1::SyncMetricsRequest& request, const DeviceIdentity& device,
+    const DecodeLimits& limits, absl::Time now) {
+  const v1::SyncMetadata& md = request.metadata();
+  RETURN_IF_ERROR(CheckMetadataIdentity(md, device));
+  ASSIGN_OR_RETURN(v1::MetricsBatch batch,
+                   Unpack(request.batch(), md, request.batch().original_size(),
+                          request.batch().metrics_size(), limits));
+  RETURN_IF_ERROR(CheckEnvelope(md, batch.metrics_size(), limits));
+  for (int i = 0; i < batch.metrics_size(); ++i) {
+    v1::Metric* m = batch.mutable_metrics(i);
+    std::string what = absl::StrCat("metric ", i);
+    if (!IsValidMetricName(m->name()) ||
+        m->name().size() > limits.max_name_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": invalid metric name \"", absl::CEscape(m->name()), "\""));
+    }
+    if (!std::isfinite(m->value())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": value is not finite"));
+    }
+    if (m->has_timestamp()) {
+      RETURN_IF_ERROR(CheckTimestamp(m->timestamp(), what));
+    } else {
+      SetTimestamp(m->mutable_timestamp(), now);
+    }
+    RETURN_IF_ERROR(CheckLabels(m->mutable_labels(), device, limits, what));
+  }
+  DecodedBatch out = NewBatch(DataKind::kMetrics, md, device);
+  batch.clear_compression();
+  batch.clear_original_size();
+  out.metrics = std::move(batch);
+  return out;
+}
+
+absl::StatusOr<DecodedBatch> DecodeLogs(const v1::SyncLogsRequest& request,
+                                        const DeviceIdentity& device,
+                                        const DecodeLimits& limits,
+                                        absl::Time now) {
+  const v1::SyncMetadata& md = request.metadata();
+  RETURN_IF_ERROR(CheckMetadataIdentity(md, device));
+  ASSIGN_OR_RETURN(v1::LogsBatch batch,
+                   Unpack(request.batch(), md, request.batch().original_size(),
+                          request.batch().logs_size(), limits));
+  RETURN_IF_ERROR(CheckEnvelope(md, batch.logs_size(), limits));
+  for (int i = 0; i < batch.logs_size(); ++i) {
+    v1::LogEntry* e = batch.mutable_logs(i);
+    std::string what = absl::StrCat("log ", i);
+    std::string level = absl::AsciiStrToLower(e->level());
+    if (level.empty()) level = "info";
+    if (level == "warning") level = "warn";
+    if (level != "debug" && level != "info" && level != "warn" &&
+        level != "error" && level != "fatal" && level != "trace") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": unknown level \"", absl::CEscape(e->level()), "\""));
+    }
+    e->set_level(level);
+    if (e->message().size() > limits.max_log_message_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": message too long"));
+    }
+    if (e->source().size() > limits.max_label_value_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": source too long"));
+    }
+    if (e->has_timestamp()) {
+      RETURN_IF_ERROR(CheckTimestamp(e->timestamp(), what));
+    } else {
+      SetTimestamp(e->mutable_timestamp(), now);
+    }
+    RETURN_IF_ERROR(CheckLabels(e->mutable_fields(), device, limits, what));
+  }
+  DecodedBatch out = NewBatch(DataKind::kLogs, md, device);
+  batch.clear_compression();
+  batch.clear_original_size();
+  out.logs = std::move(batch);
+  return out;
+}
+
+absl::StatusOr<DecodedBatch> DecodeEvents(const v1::SyncEventsRequest& request,
+                                          const DeviceIdentity& device,
+                                          const DecodeLimits& limits,
+                                          absl::Time now) {
+  const v1::SyncMetadata& md = request.metadata();
+  RETURN_IF_ERROR(CheckMetadataIdentity(md, device));
+  ASSIGN_OR_RETURN(v1::EventsBatch batch,
+                   Unpack(request.batch(), md, request.batch().original_size(),
+                          request.batch().events_size(), limits));
+  RETURN_IF_ERROR(CheckEnvelope(md, batch.events_size(), limits));
+  for (int i = 0; i < batch.events_size(); ++i) {
+    v1::Event* e = batch.mutable_events(i);
+    std::string what = absl::StrCat("event ", i);
+    if (!IsValidMetricName(e->name()) ||
+        e->name().size() > limits.max_name_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": invalid event name \"", absl::CEscape(e->name()), "\""));
+    }
+    if (e->event_id().size() > limits.max_name_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": event_id too long"));
+    }
+    if (e->has_timestamp()) {
+      RETURN_IF_ERROR(CheckTimestamp(e->timestamp(), what));
+    } else {
+      SetTimestamp(e->mutable_timestamp(), now);
+    }
+    RETURN_IF_ERROR(CheckLabels(e->mutable_properties(), device, limits, what));
+    if (e->values_size() > limits.max_labels) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": too many values"));
+    }
+    for (const auto& [name, value] : e->values()) {
+      if (!IsValidLabelName(name)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            what, ": invalid value name \"", absl::CEscape(name), "\""));
+      }
+      if (!std::isfinite(value)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(what, ": value ", name, " is not finite"));
+      }
+    }
+  }
+  DecodedBatch out = NewBatch(DataKind::kEvents, md, device);
+  batch.clear_compression();
+  batch.clear_original_size();
+  out.events = std::move(batch);
+  return out;
+}
+
+}  // namespace fleetd::server

@@ -1,0 +1,60 @@
+// Turns wire batches into validated DecodedBatches, or explains why not.
+//
+// Everything a device sends passes through here before any backend sees it, so
+// a batch is either valid as a whole or rejected as a whole: nothing partial is
+// ever written.
+#ifndef FLEETD_SERVER_CORE_DECODE_H_
+#define FLEETD_SERVER_CORE_DECODE_H_
+
+#include <cstddef>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "fleetd/v1/sync.pb.h"
+#include "server/model/batch.h"
+
+namespace fleetd::server {
+
+struct DecodeLimits {
+  // Largest decompressed batch accepted (declared or actual).
+  size_t max_decompressed_bytes = 16 << 20;
+  int max_records = 50'000;
+  int max_labels = 64;
+  size_t max_name_bytes = 256;
+  size_t max_label_value_bytes = 4096;
+  size_t max_log_message_bytes = 256 << 10;
+};
+
+// Label and metric name rules (Prometheus data model).
+bool IsValidMetricName(absl::string_view name);
+bool IsValidLabelName(absl::string_view name);
+
+// Decodes the batch in `request` for `device` (the identity from the API key).
+// In-message compression is undone with bounded decompression; the checksum,
+// when present, must be the SHA-256 of the uncompressed serialized batch.
+// Labels `device_id` and `org_id` sent by the device must agree with the key
+// (PERMISSION_DENIED otherwise) and are dropped (writers add the key's values).
+// Records without a timestamp get `now`. Errors: INVALID_ARGUMENT for malformed
+// content, RESOURCE_EXHAUSTED for size limits, PERMISSION_DENIED as above.
+absl::StatusOr<DecodedBatch> DecodeMetrics(
+    const v1::SyncMetricsRequest& request, const DeviceIdentity& device,
+    const DecodeLimits& limits, absl::Time now);
+absl::StatusOr<DecodedBatch> DecodeLogs(const v1::SyncLogsRequest& request,
+                                        const DeviceIdentity& device,
+                                        const DecodeLimits& limits,
+                                        absl::Time now);
+absl::StatusOr<DecodedBatch> DecodeEvents(const v1::SyncEventsRequest& request,
+                                          const DeviceIdentity& device,
+                                          const DecodeLimits& limits,
+                                          absl::Time now);
+
+// Checks that the metadata names no other device or org than `device`
+// (PERMISSION_DENIED). Empty ids in the metadata mean "the key's".
+absl::Status CheckMetadataIdentity(const v1::SyncMetadata& metadata,
+                                   const DeviceIdentity& device);
+
+}  // namespace fleetd::server
+
+#endif  // FLEETD_SERVER_CORE_DECODE_H_

@@ -1,0 +1,205 @@
+#include "server/core/decode.h"
+
+#include <openssl/sha.h>
+
+#include "common/codec/codec.h"
+#include "common/testing/status_matchers.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace fleetd::server {
+namespace {
+
+using ::fleetd::testing::IsOk;
+using ::fleetd::testing::StatusIs;
+using ::testing::HasSubstr;
+
+const DeviceIdentity kDevice{"dev-1", "org-1", "key"};
+const absl::Time kNow = absl::FromUnixSeconds(1'760'000'000);
+
+v1::SyncMetricsRequest Request(int n) {
+  v1::SyncMetricsRequest r;
+  r.mutable_metadata()->set_device_id("dev-1");
+  r.mutable_metadata()->set_sequence_number(42);
+  for (int i = 0; i < n; ++i) {
+    v1::Metric* m = r.mutable_batch()->add_metrics();
+    m->set_name("cpu_usage");
+    m->set_value(i);
+    (*m->mutable_labels())["core"] = std::to_string(i);
+  }
+  return r;
+}
+
+std::string Sha256(const std::string& s) {
+  unsigned char d[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), d);
+  return std::string(reinterpret_cast<char*>(d), sizeof(d));
+}
+
+v1::SyncMetricsRequest Compressed(v1::SyncMetricsRequest r, Compression c) {
+  std::string raw = r.batch().SerializeAsString();
+  auto packed = Compress(c, raw);
+  EXPECT_THAT(packed, IsOk());
+  r.mutable_batch()->clear_metrics();
+  r.mutable_batch()->set_compression(std::string(CompressionName(c)));
+  r.mutable_batch()->set_compressed_data(*packed);
+  r.mutable_batch()->set_original_size(static_cast<int>(raw.size()));
+  r.mutable_metadata()->set_checksum(Sha256(raw));
+  return r;
+}
+
+TEST(DecodeTest, PlainBatchDecodesWithIdentityFromKey) {
+  auto b = DecodeMetrics(Request(3), kDevice, {}, kNow);
+  ASSERT_THAT(b, IsOk());
+  EXPECT_EQ(b->kind, DataKind::kMetrics);
+  EXPECT_EQ(b->stream, "metrics");
+  EXPECT_EQ(b->sequence_number, 42);
+  EXPECT_EQ(b->device.device_id, "dev-1");
+  ASSERT_EQ(b->metrics.metrics_size(), 3);
+  EXPECT_EQ(b->metrics.metrics(0).timestamp().seconds(), 1'760'000'000)
+      << "defaulted";
+}
+
+TEST(DecodeTest, CompressedBatchesOfEveryCodecDecode) {
+  for (Compression c : {Compression::kGzip, Compression::kZstd}) {
+    auto b = DecodeMetrics(Compressed(Request(50), c), kDevice, {}, kNow);
+    ASSERT_THAT(b, IsOk()) << CompressionName(c);
+    EXPECT_EQ(b->metrics.metrics_size(), 50);
+    EXPECT_EQ(b->metrics.metrics(49).labels().at("core"), "49");
+  }
+}
+
+TEST(DecodeTest, ChecksumMismatchIsRejected) {
+  auto r = Compressed(Request(5), Compression::kZstd);
+  r.mutable_metadata()->set_checksum(std::string(32, 'x'));
+  EXPECT_THAT(
+      DecodeMetrics(r, kDevice, {}, kNow),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("checksum")));
+}
+
+TEST(DecodeTest, BombsAndLiesAboutSizeAreRejected) {
+  v1::SyncMetricsRequest r;
+  auto zeros = Compress(Compression::kGzip, std::string(64 << 20, '\0'));
+  ASSERT_THAT(zeros, IsOk());
+  r.mutable_batch()->set_compression("gzip");
+  r.mutable_batch()->set_compressed_data(*zeros);
+  EXPECT_THAT(DecodeMetrics(r, kDevice, {}, kNow),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  r.mutable_batch()->set_original_size(100);  // claims small, expands huge
+  EXPECT_THAT(
+      DecodeMetrics(r, kDevice, {}, kNow),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("original_size")));
+  r.mutable_batch()->set_original_size(1 << 30);  // declares too much
+  EXPECT_THAT(
+      DecodeMetrics(r, kDevice, {}, kNow),
+      StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("declared")));
+}
+
+TEST(DecodeTest, GarbageCompressedDataIsInvalid) {
+  v1::SyncMetricsRequest r;
+  r.mutable_batch()->set_compression("zstd");
+  r.mutable_batch()->set_compressed_data("\x28\xb5\x2f\xfd garbage");
+  EXPECT_THAT(DecodeMetrics(r, kDevice, {}, kNow),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  r.mutable_batch()->set_compression("lz4");
+  EXPECT_THAT(DecodeMetrics(r, kDevice, {}, kNow),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("lz4")));
+}
+
+TEST(DecodeTest, AnotherDevicesIdentityIsPermissionDenied) {
+  auto r = Request(1);
+  r.mutable_metadata()->set_device_id("dev-2");
+  EXPECT_THAT(DecodeMetrics(r, kDevice, {}, kNow),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  r = Request(1);
+  r.mutable_metadata()->set_org_id("org-evil");
+  EXPECT_THAT(DecodeMetrics(r, kDevice, {}, kNow),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  r = Request(1);
+  (*r.mutable_batch()->mutable_metrics(0)->mutable_labels())["device_id"] =
+      "dev-2";
+  EXPECT_THAT(DecodeMetrics(r, kDevice, {}, kNow),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  r = Request(1);
+  (*r.mutable_batch()->mutable_metrics(0)->mutable_labels())["device_id"] =
+      "dev-1";
+  auto ok = DecodeMetrics(r, kDevice, {}, kNow);
+  ASSERT_THAT(ok, IsOk());
+  EXPECT_EQ(ok->metrics.metrics(0).labels().count("device_id"), 0u)
+      << "writers add it";
+}
+
+TEST(DecodeTest, InjectionInNamesIsRejectedButValuesPassThrough) {
+  for (const char* bad :
+       {"up{job=\"x\"}", "a b", "1abc", "x\"; DROP TABLE devices;--", ""}) {
+    auto r = Request(1);
+    r.mutable_batch()->mutable_metrics(0)->set_name(bad);
+    EXPECT_THAT(DecodeMetrics(r, kDevice, {}, kNow),
+                StatusIs(absl::StatusCode::kInvalidArgument))
+        << bad;
+    r = Request(1);
+    (*r.mutable_batch()->mutable_metrics(0)->mutable_labels())[bad] = "v";
+    EXPECT_THAT(DecodeMetrics(r, kDevice, {}, kNow),
+                StatusIs(absl::StatusCode::kInvalidArgument))
+        << bad;
+  }
+  auto r = Request(1);
+  const std::string hostile = "\"} or vector(1) # '; DROP TABLE x; --\n\\";
+  (*r.mutable_batch()->mutable_metrics(0)->mutable_labels())["site"] = hostile;
+  auto b = DecodeMetrics(r, kDevice, {}, kNow);
+  ASSERT_THAT(b, IsOk());
+  EXPECT_EQ(b->metrics.metrics(0).labels().at("site"), hostile);
+}
+
+TEST(DecodeTest, LimitsAreEnforced) {
+  DecodeLimits limits;
+  limits.max_records = 10;
+  EXPECT_THAT(DecodeMetrics(Request(11), kDevice, limits, kNow),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  auto r = Request(1);
+  r.mutable_batch()->mutable_metrics(0)->set_value(std::nan(""));
+  EXPECT_THAT(
+      DecodeMetrics(r, kDevice, {}, kNow),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("finite")));
+  r = Request(2);
+  r.mutable_metadata()->set_record_count(3);
+  EXPECT_THAT(
+      DecodeMetrics(r, kDevice, {}, kNow),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("record_count")));
+  r = Request(1);
+  r.mutable_batch()->mutable_metrics(0)->mutable_timestamp()->set_seconds(
+      int64_t{1} << 40);
+  EXPECT_THAT(
+      DecodeMetrics(r, kDevice, {}, kNow),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("timestamp")));
+}
+
+TEST(DecodeTest, LogLevelsAreNormalisedOrRejected) {
+  v1::SyncLogsRequest r;
+  r.mutable_batch()->add_logs()->set_level("WARNING");
+  r.mutable_batch()->add_logs()->set_level("");
+  auto b = DecodeLogs(r, kDevice, {}, kNow);
+  ASSERT_THAT(b, IsOk());
+  EXPECT_EQ(b->logs.logs(0).level(), "warn");
+  EXPECT_EQ(b->logs.logs(1).level(), "info");
+  r.mutable_batch()->add_logs()->set_level("catastrophic");
+  EXPECT_THAT(DecodeLogs(r, kDevice, {}, kNow),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(DecodeTest, EventsAreValidated) {
+  v1::SyncEventsRequest r;
+  v1::Event* e = r.mutable_batch()->add_events();
+  e->set_name("door_opened");
+  e->set_event_id("e-1");
+  (*e->mutable_values())["duration_s"] = 2.5;
+  auto b = DecodeEvents(r, kDevice, {}, kNow);
+  ASSERT_THAT(b, IsOk());
+  EXPECT_EQ(b->stream, "events");
+  (*e->mutable_values())["bad name"] = 1;
+  EXPECT_THAT(DecodeEvents(r, kDevice, {}, kNow),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+}  // namespace
+}  // namespace fleetd::server
