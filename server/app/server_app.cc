@@ -1,0 +1,197 @@
+#include "server/app/server_app.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/status/status_macros.h"
+#include "glog/logging.h"
+#include "server/admin/admin_server.h"
+#include "server/auth/authenticator.h"
+#include "server/core/sync_core.h"
+#include "server/router/group_commit.h"
+#include "server/router/router.h"
+#include "server/rpc/connect/connect_front_end.h"
+#include "server/rpc/grpc/grpc_front_end.h"
+#include "server/store/pg_pool.h"
+#include "server/store/pg_store.h"
+#include "server/writers/backends.h"
+
+namespace fleetd::server {
+
+struct ServerApp::Parts {
+  metrics::Registry metrics;
+  std::unique_ptr<PgPool> pool;
+  std::unique_ptr<PgStore> store;
+  std::map<std::string, std::unique_ptr<Writer>> writers;
+  std::map<std::string, std::unique_ptr<GroupCommitter>> committers;
+  std::unique_ptr<Router> router;
+  std::unique_ptr<CachingAuthenticator> auth;
+  std::unique_ptr<SyncCore> core;
+  std::unique_ptr<rpc::GrpcFrontEnd> grpc;
+  std::unique_ptr<rpc::ConnectFrontEnd> connect;
+  std::unique_ptr<AdminServer> admin;
+  bool stopped = false;
+};
+
+namespace {
+
+// Creates the writers every route names, once each.
+absl::Status MakeWriters(
+    const ServerConfig& c,
+    std::map<std::string, std::unique_ptr<Writer>>* writers) {
+  for (const auto& [setting, value] :
+       {std::pair<const char*, const std::string*>{"FLEET_ROUTE_METRICS",
+                                                   &c.route_metrics},
+        {"FLEET_ROUTE_LOGS", &c.route_logs},
+        {"FLEET_ROUTE_EVENTS", &c.route_events}}) {
+    ASSIGN_OR_RETURN(std::vector<std::string> names,
+                     ParseRoute(setting, *value));
+    for (const std::string& name : names) {
+      if (writers->count(name) > 0) continue;
+      absl::StatusOr<std::unique_ptr<Writer>> w;
+      if (name == "victoriametrics") {
+        w = NewVictoriaMetricsWriter({.url = c.victoriametrics_url});
+      } else if (name == "loki") {
+        w = NewLokiWriter({.url = c.loki_url, .format = c.loki_format});
+      } else {
+        w = NewClickHouseWriter(
+            {.url = c.clickhouse_url, .database = c.clickhouse_database});
+      }
+      if (!w.ok()) return w.status();
+      (*writers)[name] = *std::move(w);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<PgPool>> ConnectPostgres(const ServerConfig& c) {
+  auto pool =
+      PgPool::Connect({.dsn = c.postgres_dsn, .size = c.postgres_pool_size});
+  if (!pool.ok()) {
+    return absl::Status(
+        pool.status().code(),
+        absl::StrCat("FLEET_POSTGRES_DSN: ", pool.status().message()));
+  }
+  return pool;
+}
+
+}  // namespace
+
+absl::Status MigrateAll(const ServerConfig& config) {
+  ASSIGN_OR_RETURN(std::unique_ptr<PgPool> pool, ConnectPostgres(config));
+  PgStore store(pool.get());
+  RETURN_IF_ERROR(store.Migrate());
+  std::map<std::string, std::unique_ptr<Writer>> writers;
+  RETURN_IF_ERROR(MakeWriters(config, &writers));
+  for (auto& [name, w] : writers) {
+    absl::Status s = w->Migrate();
+    if (!s.ok())
+      return absl::Status(s.code(), absl::StrCat(name, ": ", s.message()));
+  }
+  return absl::OkStatus();
+}
+
+ServerApp::ServerApp() : parts_(std::make_unique<Parts>()) {}
+
+ServerApp::~ServerApp() { Shutdown(); }
+
+absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(
+    const ServerConfig& c) {
+  RETURN_IF_ERROR(ValidateServerConfig(c));
+  if (c.insecure) {
+    LOG(WARNING)
+        << "FLEET_INSECURE=1: serving plaintext without TLS; development only";
+  }
+  std::unique_ptr<ServerApp> app(new ServerApp());
+  Parts& p = *app->parts_;
+  ASSIGN_OR_RETURN(p.pool, ConnectPostgres(c));
+  p.store = std::make_unique<PgStore>(p.pool.get());
+  RETURN_IF_ERROR(p.store->Migrate());
+  RETURN_IF_ERROR(MakeWriters(c, &p.writers));
+  for (auto& [name, w] : p.writers) {
+    absl::Status s = w->Migrate();
+    if (!s.ok()) {
+      // A backend that is down at start is not fatal: writes to it fail
+      // retryably until it returns, and /readyz reports it.
+      LOG(WARNING) << "could not prepare " << name
+                   << " (will retry on write): " << s;
+    }
+    GroupCommitter::Options opts;
+    opts.flush_threads = c.flush_threads;
+    opts.max_queue_bytes = static_cast<size_t>(c.max_queue_bytes);
+    p.committers[name] = std::make_unique<GroupCommitter>(
+        w.get(), Clock::Real(), &p.metrics, opts);
+  }
+  std::map<DataKind, std::vector<GroupCommitter*>> routes;
+  for (const auto& [kind, value] : {std::pair<DataKind, const std::string*>{
+                                        DataKind::kMetrics, &c.route_metrics},
+                                    {DataKind::kLogs, &c.route_logs},
+                                    {DataKind::kEvents, &c.route_events}}) {
+    ASSIGN_OR_RETURN(std::vector<std::string> names,
+                     ParseRoute("route", *value));
+    for (const std::string& name : names)
+      routes[kind].push_back(p.committers[name].get());
+  }
+  p.router = std::make_unique<Router>(std::move(routes));
+  p.auth = std::make_unique<CachingAuthenticator>(
+      p.store.get(), Clock::Real(),
+      CachingAuthenticator::Options{.ttl = c.auth_cache_ttl});
+  SyncCore::Options core_options;
+  core_options.limits.max_decompressed_bytes =
+      static_cast<size_t>(c.max_message_bytes);
+  core_options.max_wait = c.max_wait;
+  p.core = std::make_unique<SyncCore>(p.auth.get(), p.store.get(),
+                                      p.store.get(), p.router.get(),
+                                      Clock::Real(), &p.metrics, core_options);
+
+  rpc::GrpcFrontEndOptions grpc_options;
+  grpc_options.address = c.grpc_addr;
+  grpc_options.tls_cert_file = c.tls_cert;
+  grpc_options.tls_key_file = c.tls_key;
+  grpc_options.insecure = c.insecure;
+  grpc_options.max_receive_message_bytes = c.max_message_bytes;
+  grpc_options.metrics = &p.metrics;
+  ASSIGN_OR_RETURN(p.grpc,
+                   rpc::GrpcFrontEnd::Start(grpc_options, p.core.get()));
+
+  rpc::ConnectFrontEndOptions connect_options;
+  connect_options.address = c.http_addr;
+  connect_options.tls_cert_file = c.tls_cert;
+  connect_options.tls_key_file = c.tls_key;
+  connect_options.insecure = c.insecure;
+  connect_options.max_message_bytes = c.max_message_bytes;
+  connect_options.metrics = &p.metrics;
+  ASSIGN_OR_RETURN(p.connect,
+                   rpc::ConnectFrontEnd::Start(connect_options, p.core.get()));
+
+  std::vector<AdminServer::Check> checks;
+  PgStore* store = p.store.get();
+  checks.push_back(
+      {"postgres", [store] { return store->SchemaVersion().status(); }});
+  for (auto& [name, w] : p.writers) {
+    Writer* writer = w.get();
+    checks.push_back({name, [writer] { return writer->Ping(); }});
+  }
+  ASSIGN_OR_RETURN(
+      p.admin, AdminServer::Start(c.admin_addr, &p.metrics, std::move(checks)));
+  LOG(INFO) << "fleetd-server serving gRPC on port " << p.grpc->port()
+            << ", Connect/gRPC-Web on port " << p.connect->port()
+            << ", admin on port " << p.admin->port();
+  return app;
+}
+
+int ServerApp::grpc_port() const { return parts_->grpc->port(); }
+int ServerApp::http_port() const { return parts_->connect->port(); }
+int ServerApp::admin_port() const { return parts_->admin->port(); }
+metrics::Registry* ServerApp::metrics() { return &parts_->metrics; }
+
+void ServerApp::Shutdown() {
+  Parts& p = *parts_;
+  if (p.stopped) return;
+  p.stopped = true;
+  if (p.grpc != nullptr) p.grpc->Shutdown();
+  if (p.connect != nullptr) p.connect->Shutdown();
+  p.core.reset();        // flushes last-seen times
+  p.committers.clear();  // fails anything still queued as UNAVAILABLE
+  if (p.admin != nullptr) p.admin->Shutdown();
+}
+
+}  // namespace fleetd::server

@@ -1,0 +1,129 @@
+#include "server/app/server_config.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+
+namespace fleetd::server {
+
+void DeclareServerSettings(Settings& s, ServerConfig& c) {
+  s.String("FLEET_GRPC_ADDR", "grpc-addr", "gRPC listen address", &c.grpc_addr)
+      .String("FLEET_HTTP_ADDR", "http-addr",
+              "Connect and gRPC-Web (HTTP/1.1) listen address", &c.http_addr)
+      .String("FLEET_ADMIN_ADDR", "admin-addr",
+              "admin listen address (/metrics, /healthz, /readyz)",
+              &c.admin_addr)
+      .String("FLEET_TLS_CERT", "tls-cert", "TLS certificate chain (PEM file)",
+              &c.tls_cert)
+      .String("FLEET_TLS_KEY", "tls-key", "TLS private key (PEM file)",
+              &c.tls_key)
+      .Bool("FLEET_INSECURE", "insecure",
+            "serve plaintext without TLS (development only)", &c.insecure)
+      .String(
+          "FLEET_POSTGRES_DSN", "postgres-dsn",
+          "PostgreSQL connection string for devices, keys and the sync ledger",
+          &c.postgres_dsn)
+      .String("FLEET_VICTORIAMETRICS_URL", "victoriametrics-url",
+              "VictoriaMetrics base URL for metrics", &c.victoriametrics_url)
+      .String("FLEET_LOKI_URL", "loki-url", "Loki base URL for logs",
+              &c.loki_url)
+      .Choice("FLEET_LOKI_FORMAT", "loki-format", "Loki push encoding",
+              &c.loki_format, {"protobuf", "json"})
+      .String("FLEET_CLICKHOUSE_URL", "clickhouse-url",
+              "ClickHouse HTTP URL for analytics events", &c.clickhouse_url)
+      .String("FLEET_CLICKHOUSE_DATABASE", "clickhouse-database",
+              "ClickHouse database", &c.clickhouse_database)
+      .String(
+          "FLEET_ROUTE_METRICS", "route-metrics",
+          "backends that receive metrics (comma-separated: victoriametrics, "
+          "clickhouse)",
+          &c.route_metrics)
+      .String("FLEET_ROUTE_LOGS", "route-logs",
+              "backends that receive logs (comma-separated: loki, clickhouse)",
+              &c.route_logs)
+      .String("FLEET_ROUTE_EVENTS", "route-events",
+              "backends that receive analytics events (clickhouse)",
+              &c.route_events)
+      .Bytes("FLEET_MAX_MESSAGE_BYTES", "max-message-bytes",
+             "largest request or decompressed batch accepted",
+             &c.max_message_bytes)
+      .Bytes("FLEET_MAX_QUEUE_BYTES", "max-queue-bytes",
+             "bytes of batches queued per backend before RESOURCE_EXHAUSTED",
+             &c.max_queue_bytes)
+      .Duration(
+          "FLEET_AUTH_CACHE_TTL", "auth-cache-ttl",
+          "how long a checked API key is trusted (bounds revocation delay)",
+          &c.auth_cache_ttl)
+      .Duration("FLEET_MAX_WAIT", "max-wait",
+                "longest a call waits for the backends", &c.max_wait)
+      .Int32("FLEET_FLUSH_THREADS", "flush-threads",
+             "concurrent coalesced writes per backend", &c.flush_threads, 1, 64)
+      .Int32("FLEET_POSTGRES_POOL_SIZE", "postgres-pool-size",
+             "PostgreSQL connections", &c.postgres_pool_size, 1, 256);
+}
+
+absl::StatusOr<std::vector<std::string>> ParseRoute(const std::string& setting,
+                                                    const std::string& value) {
+  std::vector<std::string> out;
+  for (absl::string_view part :
+       absl::StrSplit(value, ',', absl::SkipWhitespace())) {
+    std::string name(absl::StripAsciiWhitespace(part));
+    if (name != "victoriametrics" && name != "loki" && name != "clickhouse") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(setting, ": unknown backend \"", name,
+                       "\" (want victoriametrics, loki or clickhouse)"));
+    }
+    out.push_back(name);
+  }
+  return out;
+}
+
+absl::Status ValidateServerConfig(const ServerConfig& c) {
+  bool has_tls = !c.tls_cert.empty() || !c.tls_key.empty();
+  if (has_tls && (c.tls_cert.empty() || c.tls_key.empty())) {
+    return absl::InvalidArgumentError(
+        "FLEET_TLS_CERT and FLEET_TLS_KEY must be set together");
+  }
+  if (!has_tls && !c.insecure) {
+    return absl::InvalidArgumentError(
+        "no TLS material: set FLEET_TLS_CERT and FLEET_TLS_KEY, or "
+        "FLEET_INSECURE=1 to serve "
+        "plaintext (development only)");
+  }
+  if (c.postgres_dsn.empty()) {
+    return absl::InvalidArgumentError("FLEET_POSTGRES_DSN is required");
+  }
+  struct RouteSetting {
+    const char* name;
+    const std::string* value;
+    const char*
+        first_choice;  // the backend made for this kind besides ClickHouse
+  };
+  for (RouteSetting r :
+       {RouteSetting{"FLEET_ROUTE_METRICS", &c.route_metrics,
+                     "victoriametrics"},
+        RouteSetting{"FLEET_ROUTE_LOGS", &c.route_logs, "loki"},
+        RouteSetting{"FLEET_ROUTE_EVENTS", &c.route_events, "clickhouse"}}) {
+    auto backends = ParseRoute(r.name, *r.value);
+    if (!backends.ok()) return backends.status();
+    for (const std::string& b : *backends) {
+      if (b != r.first_choice && b != "clickhouse") {
+        return absl::InvalidArgumentError(
+            absl::StrCat(r.name, ": ", b, " cannot store this kind of data"));
+      }
+      const std::string& url = b == "victoriametrics" ? c.victoriametrics_url
+                               : b == "loki"          ? c.loki_url
+                                                      : c.clickhouse_url;
+      if (url.empty()) {
+        std::string var = b == "victoriametrics" ? "FLEET_VICTORIAMETRICS_URL"
+                          : b == "loki"          ? "FLEET_LOKI_URL"
+                                                 : "FLEET_CLICKHOUSE_URL";
+        return absl::InvalidArgumentError(absl::StrCat(
+            r.name, " routes to ", b, " but ", var, " is not set"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace fleetd::server

@@ -1,0 +1,57 @@
+// fleetd-server's configuration: every setting is an environment variable and a
+// flag.
+#ifndef FLEETD_SERVER_APP_SERVER_CONFIG_H_
+#define FLEETD_SERVER_APP_SERVER_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "common/config/config.h"
+
+namespace fleetd::server {
+
+struct ServerConfig {
+  std::string grpc_addr = "0.0.0.0:50051";
+  std::string http_addr = "0.0.0.0:8080";
+  std::string admin_addr = "127.0.0.1:9090";
+  std::string tls_cert;
+  std::string tls_key;
+  bool insecure = false;
+  std::string postgres_dsn;
+  std::string victoriametrics_url;
+  std::string loki_url;
+  std::string loki_format = "protobuf";
+  std::string clickhouse_url;
+  std::string clickhouse_database = "fleetd";
+  // Comma-separated backends per kind of data.
+  std::string route_metrics = "victoriametrics";
+  std::string route_logs = "loki";
+  std::string route_events = "clickhouse";
+  int64_t max_message_bytes = 16 << 20;
+  int64_t max_queue_bytes = 256 << 20;
+  absl::Duration auth_cache_ttl = absl::Seconds(10);
+  absl::Duration max_wait = absl::Seconds(30);
+  int32_t flush_threads = 2;
+  int32_t postgres_pool_size = 8;
+};
+
+// Declares every setting of `config` (with its current values as defaults) on
+// `settings`.
+void DeclareServerSettings(Settings& settings, ServerConfig& config);
+
+// Cross-setting checks: TLS material or FLEET_INSECURE=1; a backend URL for
+// every backend a route names; a PostgreSQL DSN. Errors name the variables
+// involved.
+absl::Status ValidateServerConfig(const ServerConfig& config);
+
+// The backends named by a route setting ("victoriametrics,clickhouse"),
+// validated.
+absl::StatusOr<std::vector<std::string>> ParseRoute(const std::string& setting,
+                                                    const std::string& value);
+
+}  // namespace fleetd::server
+
+#endif  // FLEETD_SERVER_APP_SERVER_CONFIG_H_

@@ -1,0 +1,106 @@
+#include "server/app/server_config.h"
+
+#include "common/testing/status_matchers.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace fleetd::server {
+namespace {
+
+using ::fleetd::testing::IsOk;
+using ::fleetd::testing::StatusIs;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+
+ServerConfig Loaded(std::map<std::string, std::string> env,
+                    absl::Status* status) {
+  ServerConfig c;
+  Settings s;
+  DeclareServerSettings(s, c);
+  *status = s.Resolve(MapEnv(std::move(env)));
+  return c;
+}
+
+std::map<std::string, std::string> Base() {
+  return {{"FLEET_INSECURE", "1"},
+          {"FLEET_POSTGRES_DSN", "host=127.0.0.1"},
+          {"FLEET_VICTORIAMETRICS_URL", "http://127.0.0.1:8428"},
+          {"FLEET_LOKI_URL", "http://127.0.0.1:3100"},
+          {"FLEET_CLICKHOUSE_URL", "http://127.0.0.1:8123"}};
+}
+
+TEST(ServerConfigTest, DefaultsMatchTheDocumentedOnes) {
+  absl::Status s;
+  ServerConfig c = Loaded({}, &s);
+  ASSERT_THAT(s, IsOk());
+  EXPECT_EQ(c.grpc_addr, "0.0.0.0:50051");
+  EXPECT_EQ(c.http_addr, "0.0.0.0:8080");
+  EXPECT_EQ(c.admin_addr, "127.0.0.1:9090");
+  EXPECT_FALSE(c.insecure);
+}
+
+TEST(ServerConfigTest, RefusesToStartWithoutTlsUnlessInsecureIsExplicit) {
+  absl::Status s;
+  auto env = Base();
+  env.erase("FLEET_INSECURE");
+  ServerConfig c = Loaded(env, &s);
+  ASSERT_THAT(s, IsOk());
+  EXPECT_THAT(ValidateServerConfig(c),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("FLEET_TLS_CERT"),
+                             HasSubstr("FLEET_INSECURE"))));
+  env["FLEET_TLS_CERT"] = "/etc/fleetd/cert.pem";
+  c = Loaded(env, &s);
+  EXPECT_THAT(
+      ValidateServerConfig(c),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("FLEET_TLS_KEY")));
+  env["FLEET_TLS_KEY"] = "/etc/fleetd/key.pem";
+  c = Loaded(env, &s);
+  EXPECT_THAT(ValidateServerConfig(c), IsOk());
+  c = Loaded(Base(), &s);
+  EXPECT_THAT(ValidateServerConfig(c), IsOk());
+}
+
+TEST(ServerConfigTest, BadValuesNameTheVariable) {
+  absl::Status s;
+  auto env = Base();
+  env["FLEET_INSECURE"] = "perhaps";
+  Loaded(env, &s);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument,
+                          HasSubstr("FLEET_INSECURE")));
+  env = Base();
+  env["FLEET_MAX_MESSAGE_BYTES"] = "huge";
+  Loaded(env, &s);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument,
+                          HasSubstr("FLEET_MAX_MESSAGE_BYTES")));
+}
+
+TEST(ServerConfigTest, RoutesNeedTheirBackendsAndMatchingKinds) {
+  absl::Status s;
+  auto env = Base();
+  env.erase("FLEET_LOKI_URL");
+  ServerConfig c = Loaded(env, &s);
+  EXPECT_THAT(ValidateServerConfig(c),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("FLEET_ROUTE_LOGS"),
+                             HasSubstr("FLEET_LOKI_URL"))));
+  env["FLEET_ROUTE_LOGS"] = "clickhouse";
+  c = Loaded(env, &s);
+  EXPECT_THAT(ValidateServerConfig(c), IsOk())
+      << "logs may go to ClickHouse instead";
+  env["FLEET_ROUTE_METRICS"] = "victoriametrics,clickhouse";
+  c = Loaded(env, &s);
+  EXPECT_THAT(ValidateServerConfig(c), IsOk());
+  env["FLEET_ROUTE_METRICS"] = "loki";
+  c = Loaded(env, &s);
+  EXPECT_THAT(ValidateServerConfig(c),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  env["FLEET_ROUTE_METRICS"] = "elasticsearch";
+  c = Loaded(env, &s);
+  EXPECT_THAT(
+      ValidateServerConfig(c),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("elasticsearch")));
+}
+
+}  // namespace
+}  // namespace fleetd::server

@@ -1,0 +1,60 @@
+// Factories for the backend writers. Each returns a Writer
+// (server/writers/writer.h) that is safe for concurrent use and idempotent
+// where its backend allows.
+#ifndef FLEETD_SERVER_WRITERS_BACKENDS_H_
+#define FLEETD_SERVER_WRITERS_BACKENDS_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/store/pg_pool.h"
+#include "server/writers/writer.h"
+
+namespace fleetd::server {
+
+// Metrics → VictoriaMetrics via `POST {url}/api/v1/import` (JSON lines). Every
+// sample gets the labels device_id and org_id from the batch identity; label
+// values are JSON-escaped. Accepts metrics batches (others are ignored).
+// Idempotent with VictoriaMetrics' deduplication (-dedup.minScrapeInterval),
+// since a retried sample has the same series and timestamp.
+struct VictoriaMetricsOptions {
+  std::string url;  // e.g. http://127.0.0.1:8428
+  absl::Duration timeout = absl::Seconds(10);
+};
+absl::StatusOr<std::unique_ptr<Writer>> NewVictoriaMetricsWriter(
+    const VictoriaMetricsOptions& options);
+
+// Logs → Loki push API `POST {url}/loki/api/v1/push` (snappy-compressed
+// protobuf by default, or JSON). Stream labels: device_id, org_id, level,
+// source; entry fields are kept as structured metadata (or appended to the line
+// in JSON mode). Accepts logs batches. Idempotent: Loki drops an entry
+// identical to one already in the stream.
+struct LokiOptions {
+  std::string url;                  // e.g. http://127.0.0.1:3100
+  std::string format = "protobuf";  // "protobuf" or "json"
+  std::string tenant_id;            // X-Scope-OrgID when non-empty
+  absl::Duration timeout = absl::Seconds(10);
+};
+absl::StatusOr<std::unique_ptr<Writer>> NewLokiWriter(
+    const LokiOptions& options);
+
+// Events (and, for analytics, copies of metrics and logs) → ClickHouse over
+// HTTP with `INSERT ... FORMAT JSONEachRow`. Migrate() creates the database and
+// tables (ReplacingMergeTree keyed by device, stream, sequence and record
+// index, so a retried batch collapses; works with ClickHouse 18.16: DateTime
+// plus a milliseconds column).
+struct ClickHouseOptions {
+  std::string url;  // e.g. http://127.0.0.1:8123
+  std::string database = "fleetd";
+  std::string user;
+  std::string password;
+  absl::Duration timeout = absl::Seconds(10);
+};
+absl::StatusOr<std::unique_ptr<Writer>> NewClickHouseWriter(
+    const ClickHouseOptions& options);
+
+}  // namespace fleetd::server
+
+#endif  // FLEETD_SERVER_WRITERS_BACKENDS_H_

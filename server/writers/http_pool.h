@@ -1,0 +1,42 @@
+// A few HTTP clients shared by a writer's flush threads (each client performs
+// one request at a time, so a writer with N concurrent flushes wants N
+// clients).
+#ifndef FLEETD_SERVER_WRITERS_HTTP_POOL_H_
+#define FLEETD_SERVER_WRITERS_HTTP_POOL_H_
+
+#include <memory>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "common/http/http_client.h"
+
+namespace fleetd::server {
+
+// Safe for concurrent use. Clients are created on demand and kept for reuse
+// (keep-alive connections to the backend).
+class HttpPool {
+ public:
+  explicit HttpPool(CurlHttpClientOptions options = {})
+      : options_(std::move(options)) {}
+
+  // Sends `request` on an idle client (creating one if none is idle).
+  absl::StatusOr<HttpResponse> Send(const HttpRequest& request);
+
+ private:
+  const CurlHttpClientOptions options_;
+  absl::Mutex mu_;
+  std::vector<std::unique_ptr<HttpClient>> idle_ ABSL_GUARDED_BY(mu_);
+};
+
+// Maps a backend's HTTP answer to a status: 2xx OK; 429 RESOURCE_EXHAUSTED; 408
+// and 5xx UNAVAILABLE (retry later); other 4xx INVALID_ARGUMENT (the content
+// was refused). The message names `backend` and quotes the start of the
+// response body.
+absl::Status HttpStatusToStatus(absl::string_view backend,
+                                const HttpResponse& response);
+
+}  // namespace fleetd::server
+
+#endif  // FLEETD_SERVER_WRITERS_HTTP_POOL_H_
