@@ -1,0 +1,189 @@
+// The agent's sync manager: moves stored records to the server in batches, and
+// never loses one.
+//
+// Each cycle takes the oldest unsynced records of each stream (metrics, logs,
+// events) in turn, a batch at a time: the batch gets a sequence number and is
+// recorded as pending in the store *before* it is sent, so that after a crash
+// or restart the same records go out again under the same number (the server
+// recognises a retry and writes it once). Records are marked synced only after
+// the server acknowledged their batch.
+//
+// Failures are classed by status code:
+//   - retryable (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED):
+//   back off
+//     exponentially with jitter (or the server's retry hint, if longer) and
+//     retry the same batch; after `max_retries` the cycle ends and the data
+//     waits in the store (the offline queue); a circuit breaker stops attempts
+//     entirely while the server keeps failing, and probes again after a
+//     cool-down;
+//   - UNAUTHENTICATED / PERMISSION_DENIED: stop sending, log loudly, and only
+//   probe
+//     again after the maximum backoff (the key may be fixed server-side);
+//   - any other error (the server refused the batch as invalid): the batch is
+//     quarantined (written to the quarantine directory if one is set, counted,
+//     logged) and marked synced, so it never blocks the queue.
+// Fresh data is not starved while a backlog drains: when the backlog of a
+// stream exceeds one batch, every other batch is taken from the newest records
+// instead of the oldest.
+#ifndef FLEETD_AGENT_SYNC_SYNC_MANAGER_H_
+#define FLEETD_AGENT_SYNC_SYNC_MANAGER_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "agent/storage/storage.h"
+#include "agent/transport/transport.h"
+#include "common/clock/clock.h"
+#include "common/codec/codec.h"
+#include "common/metrics/metrics.h"
+#include "common/resilience/backoff.h"
+#include "common/resilience/circuit_breaker.h"
+#include "common/resilience/token_bucket.h"
+#include "fleetd/v1/sync.pb.h"
+
+namespace fleetd::agent {
+
+struct SyncOptions {
+  std::string device_id;
+  std::string org_id;
+  absl::Duration interval = absl::Minutes(1);
+  int32_t batch_size = 100;
+  // In-message compression; skipped for a batch when it saves under 10 %.
+  Compression compression = Compression::kGzip;
+  BackoffOptions backoff;
+  // Attempts of one batch within a cycle before the cycle gives up.
+  int32_t max_retries = 5;
+  CircuitBreakerOptions breaker = {.failure_threshold = 5,
+                                   .open_duration = absl::Seconds(30)};
+  // Records per second sent, at most (token bucket; burst = one batch). 0:
+  // unlimited.
+  double max_records_per_second = 0;
+  absl::Duration call_timeout = absl::Seconds(30);
+  // Most batches one cycle sends per stream; the rest waits for the next cycle.
+  int32_t max_batches_per_cycle = 1000;
+  // Where rejected batches are written (one file per batch); empty: only
+  // logged.
+  std::string quarantine_dir;
+  // Sent with every batch.
+  v1::SyncDeviceCapability capability;
+  // Which settings came from the operator (environment or flags): a server
+  // config_update does not override those.
+  bool interval_pinned = false;
+  bool batch_size_pinned = false;
+  bool compression_pinned = false;
+  uint64_t seed = 0;  // jitter; 0 picks one from the clock
+};
+
+// The seed's sync metrics.
+struct SyncMetricsSnapshot {
+  int64_t metrics_synced = 0;
+  int64_t logs_synced = 0;
+  int64_t events_synced = 0;
+  int64_t bytes_sent = 0;  // request bytes on the wire (after compression)
+  int64_t bytes_compressed =
+      0;  // uncompressed bytes of the batches that were compressed
+  double compression_ratio =
+      0;  // uncompressed / compressed, over compressed batches
+  int64_t successful_syncs = 0;  // acknowledged batches
+  int64_t failed_syncs = 0;      // failed attempts
+  int64_t consecutive_failures = 0;
+  absl::Duration last_sync_duration = absl::ZeroDuration();
+  int64_t quarantined_records = 0;
+  int64_t duplicates_acknowledged = 0;
+  std::string
+      state;  // "idle", "syncing", "backoff", "circuit_open", "unauthenticated"
+  std::string last_error;
+  std::optional<absl::Time> last_success;
+};
+
+// Thread-safe: Start/Stop/TriggerSync/SyncNow/GetMetrics may be called from any
+// thread.
+class SyncManager {
+ public:
+  // All pointers must outlive the manager; `metrics` may be null.
+  SyncManager(Storage* storage, SyncTransport* transport, Clock* clock,
+              metrics::Registry* metrics, SyncOptions options);
+  ~SyncManager();
+  SyncManager(const SyncManager&) = delete;
+  SyncManager& operator=(const SyncManager&) = delete;
+
+  // Asks the server for this device's configuration (GetSyncConfig) and applies
+  // what the operator did not pin. Failure is not fatal: the tier defaults
+  // stay.
+  absl::Status FetchConfig();
+
+  // Runs cycles in a background thread: one every `interval`, sooner after
+  // TriggerSync(), later while backing off.
+  void Start();
+  // Stops the background thread; a batch in flight finishes or fails first (its
+  // records stay unsynced and pending, to be resent after restart). Idempotent.
+  void Stop();
+  // Makes the background thread start a cycle now.
+  void TriggerSync();
+  // Runs one cycle on the calling thread (tests, `fleetd sync now`). Returns OK
+  // when everything that was stored at the start was acknowledged, else the
+  // last error.
+  absl::Status SyncNow();
+
+  SyncMetricsSnapshot GetMetrics();
+  // Applies a configuration from the server (except pinned settings).
+  void ApplyConfig(const v1::SyncConfig& config);
+  SyncOptions options();
+
+ private:
+  enum class Outcome { kDone, kMore, kRetryLater, kStopped };
+  struct Stream;
+
+  void Loop();
+  absl::Status Cycle();
+  // How long the background loop waits after a cycle that ended with `s`.
+  absl::Duration DelayAfter(const absl::Status& s);
+  void PublishMetrics();
+  // Sends at most one batch of `stream`. kDone: nothing (more) to send.
+  Outcome SendOne(Stream& stream, absl::Status* error);
+  absl::StatusOr<std::optional<PendingBatch>> NextBatch(Stream& stream);
+  absl::Status BuildRequest(const Stream& stream, const PendingBatch& pending,
+                            std::string* serialized, int* records);
+  absl::Status Transmit(const Stream& stream, const PendingBatch& pending,
+                        const std::string& serialized, int64_t* wire_bytes);
+  void Quarantine(const Stream& stream, const PendingBatch& pending,
+                  const std::string& serialized, const absl::Status& why);
+  absl::StatusOr<int64_t> NextSequence(const Stream& stream);
+  bool WaitFor(absl::Duration d);  // false when stopping
+  void RecordFailure(const absl::Status& s);
+  void SetState(const std::string& state);
+
+  Storage* const storage_;
+  SyncTransport* const transport_;
+  Clock* const clock_;
+  metrics::Registry* const registry_;
+
+  absl::Mutex mu_;
+  SyncOptions options_ ABSL_GUARDED_BY(mu_);
+  SyncMetricsSnapshot stats_ ABSL_GUARDED_BY(mu_);
+  double compressed_in_ ABSL_GUARDED_BY(mu_) = 0;
+  double compressed_out_ ABSL_GUARDED_BY(mu_) = 0;
+
+  // Used only by the thread running a cycle (cycles never overlap: cycle_mu_).
+  absl::Mutex cycle_mu_;
+  ExponentialBackoff backoff_;
+  CircuitBreaker breaker_;
+  TokenBucket bucket_;
+  bool unauthenticated_ = false;
+  absl::Time auth_retry_at_;
+
+  Wakeup wakeup_;
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+};
+
+}  // namespace fleetd::agent
+
+#endif  // FLEETD_AGENT_SYNC_SYNC_MANAGER_H_

@@ -1,0 +1,448 @@
+#include "agent/sync/sync_manager.h"
+
+#include <deque>
+#include <set>
+#include <thread>
+
+#include "agent/storage/memory_storage.h"
+#include "common/codec/codec.h"
+#include "common/status/retry_after.h"
+#include "common/testing/status_matchers.h"
+#include "common/testing/wait.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace fleetd::agent {
+namespace {
+
+using ::fleetd::testing::IsOk;
+using ::fleetd::testing::StatusIs;
+
+constexpr absl::Duration kRealTimeout = absl::Seconds(30);
+
+// A scripted server: answers each call with the next scripted status (OK when
+// the script is empty) and remembers every request, decoded.
+class FakeTransport : public SyncTransport {
+ public:
+  struct Call {
+    std::string stream;
+    int64_t sequence_number;
+    int32_t retry_count;
+    std::string compression;
+    std::vector<std::string>
+        names;  // metric names / log messages / event names
+  };
+
+  absl::StatusOr<v1::SyncMetricsResponse> SyncMetrics(
+      const v1::SyncMetricsRequest& r, absl::Duration) override {
+    v1::MetricsBatch b = Unpack(r.batch());
+    Call c{"metrics",
+           r.metadata().sequence_number(),
+           r.metadata().retry_count(),
+           r.batch().compression(),
+           {}};
+    for (const auto& m : b.metrics()) c.names.push_back(m.name());
+    absl::Status s = Record(c);
+    if (!s.ok()) return s;
+    v1::SyncMetricsResponse resp;
+    resp.set_success(true);
+    resp.set_last_sequence_ack(r.metadata().sequence_number());
+    absl::MutexLock lock(&mu_);
+    if (config_update_.has_value())
+      *resp.mutable_config_update() = *config_update_;
+    resp.set_duplicate(duplicate_);
+    return resp;
+  }
+  absl::StatusOr<v1::SyncLogsResponse> SyncLogs(const v1::SyncLogsRequest& r,
+                                                absl::Duration) override {
+    v1::LogsBatch b = Unpack(r.batch());
+    Call c{"logs",
+           r.metadata().sequence_number(),
+           r.metadata().retry_count(),
+           r.batch().compression(),
+           {}};
+    for (const auto& l : b.logs()) c.names.push_back(l.message());
+    absl::Status s = Record(c);
+    if (!s.ok()) return s;
+    v1::SyncLogsResponse resp;
+    resp.set_success(true);
+    return resp;
+  }
+  absl::StatusOr<v1::SyncEventsResponse> SyncEvents(
+      const v1::SyncEventsRequest& r, absl::Duration) override {
+    v1::EventsBatch b = Unpack(r.batch());
+    Call c{"events",
+           r.metadata().sequence_number(),
+           r.metadata().retry_count(),
+           r.batch().compression(),
+           {}};
+    for (const auto& e : b.events()) c.names.push_back(e.name());
+    absl::Status s = Record(c);
+    if (!s.ok()) return s;
+    v1::SyncEventsResponse resp;
+    resp.set_success(true);
+    return resp;
+  }
+  absl::StatusOr<v1::GetSyncConfigResponse> GetSyncConfig(
+      const v1::GetSyncConfigRequest&, absl::Duration) override {
+    v1::GetSyncConfigResponse r;
+    r.mutable_config()->set_batch_size(7);
+    r.mutable_config()->set_sync_interval_seconds(42);
+    r.mutable_config()->set_compression_enabled(true);
+    r.mutable_config()->set_compression_type("zstd");
+    return r;
+  }
+  absl::StatusOr<v1::UpdateDeviceInfoResponse> UpdateDeviceInfo(
+      const v1::UpdateDeviceInfoRequest&, absl::Duration) override {
+    return v1::UpdateDeviceInfoResponse();
+  }
+  absl::StatusOr<std::unique_ptr<SyncStream>> OpenStream() override {
+    return absl::UnimplementedError("no streams here");
+  }
+  TransportStats stats() const override { return {}; }
+
+  void Script(std::vector<absl::Status> statuses) {
+    absl::MutexLock lock(&mu_);
+    for (auto& s : statuses) script_.push_back(std::move(s));
+  }
+  std::vector<Call> calls() {
+    absl::MutexLock lock(&mu_);
+    return calls_;
+  }
+  void set_config_update(v1::SyncConfig c) {
+    absl::MutexLock lock(&mu_);
+    config_update_ = c;
+  }
+
+ private:
+  template <typename Batch>
+  static Batch Unpack(const Batch& wire) {
+    if (wire.compressed_data().empty()) return wire;
+    auto codec = ParseCompression(wire.compression());
+    auto raw = Decompress(*codec, wire.compressed_data(), 1 << 24);
+    Batch b;
+    EXPECT_TRUE(raw.ok() && b.ParseFromString(*raw));
+    EXPECT_EQ(raw->size(), static_cast<size_t>(wire.original_size()));
+    return b;
+  }
+  absl::Status Record(Call c) {
+    absl::MutexLock lock(&mu_);
+    calls_.push_back(std::move(c));
+    if (script_.empty()) return absl::OkStatus();
+    absl::Status s = script_.front();
+    script_.pop_front();
+    return s;
+  }
+
+  absl::Mutex mu_;
+  std::deque<absl::Status> script_;
+  std::vector<Call> calls_;
+  std::optional<v1::SyncConfig> config_update_;
+  bool duplicate_ = false;
+};
+
+class SyncManagerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    MemoryStorageOptions options;
+    options.capacity_bytes = 1 << 20;
+    options.clock = &clock_;
+    auto s = NewMemoryStorage(options);
+    ASSERT_THAT(s, IsOk());
+    storage_ = *std::move(s);
+  }
+
+  SyncOptions Options() {
+    SyncOptions o;
+    o.device_id = "dev-1";
+    o.org_id = "org-1";
+    o.batch_size = 10;
+    o.compression = Compression::kNone;
+    o.backoff = {.initial = absl::Seconds(1),
+                 .multiplier = 2.0,
+                 .max = absl::Minutes(5),
+                 .jitter = 0.0};
+    o.max_retries = 3;
+    o.seed = 1;
+    return o;
+  }
+
+  void StoreMetrics(int n, const std::string& prefix = "m") {
+    for (int i = 0; i < n; ++i) {
+      v1::Metric m;
+      m.set_name(prefix + std::to_string(i));
+      m.set_value(i);
+      ASSERT_THAT(storage_->AppendMetric(m), IsOk());
+    }
+  }
+
+  int64_t Unsynced(RecordKind kind = RecordKind::kMetric) {
+    auto info = storage_->Info();
+    EXPECT_THAT(info, IsOk());
+    return info->of(kind).unsynced;
+  }
+
+  // Runs SyncNow on another thread, advancing simulated time whenever the
+  // manager sleeps; returns the delays it slept.
+  std::vector<absl::Duration> SyncDrivingClock(SyncManager& manager,
+                                               absl::Status* result) {
+    std::atomic<bool> done{false};
+    std::thread t([&] {
+      *result = manager.SyncNow();
+      done = true;
+    });
+    std::vector<absl::Duration> slept;
+    while (!done) {
+      if (clock_.AwaitSleepers(1, absl::Milliseconds(5))) {
+        absl::Duration d = clock_.NextDeadline() - clock_.MonotonicNow();
+        slept.push_back(d);
+        clock_.Advance(d);
+        // Wait for that sleeper to leave (any sleeper now has a later
+        // deadline).
+        EXPECT_TRUE(fleetd::testing::WaitFor(
+            [&] {
+              return done || clock_.NextDeadline() > clock_.MonotonicNow();
+            },
+            kRealTimeout));
+      }
+    }
+    t.join();
+    return slept;
+  }
+
+  SimulatedClock clock_;
+  std::unique_ptr<Storage> storage_;
+  FakeTransport transport_;
+};
+
+TEST_F(SyncManagerTest,
+       DrainsTheStoreInBatchesAndMarksOnlyAcknowledgedRecords) {
+  StoreMetrics(25);
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, Options());
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  auto calls = transport_.calls();
+  ASSERT_EQ(calls.size(), 3u);
+  EXPECT_EQ(calls[0].names.size(), 10u);
+  EXPECT_EQ(calls[2].names.size(), 5u);
+  EXPECT_LT(calls[0].sequence_number, calls[1].sequence_number);
+  EXPECT_LT(calls[1].sequence_number, calls[2].sequence_number);
+  EXPECT_EQ(Unsynced(), 0);
+  SyncMetricsSnapshot m = manager.GetMetrics();
+  EXPECT_EQ(m.metrics_synced, 25);
+  EXPECT_EQ(m.successful_syncs, 3);
+  EXPECT_GT(m.bytes_sent, 0);
+  EXPECT_EQ(m.state, "idle");
+}
+
+TEST_F(SyncManagerTest, SequenceNumbersStartAtUnixNanosAndNeverGoBack) {
+  StoreMetrics(10);
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, Options());
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  int64_t first = transport_.calls()[0].sequence_number;
+  EXPECT_EQ(first, absl::ToUnixNanos(clock_.Now()));
+  // Even with the clock unchanged (or set back), the next number is larger.
+  StoreMetrics(10);
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  EXPECT_EQ(transport_.calls()[1].sequence_number, first + 1);
+}
+
+TEST_F(SyncManagerTest, CompressesWhenWorthItAndSkipsWhenNot) {
+  // Repetitive names compress well.
+  for (int i = 0; i < 10; ++i) {
+    v1::Metric m;
+    m.set_name("system_cpu_usage_percent_with_a_long_repeated_name");
+    (*m.mutable_labels())["host"] = "raspberrypi-kitchen";
+    ASSERT_THAT(storage_->AppendMetric(m), IsOk());
+  }
+  SyncOptions o = Options();
+  o.compression = Compression::kZstd;
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, o);
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  ASSERT_EQ(transport_.calls().size(), 1u);
+  EXPECT_EQ(transport_.calls()[0].compression, "zstd");
+  EXPECT_EQ(transport_.calls()[0].names.size(), 10u);
+  EXPECT_GT(manager.GetMetrics().compression_ratio, 1.5);
+  // A single tiny record gains nothing from compression: sent as is.
+  StoreMetrics(1, "x");
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  EXPECT_EQ(transport_.calls()[1].compression, "");
+}
+
+TEST_F(SyncManagerTest, RetriesWithBackoffUnderTheSameSequenceNumber) {
+  StoreMetrics(5);
+  transport_.Script(
+      {absl::UnavailableError("down"), absl::UnavailableError("down")});
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, Options());
+  absl::Status result;
+  std::vector<absl::Duration> slept = SyncDrivingClock(manager, &result);
+  ASSERT_THAT(result, IsOk());
+  EXPECT_THAT(slept,
+              ::testing::ElementsAre(absl::Seconds(1), absl::Seconds(2)));
+  auto calls = transport_.calls();
+  ASSERT_EQ(calls.size(), 3u);
+  EXPECT_EQ(calls[0].sequence_number, calls[2].sequence_number);
+  EXPECT_EQ(calls[0].retry_count, 0);
+  EXPECT_EQ(calls[2].retry_count, 2);
+  EXPECT_EQ(Unsynced(), 0);
+  EXPECT_EQ(manager.GetMetrics().failed_syncs, 2);
+  EXPECT_EQ(manager.GetMetrics().consecutive_failures, 0);
+}
+
+TEST_F(SyncManagerTest, ServerRetryHintIsHonoured) {
+  StoreMetrics(1);
+  transport_.Script(
+      {WithRetryAfter(absl::ResourceExhaustedError("busy"), absl::Seconds(7))});
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, Options());
+  absl::Status result;
+  std::vector<absl::Duration> slept = SyncDrivingClock(manager, &result);
+  ASSERT_THAT(result, IsOk());
+  EXPECT_THAT(slept, ::testing::ElementsAre(absl::Seconds(7)));
+}
+
+TEST_F(SyncManagerTest, UnacknowledgedBatchKeepsItsNumberAcrossRestart) {
+  StoreMetrics(4);
+  SyncOptions o = Options();
+  o.max_retries = 1;
+  transport_.Script({absl::UnavailableError("offline")});
+  int64_t seq;
+  {
+    SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, o);
+    EXPECT_THAT(manager.SyncNow(), StatusIs(absl::StatusCode::kUnavailable));
+    seq = transport_.calls()[0].sequence_number;
+    EXPECT_EQ(Unsynced(), 4) << "nothing is marked before an ack";
+  }
+  StoreMetrics(3, "later");  // new data meanwhile
+  clock_.Advance(absl::Hours(1));
+  SyncManager restarted(storage_.get(), &transport_, &clock_, nullptr, o);
+  ASSERT_THAT(restarted.SyncNow(), IsOk());
+  auto calls = transport_.calls();
+  ASSERT_EQ(calls.size(), 3u);
+  EXPECT_EQ(calls[1].sequence_number, seq)
+      << "the retried batch keeps its number";
+  EXPECT_EQ(calls[1].names, calls[0].names) << "and its records";
+  EXPECT_GT(calls[2].sequence_number, seq);
+  EXPECT_EQ(calls[2].names.size(), 3u);
+  EXPECT_EQ(Unsynced(), 0);
+}
+
+TEST_F(SyncManagerTest, InvalidBatchIsQuarantinedAndDoesNotBlockTheQueue) {
+  StoreMetrics(15);
+  transport_.Script({absl::InvalidArgumentError("bad metric name")});
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, Options());
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  auto calls = transport_.calls();
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_NE(calls[0].sequence_number, calls[1].sequence_number);
+  EXPECT_EQ(manager.GetMetrics().quarantined_records, 10);
+  EXPECT_EQ(manager.GetMetrics().metrics_synced, 5);
+  EXPECT_EQ(Unsynced(), 0);
+}
+
+TEST_F(SyncManagerTest, UnauthenticatedStopsSendingAndKeepsTheData) {
+  StoreMetrics(5);
+  transport_.Script({absl::UnauthenticatedError("revoked key")});
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, Options());
+  EXPECT_THAT(manager.SyncNow(), StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(manager.SyncNow(), StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_EQ(transport_.calls().size(), 1u)
+      << "no second attempt before the probe time";
+  EXPECT_EQ(manager.GetMetrics().state, "unauthenticated");
+  EXPECT_EQ(Unsynced(), 5);
+  clock_.Advance(absl::Minutes(5));  // backoff max: probe again
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  EXPECT_EQ(Unsynced(), 0);
+}
+
+TEST_F(SyncManagerTest,
+       CircuitOpensAfterRepeatedFailuresAndProbesAfterCoolDown) {
+  StoreMetrics(5);
+  SyncOptions o = Options();
+  o.max_retries = 1;
+  o.breaker = {.failure_threshold = 3, .open_duration = absl::Seconds(30)};
+  transport_.Script({absl::UnavailableError("1"), absl::UnavailableError("2"),
+                     absl::UnavailableError("3")});
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, o);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_THAT(manager.SyncNow(), StatusIs(absl::StatusCode::kUnavailable));
+  }
+  EXPECT_THAT(manager.SyncNow(), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(transport_.calls().size(), 3u) << "open circuit: no call";
+  EXPECT_EQ(manager.GetMetrics().state, "circuit_open");
+  clock_.Advance(absl::Seconds(30));
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  EXPECT_EQ(transport_.calls().size(), 4u);
+  EXPECT_EQ(Unsynced(), 0);
+}
+
+TEST_F(SyncManagerTest, RateLimitSpacesBatches) {
+  StoreMetrics(30);
+  SyncOptions o = Options();
+  o.max_records_per_second = 10;  // one batch of 10 per second
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, o);
+  absl::Status result;
+  std::vector<absl::Duration> slept = SyncDrivingClock(manager, &result);
+  ASSERT_THAT(result, IsOk());
+  EXPECT_THAT(slept,
+              ::testing::ElementsAre(absl::Seconds(1), absl::Seconds(1)));
+  EXPECT_EQ(transport_.calls().size(), 3u);
+}
+
+TEST_F(SyncManagerTest, FreshDataIsNotStarvedByABacklog) {
+  StoreMetrics(50, "old");
+  StoreMetrics(10, "new");
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, Options());
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  auto calls = transport_.calls();
+  ASSERT_GE(calls.size(), 2u);
+  EXPECT_EQ(calls[0].names.front(), "old0");
+  EXPECT_EQ(calls[1].names.front(), "new0")
+      << "second batch carries the newest records";
+  EXPECT_EQ(Unsynced(), 0);
+  EXPECT_EQ(manager.GetMetrics().metrics_synced, 60);
+}
+
+TEST_F(SyncManagerTest, ServerConfigAppliesExceptPinnedSettings) {
+  SyncOptions o = Options();
+  o.batch_size_pinned = true;
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, o);
+  ASSERT_THAT(manager.FetchConfig(), IsOk());
+  EXPECT_EQ(manager.options().interval, absl::Seconds(42));
+  EXPECT_EQ(manager.options().compression, Compression::kZstd);
+  EXPECT_EQ(manager.options().batch_size, 10) << "pinned by the operator";
+}
+
+TEST_F(SyncManagerTest, AllStreamsAreSynced) {
+  StoreMetrics(3);
+  v1::LogEntry l;
+  l.set_message("hello");
+  ASSERT_THAT(storage_->AppendLog(l), IsOk());
+  v1::Event e;
+  e.set_name("boot");
+  ASSERT_THAT(storage_->AppendEvent(e), IsOk());
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, Options());
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  std::set<std::string> streams;
+  for (const auto& c : transport_.calls()) streams.insert(c.stream);
+  EXPECT_THAT(streams, ::testing::ElementsAre("events", "logs", "metrics"));
+  EXPECT_EQ(manager.GetMetrics().logs_synced, 1);
+  EXPECT_EQ(manager.GetMetrics().events_synced, 1);
+}
+
+TEST_F(SyncManagerTest, BackgroundLoopSyncsOnTriggerAndStopsCleanly) {
+  SyncOptions o = Options();
+  o.interval = absl::Hours(1);
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, o);
+  manager.Start();
+  ASSERT_TRUE(
+      clock_.AwaitSleepers(1, kRealTimeout));  // first (empty) cycle done
+  StoreMetrics(3);
+  manager.TriggerSync();
+  for (int i = 0; i < 30000 && Unsynced() != 0; ++i)
+    absl::SleepFor(absl::Milliseconds(1));
+  EXPECT_EQ(Unsynced(), 0);
+  manager.Stop();
+  EXPECT_EQ(transport_.calls().size(), 1u);
+}
+
+}  // namespace
+}  // namespace fleetd::agent
