@@ -27,10 +27,14 @@ absl::StatusOr<std::unique_ptr<Writer>> NewVictoriaMetricsWriter(
     const VictoriaMetricsOptions& options);
 
 // Logs → Loki push API `POST {url}/loki/api/v1/push` (snappy-compressed
-// protobuf by default, or JSON). Stream labels: device_id, org_id, level,
-// source; entry fields are kept as structured metadata (or appended to the line
-// in JSON mode). Accepts logs batches. Idempotent: Loki drops an entry
-// identical to one already in the stream.
+// protobuf by default, or JSON), one push per flush with entries grouped by
+// stream and sorted by timestamp. Stream labels: device_id and org_id (from the
+// batch identity), level, and source (left out when empty, which Loki treats as
+// the same thing). Entry fields are kept as structured metadata in both
+// formats (Loki >= 2.9). Accepts logs batches (others are ignored). HTTP
+// answers map as in HttpStatusToStatus; Ping is `GET {url}/ready`. Idempotent:
+// a retried entry is identical (labels, timestamp, line, metadata), and Loki
+// drops an entry identical to one already in the stream.
 struct LokiOptions {
   std::string url;                  // e.g. http://127.0.0.1:3100
   std::string format = "protobuf";  // "protobuf" or "json"
@@ -41,10 +45,15 @@ absl::StatusOr<std::unique_ptr<Writer>> NewLokiWriter(
     const LokiOptions& options);
 
 // Events (and, for analytics, copies of metrics and logs) → ClickHouse over
-// HTTP with `INSERT ... FORMAT JSONEachRow`. Migrate() creates the database and
-// tables (ReplacingMergeTree keyed by device, stream, sequence and record
-// index, so a retried batch collapses; works with ClickHouse 18.16: DateTime
-// plus a milliseconds column).
+// HTTP with `INSERT ... FORMAT JSONEachRow`, one INSERT per table (`events`,
+// `metrics`, `logs`) present in the flush. Migrate() creates the database and
+// tables (ReplacingMergeTree keyed by org, device, stream, sequence and record
+// index, so a retried batch collapses: count with FINAL; works with ClickHouse
+// 18.16: `timestamp_ms UInt64` plus a materialized `timestamp DateTime`). The
+// schema and the mapping of ClickHouse errors to status codes are described in
+// clickhouse_writer.cc. Fails with INVALID_ARGUMENT at construction when
+// `database` is not an identifier; `user`/`password` are sent as
+// X-ClickHouse-User/X-ClickHouse-Key when `user` is set.
 struct ClickHouseOptions {
   std::string url;  // e.g. http://127.0.0.1:8123
   std::string database = "fleetd";
