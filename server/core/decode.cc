@@ -268,7 +268,7 @@ absl::StatusOr<DecodedBatch> DecodeLogs(const v1::SyncLogsRequest& request,
       return absl::InvalidArgumentError(
           absl::StrCat(what, ": message too long"));
     }
-    if (e->source().size() > limits.max_label_value_bytes) {
+    if (e->source().size() > limits.max_source_bytes) {
       return absl::InvalidArgumentError(
           absl::StrCat(what, ": source too long"));
     }
