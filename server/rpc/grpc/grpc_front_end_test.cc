@@ -1,0 +1,549 @@
+#include "server/rpc/grpc/grpc_front_end.h"
+
+#include <openssl/ssl.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/metrics/metrics.h"
+#include "common/status/retry_after.h"
+#include "common/testing/status_matchers.h"
+#include "fleetd/v1/sync.grpc.pb.h"
+#include "gmock/gmock.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "server/rpc/testing/fake_sync_handler.h"
+#include "server/rpc/testing/test_tls.h"
+
+namespace fleetd::server::rpc {
+namespace {
+
+using ::fleetd::server::testing::FakeSyncHandler;
+using ::fleetd::server::testing::RecordedCall;
+using ::fleetd::server::testing::TestCertificate;
+using ::fleetd::server::testing::TryTlsHandshake;
+using ::fleetd::testing::IsOk;
+using ::fleetd::testing::StatusIs;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+// Keeps gRPC initialized for the whole binary. Otherwise destroying the last
+// gRPC object at the end of each test runs a full grpc_shutdown(), which joins
+// gRPC's executor and can sit out a backup poller's 10 s poll after a large
+// write.
+class GrpcLibraryEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override { grpc_init(); }
+};
+const ::testing::Environment* const kGrpcEnvironment =
+    ::testing::AddGlobalTestEnvironment(new GrpcLibraryEnvironment);
+
+std::chrono::system_clock::time_point In(absl::Duration d) {
+  return std::chrono::system_clock::now() + absl::ToChronoNanoseconds(d);
+}
+
+std::string Trailer(const grpc::ClientContext& context,
+                    const std::string& key) {
+  auto it = context.GetServerTrailingMetadata().find(key);
+  if (it == context.GetServerTrailingMetadata().end()) return "";
+  return std::string(it->second.data(), it->second.size());
+}
+
+v1::SyncMetricsRequest MetricsRequest(int64_t sequence,
+                                      size_t label_bytes = 0) {
+  v1::SyncMetricsRequest request;
+  request.mutable_metadata()->set_device_id("dev-1");
+  request.mutable_metadata()->set_sequence_number(sequence);
+  v1::Metric* metric = request.mutable_batch()->add_metrics();
+  metric->set_name("cpu");
+  metric->set_value(0.5);
+  if (label_bytes > 0) {
+    (*metric->mutable_labels())["blob"] = std::string(label_bytes, 'x');
+  }
+  return request;
+}
+
+class GrpcFrontEndTest : public ::testing::Test {
+ protected:
+  // Starts a plaintext front end on 127.0.0.1:0.
+  void StartInsecure(GrpcFrontEndOptions options = {}) {
+    options.address = "127.0.0.1:0";
+    options.insecure = true;
+    options.metrics = &registry_;
+    absl::StatusOr<std::unique_ptr<GrpcFrontEnd>> server =
+        GrpcFrontEnd::Start(options, &handler_);
+    ASSERT_THAT(server, IsOk());
+    server_ = *std::move(server);
+    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->port()),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = v1::SyncService::NewStub(channel_);
+  }
+
+  // Starts a TLS front end on 127.0.0.1:0 with a fresh self-signed
+  // certificate, and a client trusting it.
+  void StartTls(GrpcFrontEndOptions options = {}) {
+    absl::StatusOr<TestCertificate> cert = TestCertificate::Create();
+    ASSERT_THAT(cert, IsOk());
+    cert_ = std::make_unique<TestCertificate>(*std::move(cert));
+    options.address = "127.0.0.1:0";
+    options.tls_cert_file = cert_->cert_file();
+    options.tls_key_file = cert_->key_file();
+    options.metrics = &registry_;
+    absl::StatusOr<std::unique_ptr<GrpcFrontEnd>> server =
+        GrpcFrontEnd::Start(options, &handler_);
+    ASSERT_THAT(server, IsOk());
+    server_ = *std::move(server);
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = cert_->cert_pem();
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride("localhost");
+    channel_ =
+        grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", server_->port()),
+                                  grpc::SslCredentials(ssl), args);
+    stub_ = v1::SyncService::NewStub(channel_);
+  }
+
+  void TearDown() override {
+    stub_.reset();
+    channel_.reset();
+    if (server_ != nullptr) server_->Shutdown();
+  }
+
+  metrics::Registry registry_;
+  FakeSyncHandler handler_;
+  std::unique_ptr<TestCertificate> cert_;
+  std::unique_ptr<GrpcFrontEnd> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::SyncService::Stub> stub_;
+};
+
+TEST_F(GrpcFrontEndTest, UnaryCallCarriesApiKeyPeerAndDeadlineToHandler) {
+  StartInsecure();
+  grpc::ClientContext context;
+  context.AddMetadata("x-api-key", "key-123");
+  context.set_deadline(In(absl::Seconds(30)));
+  v1::SyncMetricsResponse response;
+  grpc::Status status =
+      stub_->SyncMetrics(&context, MetricsRequest(42), &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(response.success());
+  EXPECT_EQ(response.last_sequence_ack(), 42);
+
+  std::vector<RecordedCall> calls = handler_.calls();
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0].method, "SyncMetrics");
+  EXPECT_EQ(calls[0].context.api_key, "key-123");
+  EXPECT_EQ(calls[0].context.protocol, "grpc");
+  EXPECT_THAT(calls[0].context.peer, StartsWith("127.0.0.1:"));
+  absl::Duration left = calls[0].context.deadline - absl::Now();
+  EXPECT_GT(left, absl::Seconds(20));
+  EXPECT_LE(left, absl::Seconds(31));  // grpc-timeout rounds up
+  auto* request = dynamic_cast<v1::SyncMetricsRequest*>(calls[0].request.get());
+  ASSERT_NE(request, nullptr);
+  EXPECT_EQ(request->batch().metrics(0).name(), "cpu");
+}
+
+TEST_F(GrpcFrontEndTest, NoApiKeyAndNoDeadlineGiveEmptyKeyAndInfiniteDeadline) {
+  StartInsecure();
+  grpc::ClientContext context;
+  v1::GetSyncConfigRequest request;
+  request.set_device_id("d");
+  request.mutable_capability()->set_tier(2);
+  v1::GetSyncConfigResponse response;
+  ASSERT_TRUE(stub_->GetSyncConfig(&context, request, &response).ok());
+  EXPECT_EQ(response.config().batch_size(), 102);
+  ASSERT_EQ(handler_.call_count(), 1);
+  EXPECT_EQ(handler_.calls()[0].context.api_key, "");
+  EXPECT_EQ(handler_.calls()[0].context.deadline, absl::InfiniteFuture());
+}
+
+TEST_F(GrpcFrontEndTest, EveryUnaryRpcDelegatesToItsHandlerMethod) {
+  StartInsecure();
+  {
+    grpc::ClientContext c;
+    v1::SyncLogsRequest request;
+    request.mutable_metadata()->set_sequence_number(7);
+    v1::SyncLogsResponse response;
+    ASSERT_TRUE(stub_->SyncLogs(&c, request, &response).ok());
+    EXPECT_EQ(response.last_sequence_ack(), 7);
+  }
+  {
+    grpc::ClientContext c;
+    v1::SyncEventsRequest request;
+    request.mutable_metadata()->set_sequence_number(8);
+    v1::SyncEventsResponse response;
+    ASSERT_TRUE(stub_->SyncEvents(&c, request, &response).ok());
+    EXPECT_EQ(response.last_sequence_ack(), 8);
+  }
+  {
+    grpc::ClientContext c;
+    v1::UpdateDeviceInfoRequest request;
+    request.mutable_info()->set_hostname("h");
+    v1::UpdateDeviceInfoResponse response;
+    ASSERT_TRUE(stub_->UpdateDeviceInfo(&c, request, &response).ok());
+    EXPECT_TRUE(response.success());
+  }
+  std::vector<std::string> methods;
+  for (const RecordedCall& call : handler_.calls()) {
+    methods.push_back(call.method);
+  }
+  EXPECT_THAT(methods, ::testing::ElementsAre("SyncLogs", "SyncEvents",
+                                              "UpdateDeviceInfo"));
+}
+
+TEST_F(GrpcFrontEndTest, HandlerErrorKeepsCodeAndMessageAndSendsRetryHint) {
+  StartInsecure();
+  handler_.SetStatus("SyncMetrics",
+                     WithRetryAfter(absl::ResourceExhaustedError("overloaded"),
+                                    absl::Milliseconds(1500)));
+  grpc::ClientContext context;
+  v1::SyncMetricsResponse response;
+  grpc::Status status =
+      stub_->SyncMetrics(&context, MetricsRequest(1), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(status.error_message(), "overloaded");
+  EXPECT_EQ(Trailer(context, "retry-after-ms"), "1500");
+
+  handler_.SetStatus("SyncMetrics", absl::UnauthenticatedError("bad key"));
+  grpc::ClientContext context2;
+  status = stub_->SyncMetrics(&context2, MetricsRequest(1), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(status.error_message(), "bad key");
+  EXPECT_EQ(Trailer(context2, "retry-after-ms"), "");
+
+  std::string rendered = registry_.Render();
+  EXPECT_THAT(rendered, HasSubstr("method=\"SyncMetrics\""));
+  EXPECT_THAT(rendered, HasSubstr("code=\"RESOURCE_EXHAUSTED\""));
+}
+
+TEST_F(GrpcFrontEndTest, OversizedRequestIsResourceExhaustedBeforeHandler) {
+  GrpcFrontEndOptions options;
+  options.max_receive_message_bytes = 4096;
+  StartInsecure(options);
+  grpc::ClientContext context;
+  v1::SyncMetricsResponse response;
+  grpc::Status status =
+      stub_->SyncMetrics(&context, MetricsRequest(1, 8192), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(handler_.call_count(), 0);
+
+  grpc::ClientContext small;
+  EXPECT_TRUE(
+      stub_->SyncMetrics(&small, MetricsRequest(2, 1024), &response).ok());
+}
+
+TEST_F(GrpcFrontEndTest, GzipCompressedRequestIsAccepted) {
+  StartInsecure();
+  grpc::ClientContext context;
+  context.set_compression_algorithm(GRPC_COMPRESS_GZIP);
+  v1::SyncMetricsResponse response;
+  grpc::Status status =
+      stub_->SyncMetrics(&context, MetricsRequest(5, 100000), &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  auto* request = dynamic_cast<v1::SyncMetricsRequest*>(
+      handler_.calls().at(0).request.get());
+  ASSERT_NE(request, nullptr);
+  EXPECT_EQ(request->batch().metrics(0).labels().at("blob").size(), 100000u);
+}
+
+TEST_F(GrpcFrontEndTest, StreamSyncRelaysMessagesAcksAndServerCommands) {
+  v1::StreamSyncResponse greeting;
+  greeting.mutable_flush()->set_reason("hello");
+  handler_.SetStreamGreeting(greeting);
+  StartInsecure();
+  grpc::ClientContext context;
+  context.AddMetadata("x-api-key", "stream-key");
+  auto stream = stub_->StreamSync(&context);
+
+  v1::StreamSyncResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.flush().reason(), "hello");
+
+  v1::StreamSyncRequest batch;
+  batch.mutable_metadata()->set_sequence_number(11);
+  batch.mutable_metrics()->add_metrics()->set_name("m");
+  ASSERT_TRUE(stream->Write(batch));
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.ack().sequence_number(), 11);
+  EXPECT_TRUE(response.ack().success());
+
+  v1::StreamSyncRequest heartbeat;
+  heartbeat.mutable_heartbeat()->set_unsynced_metrics(3);
+  ASSERT_TRUE(stream->Write(heartbeat));
+
+  v1::StreamSyncRequest logs;
+  logs.mutable_metadata()->set_sequence_number(12);
+  logs.mutable_logs()->add_logs()->set_message("x");
+  ASSERT_TRUE(stream->Write(logs));
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.ack().sequence_number(), 12);
+
+  ASSERT_TRUE(stream->WritesDone());
+  EXPECT_FALSE(stream->Read(&response));
+  grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+
+  std::vector<v1::StreamSyncRequest> received = handler_.stream_messages();
+  ASSERT_EQ(received.size(), 3u);
+  EXPECT_TRUE(received[1].has_heartbeat());
+  EXPECT_EQ(handler_.stream_finishes(), 1);
+  EXPECT_EQ(handler_.calls().at(0).context.api_key, "stream-key");
+}
+
+TEST_F(GrpcFrontEndTest, StreamSyncOpenFailureEndsCallWithThatStatus) {
+  handler_.SetStatus("StreamSync", absl::UnauthenticatedError("no key"));
+  StartInsecure();
+  grpc::ClientContext context;
+  auto stream = stub_->StreamSync(&context);
+  v1::StreamSyncResponse response;
+  EXPECT_FALSE(stream->Read(&response));
+  grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(status.error_message(), "no key");
+  EXPECT_EQ(handler_.stream_finishes(), 0);
+}
+
+TEST_F(GrpcFrontEndTest, StreamSyncMessageErrorEndsCallAndStillFinishes) {
+  handler_.FailStreamAtMessage(
+      2, WithRetryAfter(absl::UnavailableError("backend down"),
+                        absl::Milliseconds(250)));
+  StartInsecure();
+  grpc::ClientContext context;
+  auto stream = stub_->StreamSync(&context);
+  v1::StreamSyncRequest heartbeat;
+  heartbeat.mutable_heartbeat();
+  ASSERT_TRUE(stream->Write(heartbeat));
+  stream->Write(heartbeat);  // the failing one
+  v1::StreamSyncResponse response;
+  while (stream->Read(&response)) {
+  }
+  grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(status.error_message(), "backend down");
+  EXPECT_EQ(Trailer(context, "retry-after-ms"), "250");
+  EXPECT_EQ(handler_.stream_finishes(), 1);
+}
+
+TEST_F(GrpcFrontEndTest, HealthServiceReportsServing) {
+  StartInsecure();
+  grpc::GenericStub generic(channel_);
+  grpc::ClientContext context;
+  context.set_deadline(In(absl::Seconds(30)));
+  grpc::CompletionQueue cq;
+  // HealthCheckRequest{service: ""}, with the field written out.
+  grpc::Slice request_bytes(std::string("\x0a\x00", 2));
+  grpc::ByteBuffer request(&request_bytes, 1);
+  std::unique_ptr<grpc::GenericClientAsyncResponseReader> call =
+      generic.PrepareUnaryCall(&context, "/grpc.health.v1.Health/Check",
+                               request, &cq);
+  call->StartCall();
+  grpc::ByteBuffer reply;
+  grpc::Status status;
+  call->Finish(&reply, &status, reinterpret_cast<void*>(1));
+  void* tag = nullptr;
+  bool ok = false;
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  ASSERT_TRUE(status.ok()) << status.error_code() << " "
+                           << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(reply.Dump(&slices).ok());
+  std::string bytes;
+  for (const grpc::Slice& s : slices) {
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  EXPECT_EQ(bytes, std::string("\x08\x01", 2));  // status: SERVING
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+}
+
+TEST_F(GrpcFrontEndTest, TlsServesCallsAndStreamsWithClientAddressAsPeer) {
+  StartTls();
+  grpc::ClientContext context;
+  context.AddMetadata("x-api-key", "tls-key");
+  v1::GetSyncConfigRequest request;
+  request.set_device_id("dev-tls");
+  v1::GetSyncConfigResponse response;
+  grpc::Status status = stub_->GetSyncConfig(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.metrics_endpoint(), "metrics/dev-tls");
+  RecordedCall call = handler_.calls().at(0);
+  EXPECT_EQ(call.context.api_key, "tls-key");
+  EXPECT_THAT(call.context.peer, StartsWith("127.0.0.1:"));
+
+  grpc::ClientContext stream_context;
+  auto stream = stub_->StreamSync(&stream_context);
+  v1::StreamSyncRequest batch;
+  batch.mutable_metadata()->set_sequence_number(99);
+  batch.mutable_events();
+  ASSERT_TRUE(stream->Write(batch));
+  v1::StreamSyncResponse ack;
+  ASSERT_TRUE(stream->Read(&ack));
+  EXPECT_EQ(ack.ack().sequence_number(), 99);
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST_F(GrpcFrontEndTest, TlsRelaysLargeMessagesBothWays) {
+  v1::GetSyncConfigResponse big;
+  big.set_metrics_endpoint(std::string(3 << 20, 'r'));
+  handler_.SetConfigResponse(big);
+  StartTls();
+  grpc::ClientContext context;
+  v1::SyncMetricsResponse response;
+  ASSERT_TRUE(
+      stub_->SyncMetrics(&context, MetricsRequest(1, 5 << 20), &response).ok());
+  auto* request = dynamic_cast<v1::SyncMetricsRequest*>(
+      handler_.calls().at(0).request.get());
+  ASSERT_NE(request, nullptr);
+  EXPECT_EQ(request->batch().metrics(0).labels().at("blob"),
+            std::string(5 << 20, 'x'));
+
+  grpc::ClientContext context2;
+  v1::GetSyncConfigResponse config;
+  ASSERT_TRUE(stub_->GetSyncConfig(&context2, {}, &config).ok());
+  EXPECT_EQ(config.metrics_endpoint(), big.metrics_endpoint());
+}
+
+TEST_F(GrpcFrontEndTest, TlsManyConcurrentCallsAllSucceed) {
+  StartTls();
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 10; ++i) {
+        grpc::ClientContext context;
+        v1::SyncMetricsResponse response;
+        if (stub_
+                ->SyncMetrics(&context, MetricsRequest(t * 100 + i, 2000),
+                              &response)
+                .ok() &&
+            response.last_sequence_ack() == t * 100 + i) {
+          ++ok;
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(ok.load(), 40);
+}
+
+TEST_F(GrpcFrontEndTest, TlsOversizedRequestIsResourceExhausted) {
+  GrpcFrontEndOptions options;
+  options.max_receive_message_bytes = 4096;
+  StartTls(options);
+  grpc::ClientContext context;
+  v1::SyncMetricsResponse response;
+  grpc::Status status =
+      stub_->SyncMetrics(&context, MetricsRequest(1, 8192), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(handler_.call_count(), 0);
+}
+
+TEST_F(GrpcFrontEndTest, TlsAcceptsOnlyTls13WithH2) {
+  StartTls();
+  absl::StatusOr<testing::HandshakeResult> tls13 =
+      TryTlsHandshake(server_->port(), TLS1_2_VERSION, TLS1_3_VERSION, {"h2"});
+  ASSERT_THAT(tls13, IsOk());
+  EXPECT_EQ(tls13->version, "TLSv1.3");
+  EXPECT_EQ(tls13->alpn, "h2");
+
+  // A client capped at TLS 1.2 is refused during the handshake.
+  EXPECT_THAT(
+      TryTlsHandshake(server_->port(), TLS1_VERSION, TLS1_2_VERSION, {"h2"}),
+      StatusIs(absl::StatusCode::kUnavailable, HasSubstr("handshake")));
+  // HTTP/2 is required: a client offering only http/1.1 is refused too.
+  EXPECT_THAT(TryTlsHandshake(server_->port(), TLS1_3_VERSION, TLS1_3_VERSION,
+                              {"http/1.1"}),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("handshake")));
+
+  // The server still serves after refusing those.
+  grpc::ClientContext context;
+  v1::GetSyncConfigResponse response;
+  EXPECT_TRUE(stub_->GetSyncConfig(&context, {}, &response).ok());
+  EXPECT_THAT(registry_.Render(),
+              HasSubstr("fleetd_rpc_tls_connections_total{front_end=\"grpc\","
+                        "result=\"handshake_failed\"} 2"));
+}
+
+TEST_F(GrpcFrontEndTest, ShutdownStopsServingAndIsIdempotent) {
+  StartTls();
+  int port = server_->port();
+  server_->Shutdown();
+  server_->Shutdown();
+  EXPECT_THAT(TryTlsHandshake(port, TLS1_3_VERSION, TLS1_3_VERSION, {"h2"},
+                              absl::Seconds(5)),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("")));
+}
+
+TEST(GrpcFrontEndStartTest, RejectsInconsistentOrUnusableOptions) {
+  FakeSyncHandler handler;
+  GrpcFrontEndOptions options;
+  options.address = "127.0.0.1:0";
+  EXPECT_THAT(GrpcFrontEnd::Start(options, &handler),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("TLS")));
+  options.insecure = true;
+  options.tls_cert_file = "/some/cert.pem";
+  EXPECT_THAT(
+      GrpcFrontEnd::Start(options, &handler),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("insecure")));
+  options.insecure = false;
+  options.tls_key_file = "/some/key.pem";
+  EXPECT_THAT(GrpcFrontEnd::Start(options, &handler),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("/some/cert.pem")));
+  options.address = "nonsense";
+  EXPECT_THAT(GrpcFrontEnd::Start(options, &handler),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("")));
+}
+
+TEST(GrpcFrontEndStartTest, BusyPortIsUnavailable) {
+  absl::StatusOr<TestCertificate> cert = TestCertificate::Create();
+  ASSERT_THAT(cert, IsOk());
+  FakeSyncHandler handler;
+  GrpcFrontEndOptions options;
+  options.address = "127.0.0.1:0";
+  options.tls_cert_file = cert->cert_file();
+  options.tls_key_file = cert->key_file();
+  absl::StatusOr<std::unique_ptr<GrpcFrontEnd>> first =
+      GrpcFrontEnd::Start(options, &handler);
+  ASSERT_THAT(first, IsOk());
+  options.address = absl::StrCat("127.0.0.1:", (*first)->port());
+  EXPECT_THAT(GrpcFrontEnd::Start(options, &handler),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("")));
+  GrpcFrontEndOptions plain;
+  plain.insecure = true;
+  plain.address = options.address;
+  EXPECT_THAT(GrpcFrontEnd::Start(plain, &handler),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("")));
+}
+
+}  // namespace
+}  // namespace fleetd::server::rpc
+
+namespace fleetd::server::rpc {
+namespace {
+
+TEST(GrpcFrontEndSettingsTest, EnvironmentOverridesDefaults) {
+  GrpcFrontEndOptions options;
+  Settings settings;
+  AddGrpcFrontEndSettings(settings, &options);
+  ASSERT_THAT(settings.Resolve(MapEnv({{"FLEET_GRPC_ADDR", "127.0.0.1:7000"},
+                                       {"FLEET_GRPC_INSECURE", "true"},
+                                       {"FLEET_GRPC_MAX_RECV_BYTES", "1MiB"}})),
+              ::fleetd::testing::IsOk());
+  EXPECT_EQ(options.address, "127.0.0.1:7000");
+  EXPECT_TRUE(options.insecure);
+  EXPECT_EQ(options.max_receive_message_bytes, 1 << 20);
+  EXPECT_EQ(options.max_connections, 4096);  // default kept
+}
+
+}  // namespace
+}  // namespace fleetd::server::rpc
