@@ -203,7 +203,7 @@ absl::Status Agent::Start() {
                      agent::ControlServer::Start(
                          options_.data_dir + "/fleetd.sock",
                          [this](const std::vector<std::string>& args) {
-                           return HandleControl(args);
+                           return HandleCommand(args);
                          }));
   }
   if (options_.fetch_server_config) sync_->FetchConfig().IgnoreError();
@@ -305,7 +305,7 @@ std::string Agent::RenderMetrics() {
   return metrics_.Render();
 }
 
-std::string Agent::HandleControl(const std::vector<std::string>& args) {
+std::string Agent::HandleCommand(const std::vector<std::string>& args) {
   const std::string& cmd = args[0];
   nlohmann::json j;
   j["ok"] = true;
@@ -340,6 +340,38 @@ std::string Agent::HandleControl(const std::vector<std::string>& args) {
                                : agent::CleanScope::kSyncedOnly);
     if (!removed.ok()) return Error(removed.status());
     j["removed"] = *removed;
+    return j.dump();
+  }
+  if (cmd == "logs-sync") {
+    j["lines"] = sync_->RecentActivity();
+    return j.dump();
+  }
+  if (cmd == "debug-storage") {
+    auto info = storage_->Info();
+    if (!info.ok()) return Error(info.status());
+    j["storage"] = InfoJson(*info);
+    agent::ReadOptions peek;
+    peek.max_records = 5;
+    std::vector<std::string> lines;
+    if (auto m = storage_->ReadMetrics(peek); m.ok()) {
+      for (const auto& r : *m) {
+        lines.push_back(
+            absl::StrCat("metric #", r.id, " ", r.record.ShortDebugString()));
+      }
+    }
+    if (auto l = storage_->ReadLogs(peek); l.ok()) {
+      for (const auto& r : *l) {
+        lines.push_back(
+            absl::StrCat("log #", r.id, " ", r.record.ShortDebugString()));
+      }
+    }
+    if (auto e = storage_->ReadEvents(peek); e.ok()) {
+      for (const auto& r : *e) {
+        lines.push_back(
+            absl::StrCat("event #", r.id, " ", r.record.ShortDebugString()));
+      }
+    }
+    j["peek"] = lines;
     return j.dump();
   }
   if (cmd == "metrics") {

@@ -117,10 +117,13 @@ class Agent {
   Clock* clock() { return clock_; }
   // Prometheus text of the agent's metrics, with backlog and dropped counts.
   std::string RenderMetrics();
+  // Runs a control command ("status", "sync-now", "storage-info", "storage-clean AGE
+  // synced|all", "debug-storage", "logs-sync", "metrics", "ping") and returns its JSON
+  // answer; this is what the control socket serves.
+  std::string HandleCommand(const std::vector<std::string>& args);
 
  private:
   Agent() = default;
-  std::string HandleControl(const std::vector<std::string>& args);
 
   AgentOptions options_;
   Clock* clock_ = nullptr;

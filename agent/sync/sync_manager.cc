@@ -555,6 +555,7 @@ SyncManager::Outcome SyncManager::SendOne(Stream& stream, absl::Status* error) {
         return Outcome::kRetryLater;
       }
       storage_->ClearPendingBatch(stream.name).IgnoreError();
+      Note(stream, pending, absl::StrCat("acknowledged bytes=", wire_bytes));
       absl::MutexLock lock(&mu_);
       ++stats_.successful_syncs;
       stats_.consecutive_failures = 0;
@@ -577,6 +578,8 @@ SyncManager::Outcome SyncManager::SendOne(Stream& stream, absl::Status* error) {
       LOG(ERROR) << "the server refused this device's credentials (" << s
                  << "): not sending until the key is fixed; data stays stored";
       RecordFailure(s);
+      Note(stream, pending,
+           absl::StrCat("refused credentials: ", s.ToString()));
       unauthenticated_ = true;
       auth_retry_at_ = clock_->MonotonicNow() + options().backoff.max;
       *error = s;
@@ -584,11 +587,13 @@ SyncManager::Outcome SyncManager::SendOne(Stream& stream, absl::Status* error) {
     }
     if (!IsRetryable(s.code())) {
       Quarantine(stream, pending, serialized, s);
+      Note(stream, pending, absl::StrCat("quarantined: ", s.ToString()));
       storage_->MarkSynced(stream.kind, pending.ids).IgnoreError();
       storage_->ClearPendingBatch(stream.name).IgnoreError();
       return Outcome::kMore;
     }
     RecordFailure(s);
+    Note(stream, pending, absl::StrCat("failed: ", s.ToString()));
     LOG(WARNING) << "sync of " << stream.name << " batch "
                  << pending.sequence_number << " failed (attempt "
                  << attempt + 1 << "/" << max_retries << "): " << s;
@@ -603,6 +608,24 @@ SyncManager::Outcome SyncManager::SendOne(Stream& stream, absl::Status* error) {
     if (!WaitFor(delay)) return Outcome::kStopped;
   }
   return Outcome::kRetryLater;
+}
+
+void SyncManager::Note(const Stream& stream, const PendingBatch& pending,
+                       absl::string_view outcome) {
+  std::string line =
+      absl::StrCat(absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", clock_->Now(),
+                                    absl::UTCTimeZone()),
+                   " ", stream.name, " seq=", pending.sequence_number,
+                   " records=", pending.record_count,
+                   " retry=", pending.retry_count, " ", outcome);
+  absl::MutexLock lock(&mu_);
+  recent_.push_back(std::move(line));
+  while (recent_.size() > 200) recent_.pop_front();
+}
+
+std::vector<std::string> SyncManager::RecentActivity() {
+  absl::MutexLock lock(&mu_);
+  return {recent_.begin(), recent_.end()};
 }
 
 SyncMetricsSnapshot SyncManager::GetMetrics() {

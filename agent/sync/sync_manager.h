@@ -29,10 +29,12 @@
 #define FLEETD_AGENT_SYNC_SYNC_MANAGER_H_
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -133,6 +135,9 @@ class SyncManager {
   absl::Status SyncNow();
 
   SyncMetricsSnapshot GetMetrics();
+  // The most recent batch outcomes, oldest first (at most 200 lines), for
+  // `fleetd logs sync`.
+  std::vector<std::string> RecentActivity();
   // Applies a configuration from the server (except pinned settings).
   void ApplyConfig(const v1::SyncConfig& config);
   SyncOptions options();
@@ -159,6 +164,8 @@ class SyncManager {
   bool WaitFor(absl::Duration d);  // false when stopping
   void RecordFailure(const absl::Status& s);
   void SetState(const std::string& state);
+  void Note(const Stream& stream, const PendingBatch& pending,
+            absl::string_view outcome);
 
   Storage* const storage_;
   SyncTransport* const transport_;
@@ -170,6 +177,7 @@ class SyncManager {
   SyncMetricsSnapshot stats_ ABSL_GUARDED_BY(mu_);
   double compressed_in_ ABSL_GUARDED_BY(mu_) = 0;
   double compressed_out_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<std::string> recent_ ABSL_GUARDED_BY(mu_);
 
   // Used only by the thread running a cycle (cycles never overlap: cycle_mu_).
   absl::Mutex cycle_mu_;
