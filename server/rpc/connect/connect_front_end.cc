@@ -156,8 +156,9 @@ class ConnectFrontEndImpl final : public ConnectFrontEnd {
         handler_(handler) {
     if (options.metrics != nullptr) {
       calls_ = &options.metrics->CounterFamily(
-          "fleetd_rpc_requests_total",
-          "Finished RPCs by protocol, method and status code.",
+          "fleetd_rpc_frontend_requests_total",
+          "Requests a front end finished, by protocol, method and status "
+          "code, including those refused before reaching the handler.",
           {"protocol", "method", "code"});
       dropped_ = &options.metrics
                       ->CounterFamily(

@@ -280,7 +280,7 @@ TEST_F(ConnectFrontEndTest, RetryHintBecomesRetryAfterHeaders) {
   EXPECT_EQ(res->get_header_value("Trailer-Retry-After-Ms"), "1500");
   EXPECT_THAT(
       registry_.Render(),
-      HasSubstr("fleetd_rpc_requests_total{protocol=\"connect\","
+      HasSubstr("fleetd_rpc_frontend_requests_total{protocol=\"connect\","
                 "method=\"SyncMetrics\",code=\"RESOURCE_EXHAUSTED\"} 1"));
 }
 

@@ -38,8 +38,9 @@ class CallMetrics {
   explicit CallMetrics(metrics::Registry* registry) {
     if (registry == nullptr) return;
     calls_ = &registry->CounterFamily(
-        "fleetd_rpc_requests_total",
-        "Finished RPCs by protocol, method and status code.",
+        "fleetd_rpc_frontend_requests_total",
+        "Requests a front end finished, by protocol, method and status code, "
+        "including those refused before reaching the handler.",
         {"protocol", "method", "code"});
     dropped_ = &registry
                     ->CounterFamily("fleetd_rpc_stream_responses_dropped_total",
