@@ -109,9 +109,9 @@ for ((t = 0; t < seconds; t += 5)); do
     --data-binary "{\"level\":\"info\",\"message\":\"pushed by an app at ${t}s\",\"source\":\"demo-app\"}" \
     || true
   sleep 5
-  "$bin/fleetd" status 2>/dev/null | grep -E "^sync:|metrics_synced|logs_synced|unsynced" |
-    tr '\n' ' ' | sed 's/  */ /g'
-  echo
+  "$bin/fleetd" status 2>/dev/null |
+    awk '/^sync:/ {state=$2} /metrics_synced:/ {m=$2} /logs_synced:/ {l=$2}
+         /^  metrics: unsynced/ {b=$3} END {printf "  agent: %s, metrics synced %s, logs synced %s, metrics backlog %s\n", state, m, l, b}' || true
 done
 "$bin/fleetd" sync now >/dev/null 2>&1 || true
 
@@ -120,10 +120,14 @@ curl -fsS "$FLEET_VICTORIAMETRICS_URL/internal/force_flush" >/dev/null || true
 sleep 1
 series=$(curl -fsS "$FLEET_VICTORIAMETRICS_URL/api/v1/series" \
   --data-urlencode 'match[]={device_id="demo-device"}' | { grep -o '"__name__"' || true; } | wc -l)
-echo "VictoriaMetrics: $series series from demo-device, e.g.:"
-curl -fsS "$FLEET_VICTORIAMETRICS_URL/api/v1/query" \
-  --data-urlencode 'query=topk(5, last_over_time({device_id="demo-device"}[5m]))' |
-  { grep -o '"__name__":"[^"]*"[^}]*' || true; } | head -5 | sed 's/^/  /'
+echo "VictoriaMetrics: $series series from demo-device; CPU and memory right now:"
+for q in 'system_cpu_usage_percent{device_id="demo-device",cpu="all"}' \
+  'system_memory_available_bytes{device_id="demo-device"}' \
+  'demo_app_requests_total{device_id="demo-device"}'; do
+  value=$(curl -fsS "$FLEET_VICTORIAMETRICS_URL/api/v1/query" --data-urlencode "query=$q" |
+    { grep -o '"value":\[[^]]*\]' || true; } | head -1)
+  echo "  $q => ${value:-no sample yet}"
+done
 ch() { curl -fsS "$FLEET_CLICKHOUSE_URL/" --data-binary "$1"; }
 if [[ $FLEET_ROUTE_LOGS == clickhouse ]]; then
   echo "ClickHouse logs: $(ch "SELECT count() FROM fleetd.logs FINAL WHERE device_id = 'demo-device'") entries; latest:"

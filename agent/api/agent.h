@@ -55,6 +55,8 @@ struct AgentOptions {
   // COMPRESSION_TYPE, MAX_RETRIES, FLEET_TIER, FLEET_STORAGE_MAX_BYTES,
   // FLEET_MEMORY_BUFFER_BYTES, FLEET_STORAGE_KEY(_FILE). Empty lookup: none.
   EnvLookup overrides;
+  // Most records per second the sync sends (token bucket); 0: no limit.
+  double sync_max_records_per_second = 0;
   // Ask the server for the tier's configuration at start (GetSyncConfig).
   bool fetch_server_config = true;
   // Report host name, OS and capability to the server at start
@@ -117,9 +119,10 @@ class Agent {
   Clock* clock() { return clock_; }
   // Prometheus text of the agent's metrics, with backlog and dropped counts.
   std::string RenderMetrics();
-  // Runs a control command ("status", "sync-now", "storage-info", "storage-clean AGE
-  // synced|all", "debug-storage", "logs-sync", "metrics", "ping") and returns its JSON
-  // answer; this is what the control socket serves.
+  // Runs a control command ("status", "sync-now", "storage-info",
+  // "storage-clean AGE synced|all", "debug-storage", "logs-sync", "metrics",
+  // "ping") and returns its JSON answer; this is what the control socket
+  // serves.
   std::string HandleCommand(const std::vector<std::string>& args);
 
  private:

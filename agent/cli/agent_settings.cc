@@ -6,6 +6,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "agent/collect/collector.h"
+#include "agent/collect/ingest_server.h"
+#include "agent/collect/log_tailer.h"
+#include "agent/collect/system_metrics.h"
 #include "glog/logging.h"
 #include "httplib.h"
 
@@ -47,11 +51,52 @@ bool SplitAddr(const std::string& addr, std::string* host, int* port) {
 class Parts final : public DaemonParts {
  public:
   ~Parts() override {
+    if (ingest_ != nullptr) ingest_->Stop();
+    if (collector_ != nullptr) collector_->Stop();
+    if (tailer_ != nullptr) tailer_->Stop();
     if (metrics_http_ != nullptr) metrics_http_->stop();
     if (metrics_thread_.joinable()) metrics_thread_.join();
   }
 
   absl::Status Start(const AgentSettings& s, Agent* agent) {
+    if (s.collect_system) {
+      SystemMetricsOptions o;
+      o.mount_points = {"/", s.data_dir};
+      o.clock = agent->clock();
+      o.registry = agent->metrics();
+      auto source = NewSystemMetricsSource(o);
+      if (!source.ok()) return source.status();
+      source_ = *std::move(source);
+      CollectorOptions c;
+      c.interval = s.collect_interval;
+      collector_ = std::make_unique<Collector>(
+          source_.get(), agent->storage(), agent->clock(), agent->metrics(), c);
+      collector_->Start();
+    }
+    std::vector<std::string> files =
+        absl::StrSplit(s.log_files, ',', absl::SkipWhitespace());
+    if (!files.empty()) {
+      LogTailerOptions o;
+      o.paths = files;
+      o.state_path = s.data_dir + "/" + kLogTailerStateFile;
+      auto tailer = LogTailer::Create(o, agent->storage(), agent->clock(),
+                                      agent->metrics());
+      if (!tailer.ok()) {
+        return absl::Status(
+            tailer.status().code(),
+            absl::StrCat("FLEET_LOG_FILES: ", tailer.status().message()));
+      }
+      tailer_ = *std::move(tailer);
+      tailer_->Start();
+    }
+    if (!s.ingest_addr.empty()) {
+      IngestServerOptions o;
+      o.address = s.ingest_addr;
+      auto ingest = IngestServer::Start(o, agent->storage(), agent->clock(),
+                                        agent->metrics());
+      if (!ingest.ok()) return ingest.status();
+      ingest_ = *std::move(ingest);
+    }
     if (!s.metrics_addr.empty()) {
       std::string host;
       int port;
@@ -75,6 +120,10 @@ class Parts final : public DaemonParts {
   }
 
  private:
+  std::unique_ptr<MetricsSource> source_;
+  std::unique_ptr<Collector> collector_;
+  std::unique_ptr<LogTailer> tailer_;
+  std::unique_ptr<IngestServer> ingest_;
   std::unique_ptr<httplib::Server> metrics_http_;
   std::thread metrics_thread_;
 };
@@ -131,6 +180,7 @@ AgentOptions AgentSettings::ToOptions() const {
   o.device_id = device_id;
   o.org_id = org_id;
   o.overrides = MapEnv(overrides);
+  o.sync_max_records_per_second = static_cast<double>(sync_rate_limit);
   return o;
 }
 

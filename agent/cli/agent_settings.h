@@ -27,6 +27,7 @@ struct AgentSettings {
   absl::Duration collect_interval = absl::Seconds(15);
   bool collect_system = true;
   std::string log_files;  // comma-separated paths to tail
+  int64_t sync_rate_limit = 0;
   // Capability overrides, passed to tier detection as given (validated there).
   std::map<std::string, std::string> overrides;
 

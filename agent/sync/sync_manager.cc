@@ -104,11 +104,9 @@ void SyncManager::ApplyConfig(const v1::SyncConfig& c) {
                                                           : "none");
     if (codec.ok()) options_.compression = *codec;
   }
-  if (c.max_metrics_per_second() > 0) {
-    options_.max_records_per_second = c.max_metrics_per_second();
-    bucket_.SetRate(options_.max_records_per_second,
-                    std::max<double>(options_.batch_size, 1));
-  }
+  // max_metrics_per_second caps collection, not sync: throttling the sync to
+  // the collection rate would keep a backlog from ever draining after an
+  // outage.
 }
 
 absl::Status SyncManager::FetchConfig() {

@@ -1,0 +1,374 @@
+// End to end from the device: the agent (embedded, and the real `fleetd`
+// binary) syncing through the real server to real PostgreSQL, VictoriaMetrics
+// and ClickHouse and a Loki receiver. Records carry unique ids, so "every
+// record exactly once" is checked by counting distinct ids and total samples in
+// the backends.
+#include <signal.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "agent/api/agent.h"
+#include "agent/storage/sqlite_storage.h"
+#include "common/testing/status_matchers.h"
+#include "common/testing/wait.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "server/app/server_app.h"
+#include "server/store/pg_pool.h"
+#include "server/store/pg_store.h"
+#include "tests/fixtures/clickhouse_fixture.h"
+#include "tests/fixtures/loki_receiver.h"
+#include "tests/fixtures/postgres_fixture.h"
+#include "tests/fixtures/process.h"
+#include "tests/fixtures/victoria_metrics_fixture.h"
+
+namespace fleetd {
+namespace {
+
+using ::fleetd::testing::IsOk;
+using ::fleetd::testing::StatusIs;
+using ::fleetd::testing::WaitFor;
+
+struct Stack {
+  testing::PostgresFixture* pg = nullptr;
+  testing::VictoriaMetricsFixture* vm = nullptr;
+  testing::ClickHouseFixture* ch = nullptr;
+  std::unique_ptr<testing::LokiReceiver> loki;
+  server::ServerConfig config;
+  std::unique_ptr<server::ServerApp> app;
+  std::unique_ptr<server::PgPool> pool;
+  std::unique_ptr<server::PgStore> store;
+  int grpc_port = 0;
+  int http_port = 0;
+};
+Stack* stack = nullptr;
+
+absl::Status StartServer() {
+  auto app = server::ServerApp::Start(stack->config);
+  if (!app.ok()) return app.status();
+  stack->app = *std::move(app);
+  stack->grpc_port = stack->app->grpc_port();
+  stack->http_port = stack->app->http_port();
+  // Restarts come back on the same ports, as a real server would.
+  stack->config.grpc_addr = absl::StrCat("127.0.0.1:", stack->grpc_port);
+  stack->config.http_addr = absl::StrCat("127.0.0.1:", stack->http_port);
+  return absl::OkStatus();
+}
+
+void StopServer() {
+  if (stack->app != nullptr) stack->app->Shutdown();
+  stack->app.reset();
+}
+
+class AgentE2eTest : public ::testing::Test {
+ protected:
+  // One stack for every suite in this binary; torn down by StackEnvironment.
+  static void SetUpTestSuite() {
+    if (stack != nullptr) return;
+    stack = new Stack();
+    auto pg = testing::PostgresFixture::Shared();
+    ASSERT_THAT(pg, IsOk());
+    stack->pg = *pg;
+    auto vm = testing::VictoriaMetricsFixture::Shared();
+    ASSERT_THAT(vm, IsOk());
+    stack->vm = *vm;
+    auto ch = testing::ClickHouseFixture::Shared();
+    ASSERT_THAT(ch, IsOk());
+    stack->ch = *ch;
+    auto loki = testing::LokiReceiver::Start();
+    ASSERT_THAT(loki, IsOk());
+    stack->loki = *std::move(loki);
+    auto dsn = stack->pg->CreateDatabase("fleet_agent_e2e");
+    ASSERT_THAT(dsn, IsOk());
+    server::ServerConfig& c = stack->config;
+    c.grpc_addr = "127.0.0.1:0";
+    c.http_addr = "127.0.0.1:0";
+    c.admin_addr = "127.0.0.1:0";
+    c.insecure = true;
+    c.postgres_dsn = *dsn;
+    c.victoriametrics_url = stack->vm->url();
+    c.loki_url = stack->loki->url();
+    c.clickhouse_url = stack->ch->http_url();
+    c.clickhouse_database = "fleet_agent_e2e";
+    c.max_wait = absl::Seconds(10);
+    ASSERT_THAT(StartServer(), IsOk());
+    auto pool = server::PgPool::Connect({.dsn = *dsn, .size = 2});
+    ASSERT_THAT(pool, IsOk());
+    stack->pool = *std::move(pool);
+    stack->store = std::make_unique<server::PgStore>(stack->pool.get());
+  }
+
+  void SetUp() override {
+    char tmpl[] = "/tmp/fleetd-agent-e2e-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  static std::string Key(const std::string& device) {
+    auto k = stack->store->CreateKey(device, "org-agents");
+    EXPECT_THAT(k, IsOk());
+    return k.ok() ? k->api_key : "";
+  }
+
+  AgentOptions Options(const std::string& device, const std::string& transport,
+                       std::map<std::string, std::string> overrides = {}) {
+    AgentOptions o;
+    o.data_dir = dir_ + "/" + device;
+    int port = transport == "grpc" ? stack->grpc_port : stack->http_port;
+    o.server_url = absl::StrCat("http://127.0.0.1:", port);
+    o.transport = transport;
+    o.api_key = Key(device);
+    o.device_id = device;
+    overrides.emplace("SYNC_INTERVAL", "1h");  // syncs only when the test says
+    overrides.emplace("FLEET_TIER", "2");
+    o.overrides = MapEnv(overrides);
+    o.control_socket = false;
+    return o;
+  }
+
+  // Distinct values of label `id` and total samples VictoriaMetrics holds for
+  // `metric`.
+  static std::pair<size_t, size_t> VmCounts(const std::string& metric) {
+    EXPECT_THAT(stack->vm->ForceFlush(), IsOk());
+    auto lines = stack->vm->Export(absl::StrCat("{__name__=\"", metric, "\"}"));
+    if (!lines.ok()) return {0, 0};
+    std::set<std::string> ids;
+    size_t samples = 0;
+    for (const std::string& line : *lines) {
+      nlohmann::json j = nlohmann::json::parse(line);
+      ids.insert(j["metric"].value("id", ""));
+      samples += j["values"].size();
+    }
+    return {ids.size(), samples};
+  }
+
+  std::string dir_;
+};
+
+class StackEnvironment : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    if (stack == nullptr) return;
+    StopServer();
+    delete stack;
+    stack = nullptr;
+  }
+};
+::testing::Environment* const stack_environment =
+    ::testing::AddGlobalTestEnvironment(new StackEnvironment);
+
+class AgentTransportTest : public AgentE2eTest,
+                           public ::testing::WithParamInterface<std::string> {};
+
+TEST_P(AgentTransportTest, MetricsLogsAndEventsArriveInEveryBackend) {
+  const std::string transport = GetParam();
+  const std::string device = "agent-" + transport;
+  auto agent = Agent::Create(Options(device, transport));
+  ASSERT_THAT(agent, IsOk());
+  ASSERT_THAT((*agent)->Start(), IsOk());
+  const std::string metric = "agent_e2e_" + transport;
+  for (int i = 0; i < 250; ++i) {
+    ASSERT_THAT((*agent)->StoreMetric(metric, i, {{"id", std::to_string(i)}}),
+                IsOk());
+  }
+  ASSERT_THAT(
+      (*agent)->StoreLog("warn", "disk almost full", "df", {{"mount", "/"}}),
+      IsOk());
+  ASSERT_THAT((*agent)->StoreEvent("door_opened", {{"door", "front"}},
+                                   {{"seconds", 3}}),
+              IsOk());
+  ASSERT_THAT((*agent)->SyncNow(), IsOk());
+  auto m = (*agent)->GetMetrics();
+  EXPECT_EQ(m.metrics_synced, 250);
+  EXPECT_EQ(m.logs_synced, 1);
+  EXPECT_EQ(m.events_synced, 1);
+  EXPECT_GT(m.bytes_sent, 0);
+  ASSERT_TRUE(WaitFor([&] { return VmCounts(metric).second == 250; }));
+  EXPECT_EQ(VmCounts(metric).first, 250u);
+  bool log_found = false;
+  for (const auto& s : stack->loki->Streams()) {
+    if (s.labels.count("device_id") && s.labels.at("device_id") == device) {
+      log_found =
+          s.entries.size() == 1 && s.entries[0].line == "disk almost full";
+    }
+  }
+  EXPECT_TRUE(log_found);
+  auto events = stack->ch->Query(absl::StrCat(
+      "SELECT count() FROM fleet_agent_e2e.events FINAL WHERE device_id = '",
+      device, "'"));
+  ASSERT_THAT(events, IsOk());
+  EXPECT_EQ(*events, "1\n");
+  // Device info reported at start reached PostgreSQL.
+  auto host = stack->pg->QueryOn(
+      "fleet_agent_e2e",
+      absl::StrCat("SELECT agent_version, tier FROM devices WHERE "
+                   "device_id = '",
+                   device, "'"));
+  ASSERT_THAT(host, IsOk());
+  EXPECT_EQ(*host, "0.1.0|2");
+  (*agent)->Stop();
+}
+
+INSTANTIATE_TEST_SUITE_P(BothTransports, AgentTransportTest,
+                         ::testing::Values("grpc", "connect"));
+
+TEST_F(AgentE2eTest, ServerOutageLosesNothingAndDoublesNothing) {
+  auto agent =
+      Agent::Create(Options("agent-outage", "grpc", {{"MAX_RETRIES", "1"}}));
+  ASSERT_THAT(agent, IsOk());
+  const std::string metric = "agent_e2e_outage";
+  for (int i = 0; i < 300; ++i) {
+    ASSERT_THAT((*agent)->StoreMetric(metric, i, {{"id", std::to_string(i)}}),
+                IsOk());
+  }
+  StopServer();
+  // The agent keeps collecting while the server is down.
+  EXPECT_THAT((*agent)->SyncNow(), StatusIs(absl::StatusCode::kUnavailable));
+  for (int i = 300; i < 600; ++i) {
+    ASSERT_THAT((*agent)->StoreMetric(metric, i, {{"id", std::to_string(i)}}),
+                IsOk());
+  }
+  auto info = (*agent)->GetStorageInfo();
+  ASSERT_THAT(info, IsOk());
+  EXPECT_EQ(info->of(agent::RecordKind::kMetric).unsynced, 600);
+  ASSERT_THAT(StartServer(), IsOk());
+  // The breaker may still be cooling down; retry the sync until the backlog is
+  // gone.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        (void)(*agent)->SyncNow();
+        auto i = (*agent)->GetStorageInfo();
+        return i.ok() && i->of(agent::RecordKind::kMetric).unsynced == 0;
+      },
+      absl::Seconds(90)));
+  ASSERT_TRUE(WaitFor([&] { return VmCounts(metric).second >= 600; }));
+  auto [ids, samples] = VmCounts(metric);
+  EXPECT_EQ(ids, 600u);
+  EXPECT_EQ(samples, 600u) << "a retried batch must not be written twice";
+}
+
+TEST_F(AgentE2eTest, MinimalTierRingCountsWhatItOverwrote) {
+  auto agent = Agent::Create(Options("agent-tier3", "grpc",
+                                     {{"FLEET_TIER", "3"},
+                                      {"FLEET_MEMORY_BUFFER_BYTES", "65536"},
+                                      {"BATCH_SIZE", "500"}}));
+  ASSERT_THAT(agent, IsOk());
+  EXPECT_EQ((*agent)->profile().tier, agent::Tier::kMinimal);
+  const std::string metric = "agent_e2e_ring";
+  const int kStored = 5000;  // far more than a 64 KiB ring holds
+  for (int i = 0; i < kStored; ++i) {
+    ASSERT_THAT((*agent)->StoreMetric(metric, i, {{"id", std::to_string(i)}}),
+                IsOk());
+  }
+  auto info = (*agent)->GetStorageInfo();
+  ASSERT_THAT(info, IsOk());
+  int64_t dropped = info->of(agent::RecordKind::kMetric).dropped_unsynced;
+  int64_t kept = info->of(agent::RecordKind::kMetric).unsynced;
+  EXPECT_GT(dropped, 0);
+  EXPECT_EQ(dropped + kept, kStored)
+      << "every record is either kept or counted as dropped";
+  ASSERT_THAT((*agent)->SyncNow(), IsOk());
+  ASSERT_TRUE(WaitFor(
+      [&] { return VmCounts(metric).second == static_cast<size_t>(kept); }));
+  // The ring drops the oldest: what arrived is exactly the newest `kept`
+  // records.
+  auto [ids, samples] = VmCounts(metric);
+  EXPECT_EQ(ids, static_cast<size_t>(kept));
+  EXPECT_EQ(samples, static_cast<size_t>(kept));
+}
+
+TEST_F(AgentE2eTest, KilledAgentResumesWithoutLossOrDuplicates) {
+  const std::string device = "agent-sigkill";
+  const std::string data_dir = dir_ + "/" + device;
+  std::filesystem::create_directories(data_dir);
+  const std::string metric = "agent_e2e_sigkill";
+  const int kRecords = 20000;
+  {
+    // Pre-fill the agent's store, as if collected while offline.
+    agent::SqliteStorageOptions o;
+    o.data_dir = data_dir;
+    auto store = agent::OpenSqliteStorage(o);
+    ASSERT_THAT(store, IsOk());
+    std::vector<v1::Metric> batch;
+    for (int i = 0; i < kRecords; ++i) {
+      v1::Metric m;
+      m.set_name(metric);
+      m.set_value(i);
+      int64_t ms =
+          absl::ToUnixMillis(absl::Now()) - 60'000 + i;  // distinct timestamps
+      m.mutable_timestamp()->set_seconds(ms / 1000);
+      m.mutable_timestamp()->set_nanos(static_cast<int32_t>(ms % 1000) *
+                                       1'000'000);
+      (*m.mutable_labels())["id"] = std::to_string(i);
+      batch.push_back(std::move(m));
+    }
+    ASSERT_THAT((*store)->AppendMetrics(batch), IsOk());
+  }
+  std::string key = Key(device);
+  auto spawn = [&]() {
+    testing::ProcessOptions p;
+    p.argv = {FLEETD_AGENT_BINARY, "run"};
+    p.env = {
+        absl::StrCat("FLEET_SERVER_URL=http://127.0.0.1:", stack->grpc_port),
+        "FLEET_API_KEY=" + key,
+        "DEVICE_ID=" + device,
+        "FLEET_DATA_DIR=" + data_dir,
+        "FLEET_TIER=2",
+        "FLEET_STORAGE_MAX_BYTES=100MB",
+        "BATCH_SIZE=50",
+        "SYNC_INTERVAL=1s",
+        "FLEET_COLLECT_SYSTEM=0",
+        "FLEET_INGEST_ADDR=",
+        "FLEET_METRICS_ADDR="};
+    p.log_path = dir_ + "/agent.log";
+    p.stop_grace = absl::Seconds(20);
+    return testing::ChildProcess::Spawn(p);
+  };
+  auto ledger_batches = [&]() -> int {
+    auto n = stack->pg->QueryOn(
+        "fleet_agent_e2e",
+        absl::StrCat("SELECT count(*) FROM sync_ledger WHERE device_id = '",
+                     device, "'"));
+    return n.ok() ? std::atoi(n->c_str()) : -1;
+  };
+  auto first = spawn();
+  ASSERT_THAT(first, IsOk());
+  // Kill it while it is in the middle of draining its 400 batches.
+  ASSERT_TRUE(
+      WaitFor([&] { return ledger_batches() >= 20; }, absl::Seconds(60)))
+      << testing::FileTail(dir_ + "/agent.log");
+  kill((*first)->pid(), SIGKILL);
+  ASSERT_THAT((*first)->WaitForExit(absl::Seconds(10)), IsOk());
+  int at_kill = ledger_batches();
+  auto second = spawn();
+  ASSERT_THAT(second, IsOk());
+  ASSERT_TRUE(WaitFor([&] { return ledger_batches() >= kRecords / 50; },
+                      absl::Seconds(120)))
+      << testing::FileTail(dir_ + "/agent.log");
+  (*second)->Stop();
+  EXPECT_LT(at_kill, kRecords / 50) << "the kill should land mid-sync";
+  auto sum = stack->pg->QueryOn(
+      "fleet_agent_e2e",
+      absl::StrCat(
+          "SELECT sum(record_count) FROM sync_ledger WHERE device_id = '",
+          device, "'"));
+  ASSERT_THAT(sum, IsOk());
+  EXPECT_EQ(*sum, absl::StrCat(kRecords));
+  ASSERT_TRUE(WaitFor([&] {
+    return VmCounts(metric).second >= static_cast<size_t>(kRecords);
+  }));
+  auto [ids, samples] = VmCounts(metric);
+  EXPECT_EQ(ids, static_cast<size_t>(kRecords));
+  EXPECT_EQ(samples, static_cast<size_t>(kRecords));
+}
+
+}  // namespace
+}  // namespace fleetd
