@@ -474,6 +474,18 @@ TEST_F(ConnectFrontEndTest, GetServesSideEffectFreeMethodInJsonAndProto) {
   EXPECT_EQ(response.metrics_endpoint(), "metrics/g2");
 }
 
+TEST_F(ConnectFrontEndTest, GetWithWrongConnectVersionIsInvalidArgument) {
+  Start();
+  httplib::Result res =
+      Client()->Get(absl::StrCat(Path("GetSyncConfig"),
+                                 "?connect=v2&encoding=json&message=", "%7B%7D")
+                        .c_str());
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400);
+  EXPECT_THAT(res->body, HasSubstr(R"("code":"invalid_argument")"));
+  EXPECT_EQ(handler_.call_count(), 0);
+}
+
 TEST_F(ConnectFrontEndTest, GetIsRefusedForMethodsWithSideEffects) {
   Start();
   httplib::Result res = Client()->Get(

@@ -1,6 +1,9 @@
 #include "server/rpc/grpc/grpc_front_end.h"
 
+#include <netinet/in.h>
 #include <openssl/ssl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 
 #include <chrono>
 #include <memory>
@@ -14,11 +17,13 @@
 #include "common/metrics/metrics.h"
 #include "common/status/retry_after.h"
 #include "common/testing/status_matchers.h"
+#include "common/testing/wait.h"
 #include "fleetd/v1/sync.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "server/rpc/net/net.h"
 #include "server/rpc/testing/fake_sync_handler.h"
 #include "server/rpc/testing/test_tls.h"
 
@@ -471,6 +476,48 @@ TEST_F(GrpcFrontEndTest, TlsAcceptsOnlyTls13WithH2) {
   EXPECT_THAT(registry_.Render(),
               HasSubstr("fleetd_rpc_tls_connections_total{front_end=\"grpc\","
                         "result=\"handshake_failed\"} 2"));
+}
+
+// Opens a plain TCP connection to 127.0.0.1:`port` that sends nothing.
+UniqueFd ConnectTcp(int port) {
+  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  timeval tv{10, 0};
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(
+      ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  return fd;
+}
+
+TEST_F(GrpcFrontEndTest, TlsClosesConnectionsThatNeverHandshake) {
+  GrpcFrontEndOptions options;
+  options.tls_handshake_timeout = absl::Milliseconds(200);
+  StartTls(options);
+  UniqueFd idle = ConnectTcp(server_->port());
+  char byte;
+  // The server hangs up (EOF) long before the 10 s receive timeout.
+  EXPECT_EQ(::recv(idle.get(), &byte, 1, 0), 0);
+}
+
+TEST_F(GrpcFrontEndTest, TlsConnectionLimitRefusesExtraConnections) {
+  GrpcFrontEndOptions options;
+  options.max_connections = 1;
+  StartTls(options);
+  UniqueFd first = ConnectTcp(server_->port());  // holds the only slot
+  EXPECT_THAT(
+      TryTlsHandshake(server_->port(), TLS1_3_VERSION, TLS1_3_VERSION, {"h2"}),
+      StatusIs(absl::StatusCode::kUnavailable, HasSubstr("")));
+  first.reset();
+  // Once the first connection is gone its slot is reused.
+  EXPECT_TRUE(fleetd::testing::WaitFor([&] {
+    return TryTlsHandshake(server_->port(), TLS1_3_VERSION, TLS1_3_VERSION,
+                           {"h2"})
+        .ok();
+  }));
+  EXPECT_THAT(registry_.Render(), HasSubstr("result=\"refused_limit\"}"));
 }
 
 TEST_F(GrpcFrontEndTest, ShutdownStopsServingAndIsIdempotent) {

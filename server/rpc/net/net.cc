@@ -31,6 +31,18 @@ ScopedSigpipeBlock::ScopedSigpipeBlock() {
 }
 
 ScopedSigpipeBlock::~ScopedSigpipeBlock() {
+  // A SIGPIPE raised meanwhile on this thread would fire on unblocking:
+  // consume it first, unless it was blocked before anyway.
+  sigset_t pending;
+  if (!sigismember(&saved_, SIGPIPE) && sigpending(&pending) == 0 &&
+      sigismember(&pending, SIGPIPE)) {
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    timespec zero{0, 0};
+    while (sigtimedwait(&pipe, nullptr, &zero) == SIGPIPE) {
+    }
+  }
   pthread_sigmask(SIG_SETMASK, &saved_, nullptr);
 }
 

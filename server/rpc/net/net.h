@@ -53,7 +53,9 @@ absl::StatusOr<UniqueFd> ListenTcp(const HostPort& address, int backlog = 256);
 // mask after), so threads started meanwhile inherit the block. OpenSSL writes
 // to sockets with write(2), which raises SIGPIPE when the peer has gone; with
 // the signal blocked the write fails with EPIPE instead, without changing the
-// process-wide disposition. A pending SIGPIPE dies with its thread.
+// process-wide disposition. A SIGPIPE raised on this thread meanwhile is
+// consumed on destruction; one raised on a thread started meanwhile dies with
+// that thread.
 class ScopedSigpipeBlock {
  public:
   ScopedSigpipeBlock();

@@ -142,6 +142,9 @@ TestCertificate::~TestCertificate() {
 absl::StatusOr<HandshakeResult> TryTlsHandshake(
     int port, int min_version, int max_version,
     const std::vector<std::string>& alpn, absl::Duration timeout) {
+  // The server may hang up mid-handshake; that must fail the handshake, not
+  // kill the test with SIGPIPE.
+  rpc::ScopedSigpipeBlock no_sigpipe;
   rpc::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   timeval tv = absl::ToTimeval(timeout);
   ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
