@@ -46,12 +46,24 @@ absl::StatusOr<absl::Duration> ParseDurationSetting(absl::string_view name,
     if (seconds < 0) return Invalid(name, value, "a non-negative duration");
     return absl::Seconds(seconds);
   }
+  // Days ("7d", "1d12h") are not in absl's syntax: take a leading day count
+  // first.
+  absl::Duration days = absl::ZeroDuration();
+  size_t d_pos = v.find('d');
+  if (d_pos != absl::string_view::npos && d_pos > 0) {
+    int64_t n;
+    if (absl::SimpleAtoi(v.substr(0, d_pos), &n) && n >= 0 && n < 100'000) {
+      days = absl::Hours(24 * n);
+      v.remove_prefix(d_pos + 1);
+      if (v.empty()) return days;
+    }
+  }
   absl::Duration d;
   if (v.empty() || !absl::ParseDuration(v, &d) || d < absl::ZeroDuration() ||
       d == absl::InfiniteDuration()) {
-    return Invalid(name, value, "a duration such as 60s, 5m or 1h30m");
+    return Invalid(name, value, "a duration such as 60s, 5m, 1h30m or 7d");
   }
-  return d;
+  return days + d;
 }
 
 absl::StatusOr<int64_t> ParseByteSizeSetting(absl::string_view name,

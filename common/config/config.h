@@ -38,7 +38,8 @@ EnvLookup ProcessEnv();
 EnvLookup MapEnv(std::map<std::string, std::string> vars);
 
 // Value parsers. `name` is only used in the error message.
-// Durations: "250ms", "60s", "5m", "1h30m"; a bare integer means seconds.
+// Durations: "250ms", "60s", "5m", "1h30m", "7d", "1d12h"; a bare integer means
+// seconds.
 absl::StatusOr<absl::Duration> ParseDurationSetting(absl::string_view name,
                                                     absl::string_view value);
 // Byte sizes: "1048576", "512KB", "100MB", "5MiB", "2GB" (KB/MB/GB are powers

@@ -26,6 +26,14 @@ TEST(ParseTest, Durations) {
   EXPECT_THAT(ParseDurationSetting("X", "250ms"),
               IsOkAndHolds(absl::Milliseconds(250)));
   EXPECT_THAT(ParseDurationSetting("X", "30"), IsOkAndHolds(absl::Seconds(30)));
+  EXPECT_THAT(ParseDurationSetting("X", "7d"),
+              IsOkAndHolds(absl::Hours(24 * 7)));
+  EXPECT_THAT(ParseDurationSetting("X", "1d12h"),
+              IsOkAndHolds(absl::Hours(36)));
+  EXPECT_THAT(ParseDurationSetting("X", "xd"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ParseDurationSetting("X", "7dd"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(ParseDurationSetting("SYNC_INTERVAL", "soon"),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr("SYNC_INTERVAL"), HasSubstr("soon"))));

@@ -7,6 +7,8 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <set>
 #include <string>
@@ -368,6 +370,116 @@ TEST_F(AgentE2eTest, KilledAgentResumesWithoutLossOrDuplicates) {
   auto [ids, samples] = VmCounts(metric);
   EXPECT_EQ(ids, static_cast<size_t>(kRecords));
   EXPECT_EQ(samples, static_cast<size_t>(kRecords));
+}
+
+// Runs `fleetd ARGS...` to completion; returns its exit code and output.
+std::pair<int, std::string> RunCli(const std::vector<std::string>& args,
+                                   const std::vector<std::string>& env,
+                                   const std::string& log_path) {
+  std::filesystem::remove(log_path);
+  testing::ProcessOptions p;
+  p.argv = {FLEETD_AGENT_BINARY};
+  p.argv.insert(p.argv.end(), args.begin(), args.end());
+  p.env = env;
+  p.log_path = log_path;
+  auto child = testing::ChildProcess::Spawn(p);
+  if (!child.ok()) return {-1, child.status().ToString()};
+  auto code = (*child)->WaitForExit(absl::Seconds(120));
+  std::ifstream in(log_path);
+  std::string out((std::istreambuf_iterator<char>(in)),
+                  std::istreambuf_iterator<char>());
+  return {code.ok() ? *code : -1, out};
+}
+
+TEST_F(AgentE2eTest, CliCommandsTalkToTheRunningAgentOrSaySoClearly) {
+  const std::string device = "cli-agent";
+  std::vector<std::string> env = {
+      absl::StrCat("FLEET_SERVER_URL=http://127.0.0.1:", stack->grpc_port),
+      "FLEET_API_KEY=" + Key(device),
+      "DEVICE_ID=" + device,
+      "FLEET_DATA_DIR=" + dir_ + "/cli",
+      "FLEET_TIER=2",
+      "SYNC_INTERVAL=1h",
+      "FLEET_COLLECT_INTERVAL=1s",
+      "FLEET_INGEST_ADDR=",
+      "FLEET_METRICS_ADDR="};
+  std::filesystem::create_directories(dir_ + "/cli");
+  const std::string out = dir_ + "/cli.out";
+  auto [code, text] = RunCli({"status"}, env, out);
+  EXPECT_NE(code, 0);
+  EXPECT_NE(text.find("not running"), std::string::npos) << text;
+
+  testing::ProcessOptions p;
+  p.argv = {FLEETD_AGENT_BINARY, "run"};
+  p.env = env;
+  p.log_path = dir_ + "/cli-agent.log";
+  auto agent = testing::ChildProcess::Spawn(p);
+  ASSERT_THAT(agent, IsOk());
+  ASSERT_TRUE(WaitFor([&] { return RunCli({"status"}, env, out).first == 0; }))
+      << testing::FileTail(p.log_path);
+  // The collector stores system metrics every second; wait for some, then sync
+  // them.
+  ASSERT_TRUE(WaitFor([&] {
+    auto [c, t] = RunCli({"storage", "info"}, env, out);
+    return c == 0 && t.find("metrics: unsynced 0,") == std::string::npos;
+  })) << testing::FileTail(p.log_path);
+  std::tie(code, text) = RunCli({"sync", "now"}, env, out);
+  EXPECT_EQ(code, 0) << text;
+  EXPECT_NE(text.find("metrics_synced"), std::string::npos) << text;
+  std::tie(code, text) = RunCli({"status"}, env, out);
+  EXPECT_EQ(code, 0) << text;
+  EXPECT_NE(text.find("device: cli-agent (tier 2)"), std::string::npos) << text;
+  std::tie(code, text) = RunCli({"logs", "sync"}, env, out);
+  EXPECT_EQ(code, 0) << text;
+  EXPECT_NE(text.find("acknowledged"), std::string::npos) << text;
+  std::tie(code, text) = RunCli({"debug", "storage"}, env, out);
+  EXPECT_EQ(code, 0) << text;
+  EXPECT_NE(text.find("storage: sqlite"), std::string::npos) << text;
+  std::tie(code, text) = RunCli({"debug", "ping"}, env, out);
+  EXPECT_EQ(code, 0) << text;
+  EXPECT_NE(text.find("ok in"), std::string::npos) << text;
+  std::tie(code, text) =
+      RunCli({"storage", "clean", "--older-than", "7d"}, env, out);
+  EXPECT_EQ(code, 0) << text;
+  EXPECT_NE(text.find("removed 0 records older than 7d"), std::string::npos)
+      << text;
+  (*agent)->Stop();
+  // Without the agent: storage commands open the store directly, status says
+  // why not.
+  std::tie(code, text) = RunCli({"storage", "info"}, env, out);
+  EXPECT_EQ(code, 0) << text;
+  EXPECT_NE(text.find("metrics: unsynced"), std::string::npos) << text;
+  std::tie(code, text) = RunCli({"sync", "now"}, env, out);
+  EXPECT_NE(code, 0);
+  EXPECT_NE(text.find("not running"), std::string::npos) << text;
+}
+
+TEST_F(AgentE2eTest, ExampleAgentOnThePublicApiSyncsEverything) {
+  const std::string device = "example-agent";
+  testing::ProcessOptions p;
+  p.argv = {FLEETD_EXAMPLE_BINARY, "--samples", "25", "--every", "10ms"};
+  p.env = {absl::StrCat("FLEET_SERVER_URL=http://127.0.0.1:", stack->grpc_port),
+           "FLEET_API_KEY=" + Key(device),
+           "DEVICE_ID=" + device,
+           "FLEET_DATA_DIR=" + dir_ + "/example",
+           "FLEET_TIER=2",
+           "SYNC_INTERVAL=1h"};
+  p.log_path = dir_ + "/example.log";
+  auto child = testing::ChildProcess::Spawn(p);
+  ASSERT_THAT(child, IsOk());
+  auto code = (*child)->WaitForExit(absl::Seconds(120));
+  ASSERT_THAT(code, IsOk());
+  EXPECT_EQ(*code, 0) << testing::FileTail(p.log_path);
+  ASSERT_TRUE(WaitFor([&] {
+    auto [ids, samples] = VmCounts("sensor_temperature_celsius");
+    return samples >= 25;
+  })) << testing::FileTail(p.log_path);
+  std::ifstream log(p.log_path);
+  std::string text((std::istreambuf_iterator<char>(log)),
+                   std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("metrics_synced=25 logs_synced=25 events_synced=3"),
+            std::string::npos)
+      << text;
 }
 
 }  // namespace
