@@ -14,7 +14,8 @@
 namespace fleetd::server {
 namespace {
 
-// Identity labels: set by the server from the API key, never taken from the device.
+// Identity labels: set by the server from the API key, never taken from the
+// device.
 constexpr absl::string_view kReservedLabels[] = {"device_id", "org_id"};
 
 void SetTimestamp(google::protobuf::Timestamp* ts, absl::Time t) {

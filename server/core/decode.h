@@ -25,7 +25,8 @@ struct DecodeLimits {
   size_t max_name_bytes = 256;
   size_t max_label_value_bytes = 4096;
   size_t max_log_message_bytes = 256 << 10;
-  // Log sources become a Loki stream label; Loki refuses label values over 2048 bytes.
+  // Log sources become a Loki stream label; Loki refuses label values over 2048
+  // bytes.
   size_t max_source_bytes = 1024;
 };
 

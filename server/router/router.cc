@@ -12,17 +12,21 @@ absl::Status Router::Deliver(std::shared_ptr<const DecodedBatch> batch,
                              absl::Time deadline) {
   auto it = routes_.find(batch->kind);
   if (it == routes_.end() || it->second.empty()) {
-    return absl::UnimplementedError(
-        absl::StrCat("no backend is configured for ", DataKindName(batch->kind)));
+    return absl::UnimplementedError(absl::StrCat(
+        "no backend is configured for ", DataKindName(batch->kind)));
   }
   // Enqueue everywhere first so the backends work in parallel, then collect.
-  std::vector<std::pair<GroupCommitter*, absl::StatusOr<GroupCommitter::Ticket>>> tickets;
+  std::vector<
+      std::pair<GroupCommitter*, absl::StatusOr<GroupCommitter::Ticket>>>
+      tickets;
   tickets.reserve(it->second.size());
-  for (GroupCommitter* c : it->second) tickets.emplace_back(c, c->Enqueue(batch));
+  for (GroupCommitter* c : it->second)
+    tickets.emplace_back(c, c->Enqueue(batch));
   std::optional<absl::Status> fatal;
   std::optional<absl::Status> retryable;
   for (auto& [committer, ticket] : tickets) {
-    absl::Status s = ticket.ok() ? committer->Wait(*ticket, deadline) : ticket.status();
+    absl::Status s =
+        ticket.ok() ? committer->Wait(*ticket, deadline) : ticket.status();
     if (s.ok()) continue;
     if (IsRetryable(s.code())) {
       if (!retryable.has_value()) retryable = s;

@@ -16,16 +16,19 @@ namespace fleetd::server {
 // Immutable after construction; safe for concurrent use.
 class Router {
  public:
-  // Destinations per kind of data; the committers must outlive the router. A kind may go
-  // to several backends (e.g. metrics to VictoriaMetrics and, for analytics, ClickHouse).
+  // Destinations per kind of data; the committers must outlive the router. A
+  // kind may go to several backends (e.g. metrics to VictoriaMetrics and, for
+  // analytics, ClickHouse).
   explicit Router(std::map<DataKind, std::vector<GroupCommitter*>> routes)
       : routes_(std::move(routes)) {}
 
-  // Hands the batch to every destination of its kind at once and waits for all of them.
-  // OK only if every destination accepted it. Otherwise returns the most telling error:
-  // a non-retryable one if any destination refused the content, else a retryable one
-  // (carrying its retry hint). UNIMPLEMENTED when no backend is configured for the kind.
-  absl::Status Deliver(std::shared_ptr<const DecodedBatch> batch, absl::Time deadline);
+  // Hands the batch to every destination of its kind at once and waits for all
+  // of them. OK only if every destination accepted it. Otherwise returns the
+  // most telling error: a non-retryable one if any destination refused the
+  // content, else a retryable one (carrying its retry hint). UNIMPLEMENTED when
+  // no backend is configured for the kind.
+  absl::Status Deliver(std::shared_ptr<const DecodedBatch> batch,
+                       absl::Time deadline);
 
   bool HasRoute(DataKind kind) const;
   // Every committer, once each, for health checks and metrics.
