@@ -309,6 +309,15 @@ TEST_F(ServerE2eTest,
                          std::string("\xff\xff\xff", 3), "application/proto");
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 400) << res->body;
+  // Invalid UTF-8 in a string field (metric name bytes ff fe), hand-encoded
+  // since our own serializer refuses to produce it:
+  // SyncMetricsRequest{batch{metrics{name}}}.
+  res = client.Post("/fleetd.v1.SyncService/SyncMetrics", h,
+                    std::string("\x12\x06\x0a\x04\x0a\x02\xff\xfe", 8),
+                    "application/proto");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400) << res->body;
+  EXPECT_THAT(res->body, HasSubstr("invalid_argument"));
   // Wrong content type.
   res = client.Post("/fleetd.v1.SyncService/SyncMetrics", h, "hello",
                     "text/plain");
