@@ -95,6 +95,9 @@ nlohmann::json MetricsJson(const agent::SyncMetricsSnapshot& m) {
   j["consecutive_failures"] = m.consecutive_failures;
   j["last_sync_duration_ms"] = absl::ToInt64Milliseconds(m.last_sync_duration);
   j["quarantined_records"] = m.quarantined_records;
+  j["sync_latency_p50_ms"] = absl::ToDoubleMilliseconds(m.latency_p50);
+  j["sync_latency_p95_ms"] = absl::ToDoubleMilliseconds(m.latency_p95);
+  j["sync_latency_p99_ms"] = absl::ToDoubleMilliseconds(m.latency_p99);
   j["duplicates_acknowledged"] = m.duplicates_acknowledged;
   j["state"] = m.state;
   j["last_error"] = m.last_error;

@@ -559,6 +559,8 @@ SyncManager::Outcome SyncManager::SendOne(Stream& stream, absl::Status* error) {
       stats_.consecutive_failures = 0;
       stats_.last_success = clock_->Now();
       stats_.last_sync_duration = clock_->MonotonicNow() - sent_at;
+      latencies_.push_back(stats_.last_sync_duration);
+      if (latencies_.size() > 1024) latencies_.pop_front();
       switch (stream.kind) {
         case RecordKind::kMetric:
           stats_.metrics_synced += records;
@@ -628,7 +630,20 @@ std::vector<std::string> SyncManager::RecentActivity() {
 
 SyncMetricsSnapshot SyncManager::GetMetrics() {
   absl::MutexLock lock(&mu_);
-  return stats_;
+  SyncMetricsSnapshot m = stats_;
+  if (!latencies_.empty()) {
+    std::vector<absl::Duration> sorted(latencies_.begin(), latencies_.end());
+    std::sort(sorted.begin(), sorted.end());
+    auto at = [&](double q) {
+      size_t i =
+          static_cast<size_t>(q * static_cast<double>(sorted.size() - 1) + 0.5);
+      return sorted[std::min(i, sorted.size() - 1)];
+    };
+    m.latency_p50 = at(0.50);
+    m.latency_p95 = at(0.95);
+    m.latency_p99 = at(0.99);
+  }
+  return m;
 }
 
 }  // namespace fleetd::agent

@@ -98,6 +98,11 @@ struct SyncMetricsSnapshot {
   int64_t consecutive_failures = 0;
   absl::Duration last_sync_duration = absl::ZeroDuration();
   int64_t quarantined_records = 0;
+  // Round trip of acknowledged batch exchanges (send to ack), over the last
+  // 1024.
+  absl::Duration latency_p50 = absl::ZeroDuration();
+  absl::Duration latency_p95 = absl::ZeroDuration();
+  absl::Duration latency_p99 = absl::ZeroDuration();
   int64_t duplicates_acknowledged = 0;
   std::string
       state;  // "idle", "syncing", "backoff", "circuit_open", "unauthenticated"
@@ -178,6 +183,7 @@ class SyncManager {
   double compressed_in_ ABSL_GUARDED_BY(mu_) = 0;
   double compressed_out_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<std::string> recent_ ABSL_GUARDED_BY(mu_);
+  std::deque<absl::Duration> latencies_ ABSL_GUARDED_BY(mu_);
 
   // Used only by the thread running a cycle (cycles never overlap: cycle_mu_).
   absl::Mutex cycle_mu_;

@@ -232,6 +232,8 @@ TEST_F(SyncManagerTest,
   EXPECT_EQ(m.successful_syncs, 3);
   EXPECT_GT(m.bytes_sent, 0);
   EXPECT_EQ(m.state, "idle");
+  // The simulated clock did not move during the exchanges.
+  EXPECT_EQ(m.latency_p99, absl::ZeroDuration());
 }
 
 TEST_F(SyncManagerTest, SequenceNumbersStartAtUnixNanosAndNeverGoBack) {
