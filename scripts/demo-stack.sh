@@ -11,51 +11,18 @@ seconds=${DEMO_SECONDS:-40}
 work=$(mktemp -d /tmp/fleetd-demo.XXXXXX)
 pids=()
 
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 cleanup() {
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    kill -TERM "${pids[i]}" 2>/dev/null || true
-    wait "${pids[i]}" 2>/dev/null || true
-  done
+  stop_all
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-say() { printf '\n== %s\n' "$*"; }
-
-# Waits up to $2 seconds for command $1 to succeed.
-wait_for() {
-  local deadline=$((SECONDS + $2))
-  until eval "$1" >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)); then
-      echo "demo: timed out waiting for: $1" >&2
-      return 1
-    fi
-    sleep 0.2
-  done
-}
-
-free_port() {
-  local p
-  for _ in $(seq 1 200); do
-    p=$((20000 + RANDOM % 20000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      echo "$p"
-      return
-    fi
-  done
-  echo "demo: no free port" >&2
-  return 1
-}
-
 say "starting PostgreSQL, VictoriaMetrics and ClickHouse (temporary, loopback only)"
-"$bin/fleetd-devstack" --env-file "$work/backends.env" 2>"$work/devstack.log" &
-pids+=($!)
-wait_for "test -s $work/backends.env" 120 || { cat "$work/devstack.log"; exit 1; }
-# shellcheck disable=SC1091
-source "$work/backends.env"
+start_backends "$work" "$bin"
 cat "$work/devstack.log"
 
-export FLEET_POSTGRES_DSN FLEET_VICTORIAMETRICS_URL FLEET_CLICKHOUSE_URL
 export FLEET_ROUTE_METRICS=victoriametrics FLEET_ROUTE_EVENTS=clickhouse
 if [[ -n ${FLEET_LOKI_URL:-} ]] && curl -fsS --max-time 3 "$FLEET_LOKI_URL/ready" >/dev/null; then
   export FLEET_ROUTE_LOGS=loki

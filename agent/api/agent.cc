@@ -177,6 +177,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(AgentOptions options) {
   sync.max_retries = std::max(1, a->profile_.max_retries);
   sync.capability = agent::ToCapabilityProto(a->profile_);
   sync.max_records_per_second = options.sync_max_records_per_second;
+  sync.use_stream = options.sync_stream;
   sync.interval_pinned = env("SYNC_INTERVAL").has_value();
   sync.batch_size_pinned = env("BATCH_SIZE").has_value();
   sync.compression_pinned = env("COMPRESSION_TYPE").has_value();

@@ -55,6 +55,9 @@ struct AgentOptions {
   // COMPRESSION_TYPE, MAX_RETRIES, FLEET_TIER, FLEET_STORAGE_MAX_BYTES,
   // FLEET_MEMORY_BUFFER_BYTES, FLEET_STORAGE_KEY(_FILE). Empty lookup: none.
   EnvLookup overrides;
+  // Sync over the StreamSync bidi stream (gRPC only; falls back to unary
+  // calls).
+  bool sync_stream = false;
   // Most records per second the sync sends (token bucket); 0: no limit.
   double sync_max_records_per_second = 0;
   // Ask the server for the tier's configuration at start (GetSyncConfig).

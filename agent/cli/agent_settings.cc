@@ -157,7 +157,15 @@ void AgentSettings::Declare(Settings& s) {
       .Bool("FLEET_COLLECT_SYSTEM", "collect-system", "collect system metrics",
             &collect_system)
       .String("FLEET_LOG_FILES", "log-files",
-              "comma-separated log files to tail", &log_files);
+              "comma-separated log files to tail", &log_files)
+      .Int("FLEET_SYNC_RATE_LIMIT", "sync-rate-limit",
+           "most records per second sent to the server (0: no limit)",
+           &sync_rate_limit, 0, 100'000'000)
+      .Bool(
+          "FLEET_SYNC_STREAM", "sync-stream",
+          "sync over the StreamSync stream (acks, heartbeats, server commands; "
+          "gRPC only)",
+          &sync_stream);
   for (const auto& o : kOverrides) {
     s.String(o[0], o[1], o[2], &raw_overrides_[o[0]]);
   }
@@ -181,6 +189,7 @@ AgentOptions AgentSettings::ToOptions() const {
   o.org_id = org_id;
   o.overrides = MapEnv(overrides);
   o.sync_max_records_per_second = static_cast<double>(sync_rate_limit);
+  o.sync_stream = sync_stream;
   return o;
 }
 

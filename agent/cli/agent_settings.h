@@ -28,6 +28,7 @@ struct AgentSettings {
   bool collect_system = true;
   std::string log_files;  // comma-separated paths to tail
   int64_t sync_rate_limit = 0;
+  bool sync_stream = false;
   // Capability overrides, passed to tier detection as given (validated there).
   std::map<std::string, std::string> overrides;
 

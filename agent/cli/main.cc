@@ -84,7 +84,8 @@ void PrintSync(const nlohmann::json& s) {
        {"metrics_synced", "logs_synced", "events_synced", "bytes_sent",
         "bytes_compressed", "compression_ratio", "successful_syncs",
         "failed_syncs", "consecutive_failures", "last_sync_duration_ms",
-        "quarantined_records", "duplicates_acknowledged"}) {
+        "quarantined_records", "duplicates_acknowledged", "sync_latency_p50_ms",
+        "sync_latency_p95_ms", "sync_latency_p99_ms"}) {
     std::cout << "  " << key << ": " << s[key] << "\n";
   }
   if (s.contains("last_success"))

@@ -206,6 +206,10 @@ absl::Status SyncManager::Cycle() {
     return absl::UnauthenticatedError(
         "the server refused the API key; not sending");
   }
+  if (absl::Status s = PrepareStream(); !s.ok()) {
+    SetState("paused");
+    return s;
+  }
   SetState("syncing");
   Stream streams[] = {{"metrics", RecordKind::kMetric},
                       {"logs", RecordKind::kLog},
@@ -392,6 +396,13 @@ absl::Status SyncManager::Transmit(const Stream& stream,
       RETURN_IF_ERROR(
           Pack(o.compression, serialized, r.mutable_batch(), &compressed));
       *wire_bytes = static_cast<int64_t>(r.ByteSizeLong());
+      if (stream_ != nullptr) {
+        v1::StreamSyncRequest sr;
+        *sr.mutable_metadata() = md;
+        *sr.mutable_metrics() = r.batch();
+        RETURN_IF_ERROR(ExchangeOnStream(sr, pending.sequence_number));
+        break;
+      }
       auto resp = transport_->SyncMetrics(r, o.call_timeout);
       if (!resp.ok()) return resp.status();
       if (!resp->success()) {
@@ -414,6 +425,13 @@ absl::Status SyncManager::Transmit(const Stream& stream,
       RETURN_IF_ERROR(
           Pack(o.compression, serialized, r.mutable_batch(), &compressed));
       *wire_bytes = static_cast<int64_t>(r.ByteSizeLong());
+      if (stream_ != nullptr) {
+        v1::StreamSyncRequest sr;
+        *sr.mutable_metadata() = md;
+        *sr.mutable_logs() = r.batch();
+        RETURN_IF_ERROR(ExchangeOnStream(sr, pending.sequence_number));
+        break;
+      }
       auto resp = transport_->SyncLogs(r, o.call_timeout);
       if (!resp.ok()) return resp.status();
       if (!resp->success()) {
@@ -436,6 +454,13 @@ absl::Status SyncManager::Transmit(const Stream& stream,
       RETURN_IF_ERROR(
           Pack(o.compression, serialized, r.mutable_batch(), &compressed));
       *wire_bytes = static_cast<int64_t>(r.ByteSizeLong());
+      if (stream_ != nullptr) {
+        v1::StreamSyncRequest sr;
+        *sr.mutable_metadata() = md;
+        *sr.mutable_events() = r.batch();
+        RETURN_IF_ERROR(ExchangeOnStream(sr, pending.sequence_number));
+        break;
+      }
       auto resp = transport_->SyncEvents(r, o.call_timeout);
       if (!resp.ok()) return resp.status();
       if (!resp->success()) {
@@ -608,6 +633,121 @@ SyncManager::Outcome SyncManager::SendOne(Stream& stream, absl::Status* error) {
     if (!WaitFor(delay)) return Outcome::kStopped;
   }
   return Outcome::kRetryLater;
+}
+
+absl::Status SyncManager::PrepareStream() {
+  if (!options().use_stream || stream_unsupported_) return absl::OkStatus();
+  if (stream_ == nullptr) {
+    absl::StatusOr<std::unique_ptr<SyncStream>> opened =
+        transport_->OpenStream();
+    if (absl::IsUnimplemented(opened.status())) {
+      LOG(WARNING) << "the transport has no streams (" << opened.status()
+                   << "); syncing with unary calls";
+      stream_unsupported_ = true;
+      return absl::OkStatus();
+    }
+    if (!opened.ok()) {
+      LOG(WARNING) << "cannot open StreamSync, using unary calls this cycle: "
+                   << opened.status();
+      return absl::OkStatus();
+    }
+    stream_ = *std::move(opened);
+  }
+  v1::StreamSyncRequest hb;
+  hb.mutable_metadata()->set_device_id(options().device_id);
+  v1::SyncHeartbeat* beat = hb.mutable_heartbeat();
+  if (absl::StatusOr<StorageInfo> info = storage_->Info(); info.ok()) {
+    beat->set_unsynced_metrics(info->of(RecordKind::kMetric).unsynced);
+    beat->set_unsynced_logs(info->of(RecordKind::kLog).unsynced);
+    beat->set_storage_used_bytes(info->bytes_used);
+  }
+  if (!stream_->Write(hb).ok()) {
+    stream_.reset();  // reopened next cycle; this one uses unary calls
+    return absl::OkStatus();
+  }
+  // Take whatever the server has said so far (commands answer heartbeats
+  // quickly).
+  while (true) {
+    absl::StatusOr<v1::StreamSyncResponse> r =
+        stream_->Read(absl::Milliseconds(50));
+    if (absl::IsDeadlineExceeded(r.status())) break;
+    if (!r.ok()) {
+      stream_.reset();
+      break;
+    }
+    HandleCommand(*r);
+  }
+  if (paused_until_.has_value()) {
+    absl::Duration left = *paused_until_ - clock_->MonotonicNow();
+    if (left > absl::ZeroDuration()) {
+      return WithRetryAfter(absl::UnavailableError("the server asked to pause"),
+                            left);
+    }
+    paused_until_.reset();
+  }
+  return absl::OkStatus();
+}
+
+void SyncManager::HandleCommand(const v1::StreamSyncResponse& r) {
+  switch (r.command_case()) {
+    case v1::StreamSyncResponse::kConfigUpdate:
+      ApplyConfig(r.config_update());
+      break;
+    case v1::StreamSyncResponse::kFlush:
+      wakeup_.Notify();  // the background loop syncs again right away
+      break;
+    case v1::StreamSyncResponse::kPause:
+      LOG(WARNING) << "server asked to pause for "
+                   << r.pause().duration_seconds()
+                   << " s: " << r.pause().reason();
+      paused_until_ = clock_->MonotonicNow() +
+                      absl::Seconds(std::max(1, r.pause().duration_seconds()));
+      break;
+    case v1::StreamSyncResponse::kResume:
+      paused_until_.reset();
+      break;
+    default:
+      break;
+  }
+}
+
+absl::Status SyncManager::ExchangeOnStream(const v1::StreamSyncRequest& request,
+                                           int64_t sequence) {
+  if (!stream_->Write(request).ok()) {
+    stream_.reset();
+    return absl::UnavailableError("the sync stream broke");
+  }
+  absl::Time deadline = clock_->MonotonicNow() + options().call_timeout;
+  while (true) {
+    absl::Duration left = deadline - clock_->MonotonicNow();
+    if (left <= absl::ZeroDuration()) {
+      stream_.reset();  // an ack may still come on a stream we no longer read
+      return absl::DeadlineExceededError("no ack on the sync stream in time");
+    }
+    absl::StatusOr<v1::StreamSyncResponse> r = stream_->Read(left);
+    if (absl::IsDeadlineExceeded(r.status())) continue;
+    if (!r.ok()) {
+      absl::Status s = r.status();
+      stream_.reset();
+      if (absl::IsUnauthenticated(s) || absl::IsPermissionDenied(s)) return s;
+      return absl::UnavailableError(
+          absl::StrCat("the sync stream ended: ", s.message()));
+    }
+    if (!r->has_ack()) {
+      HandleCommand(*r);
+      continue;
+    }
+    const v1::SyncAck& ack = r->ack();
+    if (ack.sequence_number() != sequence)
+      continue;  // a late ack of an older attempt
+    if (ack.success()) return absl::OkStatus();
+    if (!ack.retryable())
+      return absl::InvalidArgumentError(ack.error_message());
+    absl::Status s = absl::UnavailableError(ack.error_message());
+    if (ack.retry_after_ms() > 0)
+      s = WithRetryAfter(s, absl::Milliseconds(ack.retry_after_ms()));
+    return s;
+  }
 }
 
 void SyncManager::Note(const Stream& stream, const PendingBatch& pending,

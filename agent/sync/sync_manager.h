@@ -75,6 +75,11 @@ struct SyncOptions {
   std::string quarantine_dir;
   // Sent with every batch.
   v1::SyncDeviceCapability capability;
+  // Send batches over the StreamSync bidi stream (acks, heartbeats, and the
+  // server's flush/pause/resume/config_update commands) instead of unary calls.
+  // Falls back to unary calls when the transport has no streams (Connect over
+  // HTTP/1.1).
+  bool use_stream = false;
   // Which settings came from the operator (environment or flags): a server
   // config_update does not override those.
   bool interval_pinned = false;
@@ -169,6 +174,15 @@ class SyncManager {
   bool WaitFor(absl::Duration d);  // false when stopping
   void RecordFailure(const absl::Status& s);
   void SetState(const std::string& state);
+  // StreamSync: opens the stream if needed, sends a heartbeat and handles
+  // pending commands. Returns a retryable error (with a hint) while the server
+  // asked to pause.
+  absl::Status PrepareStream();
+  // Sends one batch on the stream and waits for its ack, handling commands
+  // meanwhile.
+  absl::Status ExchangeOnStream(const v1::StreamSyncRequest& request,
+                                int64_t sequence);
+  void HandleCommand(const v1::StreamSyncResponse& response);
   void Note(const Stream& stream, const PendingBatch& pending,
             absl::string_view outcome);
 
@@ -191,6 +205,9 @@ class SyncManager {
   CircuitBreaker breaker_;
   TokenBucket bucket_;
   bool unauthenticated_ = false;
+  std::unique_ptr<SyncStream> stream_;
+  bool stream_unsupported_ = false;
+  std::optional<absl::Time> paused_until_;
   absl::Time auth_retry_at_;
 
   Wakeup wakeup_;

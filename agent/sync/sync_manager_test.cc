@@ -141,6 +141,62 @@ class FakeTransport : public SyncTransport {
   bool duplicate_ = false;
 };
 
+// A StreamSync peer: acks each batch (or refuses it, per script) and queues
+// scripted commands to answer the next heartbeat.
+class FakeStream : public SyncStream {
+ public:
+  struct Shared {
+    absl::Mutex mu;
+    std::deque<v1::StreamSyncResponse> outbox;
+    std::vector<v1::StreamSyncRequest> received;
+    std::deque<v1::StreamSyncResponse> on_heartbeat;
+    bool refuse_next_batch = false;
+  };
+  explicit FakeStream(std::shared_ptr<Shared> shared)
+      : shared_(std::move(shared)) {}
+
+  absl::Status Write(const v1::StreamSyncRequest& request) override {
+    absl::MutexLock lock(&shared_->mu);
+    shared_->received.push_back(request);
+    if (request.has_heartbeat()) {
+      for (auto& r : shared_->on_heartbeat) shared_->outbox.push_back(r);
+      shared_->on_heartbeat.clear();
+      return absl::OkStatus();
+    }
+    v1::StreamSyncResponse ack;
+    ack.mutable_ack()->set_sequence_number(
+        request.metadata().sequence_number());
+    ack.mutable_ack()->set_success(!shared_->refuse_next_batch);
+    if (shared_->refuse_next_batch)
+      ack.mutable_ack()->set_error_message("bad batch");
+    shared_->refuse_next_batch = false;
+    shared_->outbox.push_back(ack);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<v1::StreamSyncResponse> Read(absl::Duration) override {
+    absl::MutexLock lock(&shared_->mu);
+    if (shared_->outbox.empty())
+      return absl::DeadlineExceededError("nothing yet");
+    v1::StreamSyncResponse r = shared_->outbox.front();
+    shared_->outbox.pop_front();
+    return r;
+  }
+  absl::Status CloseSend() override { return absl::OkStatus(); }
+  absl::Status Finish(absl::Duration) override { return absl::OkStatus(); }
+
+ private:
+  std::shared_ptr<Shared> shared_;
+};
+
+class StreamingTransport : public FakeTransport {
+ public:
+  absl::StatusOr<std::unique_ptr<SyncStream>> OpenStream() override {
+    return std::unique_ptr<SyncStream>(new FakeStream(shared));
+  }
+  std::shared_ptr<FakeStream::Shared> shared =
+      std::make_shared<FakeStream::Shared>();
+};
+
 class SyncManagerTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -444,6 +500,69 @@ TEST_F(SyncManagerTest, BackgroundLoopSyncsOnTriggerAndStopsCleanly) {
   EXPECT_EQ(Unsynced(), 0);
   manager.Stop();
   EXPECT_EQ(transport_.calls().size(), 1u);
+}
+
+TEST_F(SyncManagerTest, StreamModeSendsBatchesOnTheStreamAndMarksThemOnAck) {
+  StoreMetrics(25);
+  StreamingTransport transport;
+  SyncOptions o = Options();
+  o.use_stream = true;
+  SyncManager manager(storage_.get(), &transport, &clock_, nullptr, o);
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  EXPECT_TRUE(transport.calls().empty()) << "no unary calls in stream mode";
+  absl::MutexLock lock(&transport.shared->mu);
+  ASSERT_EQ(transport.shared->received.size(), 4u);  // heartbeat + 3 batches
+  EXPECT_TRUE(transport.shared->received[0].has_heartbeat());
+  EXPECT_EQ(transport.shared->received[0].heartbeat().unsynced_metrics(), 25);
+  EXPECT_EQ(transport.shared->received[1].metrics().metrics_size(), 10);
+  EXPECT_EQ(Unsynced(), 0);
+  EXPECT_EQ(manager.GetMetrics().metrics_synced, 25);
+}
+
+TEST_F(SyncManagerTest, ServerPauseStopsSendingUntilItEnds) {
+  StoreMetrics(5);
+  StreamingTransport transport;
+  v1::StreamSyncResponse pause;
+  pause.mutable_pause()->set_duration_seconds(20);
+  pause.mutable_pause()->set_reason("overloaded");
+  transport.shared->on_heartbeat.push_back(pause);
+  SyncOptions o = Options();
+  o.use_stream = true;
+  SyncManager manager(storage_.get(), &transport, &clock_, nullptr, o);
+  absl::Status paused = manager.SyncNow();
+  EXPECT_THAT(paused, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(GetRetryAfter(paused), absl::Seconds(20));
+  EXPECT_EQ(Unsynced(), 5) << "nothing sent while paused";
+  clock_.Advance(absl::Seconds(20));
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  EXPECT_EQ(Unsynced(), 0);
+}
+
+TEST_F(SyncManagerTest, StreamRefusalIsQuarantinedAndConfigUpdatesApply) {
+  StoreMetrics(15);
+  StreamingTransport transport;
+  v1::StreamSyncResponse update;
+  update.mutable_config_update()->set_sync_interval_seconds(77);
+  transport.shared->on_heartbeat.push_back(update);
+  transport.shared->refuse_next_batch = true;
+  SyncOptions o = Options();
+  o.use_stream = true;
+  SyncManager manager(storage_.get(), &transport, &clock_, nullptr, o);
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  EXPECT_EQ(manager.options().interval, absl::Seconds(77));
+  EXPECT_EQ(manager.GetMetrics().quarantined_records, 10);
+  EXPECT_EQ(manager.GetMetrics().metrics_synced, 5);
+  EXPECT_EQ(Unsynced(), 0);
+}
+
+TEST_F(SyncManagerTest, StreamModeFallsBackToUnaryWithoutStreams) {
+  StoreMetrics(3);
+  SyncOptions o = Options();
+  o.use_stream = true;
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, o);
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  EXPECT_EQ(transport_.calls().size(), 1u);
+  EXPECT_EQ(Unsynced(), 0);
 }
 
 }  // namespace
