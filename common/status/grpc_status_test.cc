@@ -30,14 +30,14 @@ TEST(GrpcStatusTest, NamedCodesLineUp) {
       absl::StatusCode::kPermissionDenied);
 }
 
+// (grpc::StatusCode has no fixed underlying type, so an out-of-range grpc code
+// cannot even be constructed without undefined behaviour; only absl's side is
+// tested.)
 TEST(GrpcStatusTest, OkAndOutOfRangeCodes) {
   EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());
   EXPECT_TRUE(FromGrpcStatus(grpc::Status::OK).ok());
   absl::Status odd(static_cast<absl::StatusCode>(99), "odd");
   EXPECT_EQ(ToGrpcStatus(odd).error_code(), grpc::StatusCode::UNKNOWN);
-  EXPECT_EQ(FromGrpcStatus(grpc::Status(static_cast<grpc::StatusCode>(42), "x"))
-                .code(),
-            absl::StatusCode::kUnknown);
 }
 
 }  // namespace
