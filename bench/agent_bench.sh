@@ -74,11 +74,12 @@ for tier in 1 2 3; do
   read -r utime stime < <(awk '{print $14, $15}' "/proc/$agent/stat")
   hwm_kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$agent/status")
   field() { awk -v k="  $1:" 'index($0, k) == 1 {print $2}' <<<"$status"; }
+  round() { awk -v v="$1" 'BEGIN {printf "%.1f", v}'; }
   synced=$(field metrics_synced)
   bytes=$(field bytes_sent)
   cpu=$(awk -v u="$utime" -v s="$stime" -v t="$clk_tck" 'BEGIN {printf "%.2f", (u + s) / t}')
   bps=$(awk -v b="$bytes" -v n="$synced" 'BEGIN {if (n > 0) printf "%.1f", b / n; else print "-"}')
-  rows+=("| $tier | $rate | $elapsed | $synced | $cpu | $((hwm_kb / 1024)) | $bps | $(field compression_ratio) | $(field sync_latency_p50_ms) | $(field sync_latency_p95_ms) | $(field sync_latency_p99_ms) |")
+  rows+=("| $tier | $rate | $elapsed | $synced | $cpu | $((hwm_kb / 1024)) | $bps | $(round "$(field compression_ratio)") | $(round "$(field sync_latency_p50_ms)") | $(round "$(field sync_latency_p95_ms)") | $(round "$(field sync_latency_p99_ms)") |")
   kill -TERM "$agent"
   wait "$agent" 2>/dev/null || true
 done
