@@ -51,6 +51,38 @@ absl::Status Pack(Compression codec, const std::string& raw, Batch* batch,
   return absl::OkStatus();
 }
 
+// Per-kind pieces of sending a batch, so SendBatch is written once.
+void PutOnStream(const v1::MetricsBatch& b, v1::StreamSyncRequest* r) {
+  *r->mutable_metrics() = b;
+}
+void PutOnStream(const v1::LogsBatch& b, v1::StreamSyncRequest* r) {
+  *r->mutable_logs() = b;
+}
+void PutOnStream(const v1::EventsBatch& b, v1::StreamSyncRequest* r) {
+  *r->mutable_events() = b;
+}
+absl::StatusOr<v1::SyncMetricsResponse> CallUnary(
+    SyncTransport& t, const v1::SyncMetricsRequest& r, absl::Duration timeout) {
+  return t.SyncMetrics(r, timeout);
+}
+absl::StatusOr<v1::SyncLogsResponse> CallUnary(SyncTransport& t,
+                                               const v1::SyncLogsRequest& r,
+                                               absl::Duration timeout) {
+  return t.SyncLogs(r, timeout);
+}
+absl::StatusOr<v1::SyncEventsResponse> CallUnary(SyncTransport& t,
+                                                 const v1::SyncEventsRequest& r,
+                                                 absl::Duration timeout) {
+  return t.SyncEvents(r, timeout);
+}
+template <typename Response>
+const v1::SyncConfig* ConfigUpdate(const Response& r) {
+  return r.has_config_update() ? &r.config_update() : nullptr;
+}
+const v1::SyncConfig* ConfigUpdate(const v1::SyncEventsResponse&) {
+  return nullptr;
+}
+
 }  // namespace
 
 struct SyncManager::Stream {
@@ -385,95 +417,22 @@ absl::Status SyncManager::Transmit(const Stream& stream,
   md.set_stream(stream.name);
   md.set_record_count(pending.record_count);
   bool compressed = false;
-  absl::StatusOr<bool> acked;
+  absl::Status sent;
   switch (stream.kind) {
-    case RecordKind::kMetric: {
-      v1::SyncMetricsRequest r;
-      *r.mutable_metadata() = md;
-      if (!r.mutable_batch()->ParseFromString(serialized)) {
-        return absl::InternalError("cannot re-parse batch");
-      }
-      RETURN_IF_ERROR(
-          Pack(o.compression, serialized, r.mutable_batch(), &compressed));
-      *wire_bytes = static_cast<int64_t>(r.ByteSizeLong());
-      if (stream_ != nullptr) {
-        v1::StreamSyncRequest sr;
-        *sr.mutable_metadata() = md;
-        *sr.mutable_metrics() = r.batch();
-        RETURN_IF_ERROR(ExchangeOnStream(sr, pending.sequence_number));
-        break;
-      }
-      auto resp = transport_->SyncMetrics(r, o.call_timeout);
-      if (!resp.ok()) return resp.status();
-      if (!resp->success()) {
-        return absl::UnavailableError(absl::StrCat(
-            "server did not accept the batch: ", resp->error_message()));
-      }
-      if (resp->has_config_update()) ApplyConfig(resp->config_update());
-      if (resp->duplicate()) {
-        absl::MutexLock lock(&mu_);
-        ++stats_.duplicates_acknowledged;
-      }
+    case RecordKind::kMetric:
+      sent = SendBatch<v1::SyncMetricsRequest>(md, serialized, o, wire_bytes,
+                                               &compressed);
       break;
-    }
-    case RecordKind::kLog: {
-      v1::SyncLogsRequest r;
-      *r.mutable_metadata() = md;
-      if (!r.mutable_batch()->ParseFromString(serialized)) {
-        return absl::InternalError("cannot re-parse batch");
-      }
-      RETURN_IF_ERROR(
-          Pack(o.compression, serialized, r.mutable_batch(), &compressed));
-      *wire_bytes = static_cast<int64_t>(r.ByteSizeLong());
-      if (stream_ != nullptr) {
-        v1::StreamSyncRequest sr;
-        *sr.mutable_metadata() = md;
-        *sr.mutable_logs() = r.batch();
-        RETURN_IF_ERROR(ExchangeOnStream(sr, pending.sequence_number));
-        break;
-      }
-      auto resp = transport_->SyncLogs(r, o.call_timeout);
-      if (!resp.ok()) return resp.status();
-      if (!resp->success()) {
-        return absl::UnavailableError(absl::StrCat(
-            "server did not accept the batch: ", resp->error_message()));
-      }
-      if (resp->has_config_update()) ApplyConfig(resp->config_update());
-      if (resp->duplicate()) {
-        absl::MutexLock lock(&mu_);
-        ++stats_.duplicates_acknowledged;
-      }
+    case RecordKind::kLog:
+      sent = SendBatch<v1::SyncLogsRequest>(md, serialized, o, wire_bytes,
+                                            &compressed);
       break;
-    }
-    case RecordKind::kEvent: {
-      v1::SyncEventsRequest r;
-      *r.mutable_metadata() = md;
-      if (!r.mutable_batch()->ParseFromString(serialized)) {
-        return absl::InternalError("cannot re-parse batch");
-      }
-      RETURN_IF_ERROR(
-          Pack(o.compression, serialized, r.mutable_batch(), &compressed));
-      *wire_bytes = static_cast<int64_t>(r.ByteSizeLong());
-      if (stream_ != nullptr) {
-        v1::StreamSyncRequest sr;
-        *sr.mutable_metadata() = md;
-        *sr.mutable_events() = r.batch();
-        RETURN_IF_ERROR(ExchangeOnStream(sr, pending.sequence_number));
-        break;
-      }
-      auto resp = transport_->SyncEvents(r, o.call_timeout);
-      if (!resp.ok()) return resp.status();
-      if (!resp->success()) {
-        return absl::UnavailableError(absl::StrCat(
-            "server did not accept the batch: ", resp->error_message()));
-      }
-      if (resp->duplicate()) {
-        absl::MutexLock lock(&mu_);
-        ++stats_.duplicates_acknowledged;
-      }
+    case RecordKind::kEvent:
+      sent = SendBatch<v1::SyncEventsRequest>(md, serialized, o, wire_bytes,
+                                              &compressed);
       break;
-    }
   }
+  RETURN_IF_ERROR(sent);
   if (compressed) {
     absl::MutexLock lock(&mu_);
     stats_.bytes_compressed += static_cast<int64_t>(serialized.size());
@@ -481,6 +440,41 @@ absl::Status SyncManager::Transmit(const Stream& stream,
     compressed_out_ += static_cast<double>(*wire_bytes);
     stats_.compression_ratio =
         compressed_out_ > 0 ? compressed_in_ / compressed_out_ : 0;
+  }
+  return absl::OkStatus();
+}
+
+template <typename Request>
+absl::Status SyncManager::SendBatch(const v1::SyncMetadata& md,
+                                    const std::string& serialized,
+                                    const SyncOptions& o, int64_t* wire_bytes,
+                                    bool* compressed) {
+  Request r;
+  *r.mutable_metadata() = md;
+  if (!r.mutable_batch()->ParseFromString(serialized)) {
+    return absl::InternalError("cannot re-parse batch");
+  }
+  RETURN_IF_ERROR(
+      Pack(o.compression, serialized, r.mutable_batch(), compressed));
+  *wire_bytes = static_cast<int64_t>(r.ByteSizeLong());
+  if (stream_ != nullptr) {
+    v1::StreamSyncRequest sr;
+    *sr.mutable_metadata() = md;
+    PutOnStream(r.batch(), &sr);
+    return ExchangeOnStream(sr, md.sequence_number());
+  }
+  auto resp = CallUnary(*transport_, r, o.call_timeout);
+  if (!resp.ok()) return resp.status();
+  if (!resp->success()) {
+    return absl::UnavailableError(absl::StrCat(
+        "server did not accept the batch: ", resp->error_message()));
+  }
+  if (const v1::SyncConfig* update = ConfigUpdate(*resp); update != nullptr) {
+    ApplyConfig(*update);
+  }
+  if (resp->duplicate()) {
+    absl::MutexLock lock(&mu_);
+    ++stats_.duplicates_acknowledged;
   }
   return absl::OkStatus();
 }

@@ -166,6 +166,11 @@ class SyncManager {
   absl::StatusOr<std::optional<PendingBatch>> NextBatch(Stream& stream);
   absl::Status BuildRequest(const Stream& stream, const PendingBatch& pending,
                             std::string* serialized, int* records);
+  // Packs and sends one batch of `Request`'s kind, unary or on the stream.
+  template <typename Request>
+  absl::Status SendBatch(const v1::SyncMetadata& md,
+                         const std::string& serialized, const SyncOptions& o,
+                         int64_t* wire_bytes, bool* compressed);
   absl::Status Transmit(const Stream& stream, const PendingBatch& pending,
                         const std::string& serialized, int64_t* wire_bytes);
   void Quarantine(const Stream& stream, const PendingBatch& pending,
