@@ -171,12 +171,18 @@ class AgentTransportTest : public AgentE2eTest,
                            public ::testing::WithParamInterface<std::string> {};
 
 TEST_P(AgentTransportTest, MetricsLogsAndEventsArriveInEveryBackend) {
-  const std::string transport = GetParam();
-  const std::string device = "agent-" + transport;
-  auto agent = Agent::Create(Options(device, transport));
+  const std::string variant = GetParam();  // "grpc", "connect" or "grpc-stream"
+  const std::string transport = variant == "connect" ? "connect" : "grpc";
+  const std::string device = "agent-" + variant;
+  AgentOptions options = Options(device, transport);
+  options.sync_stream = variant == "grpc-stream";
+  auto agent = Agent::Create(options);
   ASSERT_THAT(agent, IsOk());
   ASSERT_THAT((*agent)->Start(), IsOk());
-  const std::string metric = "agent_e2e_" + transport;
+  const std::string metric =
+      "agent_e2e_" + std::string(variant == "connect" ? "connect"
+                                 : variant == "grpc"  ? "grpc"
+                                                      : "stream");
   for (int i = 0; i < 250; ++i) {
     ASSERT_THAT((*agent)->StoreMetric(metric, i, {{"id", std::to_string(i)}}),
                 IsOk());
@@ -216,11 +222,23 @@ TEST_P(AgentTransportTest, MetricsLogsAndEventsArriveInEveryBackend) {
                    device, "'"));
   ASSERT_THAT(host, IsOk());
   EXPECT_EQ(*host, "0.1.0|2");
+  if (options.sync_stream) {
+    // The batches went over StreamSync, acknowledged there.
+    EXPECT_NE(stack->app->metrics()->Render().find(
+                  "fleetd_rpc_requests_total{method=\"StreamSync\",protocol="
+                  "\"grpc\",code=\"OK\"}"),
+              std::string::npos);
+  }
   (*agent)->Stop();
 }
 
 INSTANTIATE_TEST_SUITE_P(BothTransports, AgentTransportTest,
-                         ::testing::Values("grpc", "connect"));
+                         ::testing::Values("grpc", "connect", "grpc-stream"),
+                         [](const auto& info) {
+                           return info.param == "grpc-stream"
+                                      ? std::string("grpc_stream")
+                                      : info.param;
+                         });
 
 TEST_F(AgentE2eTest, ServerOutageLosesNothingAndDoublesNothing) {
   auto agent =
