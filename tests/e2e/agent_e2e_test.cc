@@ -25,11 +25,8 @@
 #include "server/app/server_app.h"
 #include "server/store/pg_pool.h"
 #include "server/store/pg_store.h"
-#include "tests/fixtures/clickhouse_fixture.h"
-#include "tests/fixtures/loki_receiver.h"
-#include "tests/fixtures/postgres_fixture.h"
+#include "tests/e2e/backend_stack.h"
 #include "tests/fixtures/process.h"
-#include "tests/fixtures/victoria_metrics_fixture.h"
 
 namespace fleetd {
 namespace {
@@ -39,10 +36,11 @@ using ::fleetd::testing::StatusIs;
 using ::fleetd::testing::WaitFor;
 
 struct Stack {
+  std::unique_ptr<testing::BackendStack> backends;
   testing::PostgresFixture* pg = nullptr;
   testing::VictoriaMetricsFixture* vm = nullptr;
   testing::ClickHouseFixture* ch = nullptr;
-  std::unique_ptr<testing::LokiReceiver> loki;
+  testing::LokiReceiver* loki = nullptr;
   server::ServerConfig config;
   std::unique_ptr<server::ServerApp> app;
   std::unique_ptr<server::PgPool> pool;
@@ -75,33 +73,17 @@ class AgentE2eTest : public ::testing::Test {
   static void SetUpTestSuite() {
     if (stack != nullptr) return;
     stack = new Stack();
-    auto pg = testing::PostgresFixture::Shared();
-    ASSERT_THAT(pg, IsOk());
-    stack->pg = *pg;
-    auto vm = testing::VictoriaMetricsFixture::Shared();
-    ASSERT_THAT(vm, IsOk());
-    stack->vm = *vm;
-    auto ch = testing::ClickHouseFixture::Shared();
-    ASSERT_THAT(ch, IsOk());
-    stack->ch = *ch;
-    auto loki = testing::LokiReceiver::Start();
-    ASSERT_THAT(loki, IsOk());
-    stack->loki = *std::move(loki);
-    auto dsn = stack->pg->CreateDatabase("fleet_agent_e2e");
-    ASSERT_THAT(dsn, IsOk());
-    server::ServerConfig& c = stack->config;
-    c.grpc_addr = "127.0.0.1:0";
-    c.http_addr = "127.0.0.1:0";
-    c.admin_addr = "127.0.0.1:0";
-    c.insecure = true;
-    c.postgres_dsn = *dsn;
-    c.victoriametrics_url = stack->vm->url();
-    c.loki_url = stack->loki->url();
-    c.clickhouse_url = stack->ch->http_url();
-    c.clickhouse_database = "fleet_agent_e2e";
-    c.max_wait = absl::Seconds(10);
+    auto backends = testing::StartBackendStack("fleet_agent_e2e");
+    ASSERT_THAT(backends, IsOk());
+    stack->backends = *std::move(backends);
+    stack->pg = stack->backends->pg;
+    stack->vm = stack->backends->vm;
+    stack->ch = stack->backends->ch;
+    stack->loki = stack->backends->loki.get();
+    stack->config = testing::LoopbackServerConfig(*stack->backends);
     ASSERT_THAT(StartServer(), IsOk());
-    auto pool = server::PgPool::Connect({.dsn = *dsn, .size = 2});
+    auto pool =
+        server::PgPool::Connect({.dsn = stack->backends->dsn, .size = 2});
     ASSERT_THAT(pool, IsOk());
     stack->pool = *std::move(pool);
     stack->store = std::make_unique<server::PgStore>(stack->pool.get());
@@ -136,20 +118,9 @@ class AgentE2eTest : public ::testing::Test {
     return o;
   }
 
-  // Distinct values of label `id` and total samples VictoriaMetrics holds for
-  // `metric`.
+  // Distinct values of label `id` and total samples VictoriaMetrics holds.
   static std::pair<size_t, size_t> VmCounts(const std::string& metric) {
-    EXPECT_THAT(stack->vm->ForceFlush(), IsOk());
-    auto lines = stack->vm->Export(absl::StrCat("{__name__=\"", metric, "\"}"));
-    if (!lines.ok()) return {0, 0};
-    std::set<std::string> ids;
-    size_t samples = 0;
-    for (const std::string& line : *lines) {
-      nlohmann::json j = nlohmann::json::parse(line);
-      ids.insert(j["metric"].value("id", ""));
-      samples += j["values"].size();
-    }
-    return {ids.size(), samples};
+    return testing::VmCounts(*stack->vm, metric, "id");
   }
 
   std::string dir_;

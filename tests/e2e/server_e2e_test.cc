@@ -18,10 +18,7 @@
 #include "server/app/server_app.h"
 #include "server/store/pg_pool.h"
 #include "server/store/pg_store.h"
-#include "tests/fixtures/clickhouse_fixture.h"
-#include "tests/fixtures/loki_receiver.h"
-#include "tests/fixtures/postgres_fixture.h"
-#include "tests/fixtures/victoria_metrics_fixture.h"
+#include "tests/e2e/backend_stack.h"
 
 namespace fleetd {
 namespace {
@@ -32,10 +29,11 @@ using ::testing::HasSubstr;
 
 // The stack, shared by every test in this binary.
 struct Stack {
+  std::unique_ptr<testing::BackendStack> backends;
   testing::PostgresFixture* pg = nullptr;
   testing::VictoriaMetricsFixture* vm = nullptr;
   testing::ClickHouseFixture* ch = nullptr;
-  std::unique_ptr<testing::LokiReceiver> loki;
+  testing::LokiReceiver* loki = nullptr;
   std::unique_ptr<server::ServerApp> app;
   std::unique_ptr<server::PgPool> pool;
   std::unique_ptr<server::PgStore> store;
@@ -49,38 +47,21 @@ class ServerE2eTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     stack = new Stack();
-    auto pg = testing::PostgresFixture::Shared();
-    ASSERT_THAT(pg, IsOk());
-    stack->pg = *pg;
-    auto vm = testing::VictoriaMetricsFixture::Shared();
-    ASSERT_THAT(vm, IsOk());
-    stack->vm = *vm;
-    auto ch = testing::ClickHouseFixture::Shared();
-    ASSERT_THAT(ch, IsOk());
-    stack->ch = *ch;
-    auto loki = testing::LokiReceiver::Start();
-    ASSERT_THAT(loki, IsOk());
-    stack->loki = *std::move(loki);
-    auto dsn = stack->pg->CreateDatabase("fleet_e2e");
-    ASSERT_THAT(dsn, IsOk());
-
-    server::ServerConfig c;
-    c.grpc_addr = "127.0.0.1:0";
-    c.http_addr = "127.0.0.1:0";
-    c.admin_addr = "127.0.0.1:0";
-    c.insecure = true;
-    c.postgres_dsn = *dsn;
-    c.victoriametrics_url = stack->vm->url();
-    c.loki_url = stack->loki->url();
-    c.clickhouse_url = stack->ch->http_url();
-    c.clickhouse_database = "fleet_e2e";
+    auto backends = testing::StartBackendStack("fleet_e2e");
+    ASSERT_THAT(backends, IsOk());
+    stack->backends = *std::move(backends);
+    stack->pg = stack->backends->pg;
+    stack->vm = stack->backends->vm;
+    stack->ch = stack->backends->ch;
+    stack->loki = stack->backends->loki.get();
+    const std::string dsn = stack->backends->dsn;
+    server::ServerConfig c = testing::LoopbackServerConfig(*stack->backends);
     c.route_metrics = "victoriametrics,clickhouse";
     c.max_message_bytes = 1 << 20;
-    c.max_wait = absl::Seconds(10);
     auto app = server::ServerApp::Start(c);
     ASSERT_THAT(app, IsOk());
     stack->app = *std::move(app);
-    auto pool = server::PgPool::Connect({.dsn = *dsn, .size = 2});
+    auto pool = server::PgPool::Connect({.dsn = dsn, .size = 2});
     ASSERT_THAT(pool, IsOk());
     stack->pool = *std::move(pool);
     stack->store = std::make_unique<server::PgStore>(stack->pool.get());
@@ -134,19 +115,7 @@ class ServerE2eTest : public ::testing::Test {
 
   // Number of samples VictoriaMetrics holds for metric `name`.
   static size_t VmSamples(const std::string& name) {
-    EXPECT_THAT(stack->vm->ForceFlush(), IsOk());
-    auto lines = stack->vm->Export(absl::StrCat("{__name__=\"", name, "\"}"));
-    if (!lines.ok()) return 0;
-    size_t n = 0;
-    for (const std::string& line : *lines) {
-      size_t pos = line.find("\"values\":[");
-      if (pos == std::string::npos) continue;
-      size_t end = line.find(']', pos);
-      std::string values = line.substr(pos + 10, end - pos - 10);
-      if (!values.empty())
-        n += std::count(values.begin(), values.end(), ',') + 1;
-    }
-    return n;
+    return testing::VmCounts(*stack->vm, name).second;
   }
 
   static int ChCount(const std::string& sql) {
