@@ -87,12 +87,13 @@ curl -fsS "$FLEET_VICTORIAMETRICS_URL/internal/force_flush" >/dev/null || true
 sleep 1
 series=$(curl -fsS "$FLEET_VICTORIAMETRICS_URL/api/v1/series" \
   --data-urlencode 'match[]={device_id="demo-device"}' | { grep -o '"__name__"' || true; } | wc -l)
-echo "VictoriaMetrics: $series series from demo-device; CPU and memory right now:"
+echo "VictoriaMetrics: $series series from demo-device; latest values of a few:"
 for q in 'system_cpu_usage_percent{device_id="demo-device",cpu="all"}' \
   'system_memory_available_bytes{device_id="demo-device"}' \
   'demo_app_requests_total{device_id="demo-device"}'; do
-  value=$(curl -fsS "$FLEET_VICTORIAMETRICS_URL/api/v1/query" --data-urlencode "query=$q" |
-    { grep -o '"value":\[[^]]*\]' || true; } | head -1)
+  # The export API returns raw samples at once (instant queries skip the last 30 s).
+  value=$(curl -fsS "$FLEET_VICTORIAMETRICS_URL/api/v1/export" --data-urlencode "match[]=$q" |
+    tail -1 | { grep -o '"values":\[[^]]*\]' || true; } | sed -E 's/.*[[,]([^],]*)\]$/\1/')
   echo "  $q => ${value:-no sample yet}"
 done
 ch() { curl -fsS "$FLEET_CLICKHOUSE_URL/" --data-binary "$1"; }
