@@ -14,7 +14,7 @@ PACKAGES=(
   # Real backends for tests and the demo.
   postgresql victoria-metrics clickhouse-server
   # Test and report tools.
-  docker-compose gnuplot-nox openssl procps util-linux
+  docker-compose gnuplot-nox openssl procps util-linux jq python3 python3-yaml
 )
 # Node.js runs the independent Connect client test; a machine may already carry a newer
 # Node with its own npm (Debian's npm package conflicts with that), so only add it if absent.

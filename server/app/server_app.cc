@@ -158,6 +158,12 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(
   connect_options.tls_key_file = c.tls_key;
   connect_options.insecure = c.insecure;
   connect_options.max_message_bytes = c.max_message_bytes;
+  // Each worker serves one connection at a time, idle keep-alive included.
+  // Devices sync every few seconds to minutes, so a long keep-alive only ties
+  // workers up: close idle connections quickly and keep enough workers for
+  // bursts of concurrent devices.
+  connect_options.threads = 64;
+  connect_options.idle_timeout = absl::Seconds(1);
   connect_options.metrics = &p.metrics;
   ASSIGN_OR_RETURN(p.connect,
                    rpc::ConnectFrontEnd::Start(connect_options, p.core.get()));
