@@ -15,11 +15,16 @@ namespace fleetd {
 namespace {
 
 constexpr size_t kChunk = 64 * 1024;
-// Largest zstd window accepted (128 MiB, zstd's own default limit); smaller
-// output limits lower it further so the decoder never allocates far beyond what
-// the caller allows.
-constexpr int kMaxWindowLog = 27;
-constexpr int kMinWindowLog = 20;
+// Largest zstd window accepted: 2^27 = 128 MiB, zstd's own default limit and
+// the most any mainstream encoder uses without being told otherwise (levels
+// 1..19 stay at or below 2^27). It is fixed, not derived from the output
+// limit: a streaming encoder does not know the content size, so it writes a
+// frame whose window can be far larger than the content (level 3 uses 2^21
+// for a 300-byte batch), and such a frame must decode whatever the caller's
+// limit. Memory stays bounded all the same: the decoder reserves the window
+// as address space but writes it only as output is produced, and output stops
+// at the caller's limit (see ZstdDecompress).
+constexpr int kMaxWindowLog = kZstdMaxWindowLog;
 
 absl::Status TooLarge(size_t max_output) {
   return absl::ResourceExhaustedError(absl::StrCat(
@@ -63,9 +68,17 @@ absl::StatusOr<std::string> GzipDecompress(absl::string_view input,
   std::unique_ptr<z_stream, int (*)(z_stream*)> guard(&zs, inflateEnd);
   std::string out;
   char buf[kChunk];
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(input.data()));
-  zs.avail_in = static_cast<uInt>(input.size());
+  // zlib counts input in uInt: feed larger inputs in pieces.
+  absl::string_view rest = input;
+  auto refill = [&zs, &rest] {
+    size_t n = std::min<size_t>(rest.size(), 1u << 30);
+    zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(rest.data()));
+    zs.avail_in = static_cast<uInt>(n);
+    rest.remove_prefix(n);
+  };
+  refill();
   while (true) {
+    if (zs.avail_in == 0 && !rest.empty()) refill();
     zs.next_out = reinterpret_cast<Bytef*>(buf);
     zs.avail_out = sizeof(buf);
     int rc = inflate(&zs, Z_NO_FLUSH);
@@ -74,13 +87,14 @@ absl::StatusOr<std::string> GzipDecompress(absl::string_view input,
     out.append(buf, got);
     if (rc == Z_STREAM_END) {
       // Concatenated gzip members form one stream, as RFC 1952 allows.
-      if (zs.avail_in == 0) return out;
+      if (zs.avail_in == 0 && rest.empty()) return out;
       if (inflateReset(&zs) != Z_OK)
         return absl::InternalError("inflateReset failed");
       continue;
     }
     if (rc == Z_OK) continue;
     if (rc == Z_BUF_ERROR && zs.avail_in == 0) {
+      if (!rest.empty()) continue;
       return absl::InvalidArgumentError("gzip data is truncated");
     }
     return absl::InvalidArgumentError(
@@ -141,10 +155,13 @@ absl::StatusOr<std::string> ZstdDecompress(absl::string_view input,
   std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> dctx(ZSTD_createDCtx(),
                                                           ZSTD_freeDCtx);
   if (dctx == nullptr) return absl::InternalError("ZSTD_createDCtx failed");
-  int window_log = kMinWindowLog;
-  while (window_log < kMaxWindowLog && (size_t{1} << window_log) < max_output)
-    ++window_log;
-  ZSTD_DCtx_setParameter(dctx.get(), ZSTD_d_windowLogMax, window_log);
+  // Fixed cap; see kMaxWindowLog.
+  size_t rc =
+      ZSTD_DCtx_setParameter(dctx.get(), ZSTD_d_windowLogMax, kMaxWindowLog);
+  if (ZSTD_isError(rc)) {
+    return absl::InternalError(
+        absl::StrCat("zstd windowLogMax: ", ZSTD_getErrorName(rc)));
+  }
 
   std::string out;
   out.reserve(std::min(declared_total, max_output));
@@ -156,8 +173,10 @@ absl::StatusOr<std::string> ZstdDecompress(absl::string_view input,
     last = ZSTD_decompressStream(dctx.get(), &ob, &in);
     if (ZSTD_isError(last)) {
       if (ZSTD_getErrorCode(last) == ZSTD_error_frameParameter_windowTooLarge) {
-        return absl::ResourceExhaustedError(
-            "zstd frame window exceeds the memory limit");
+        // A property of the data, not of the load: retrying cannot help.
+        return absl::InvalidArgumentError(absl::StrCat(
+            "zstd frame window exceeds the decoder's cap of 2^", kMaxWindowLog,
+            " bytes (encode with windowLog <= ", kMaxWindowLog, ")"));
       }
       return absl::InvalidArgumentError(
           absl::StrCat("zstd data is corrupt: ", ZSTD_getErrorName(last)));

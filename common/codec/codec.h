@@ -34,12 +34,22 @@ absl::StatusOr<std::string> Compress(Compression compression,
                                      absl::string_view input,
                                      const CompressOptions& options = {});
 
-// Decompresses `input`, producing at most `max_output` bytes.
+// The largest zstd window Decompress accepts: 2^27 bytes (128 MiB, zstd's
+// default limit). Fixed, whatever the output limit: frames from streaming
+// encoders carry no content size and often a window larger than their content.
+inline constexpr int kZstdMaxWindowLog = 27;
+
+// Decompresses `input`, producing at most `max_output` bytes. Streaming: the
+// input may be any number of zstd frames (with or without a content-size field,
+// with any window up to 2^kZstdMaxWindowLog) or gzip members.
 // Errors:
 //   ResourceExhausted: the declared or actual output exceeds `max_output`;
-//   InvalidArgument: the data is corrupt, truncated or not of this codec.
-// Memory use is bounded by `max_output` plus a fixed working set (the zstd
-// window is limited too), whatever the input claims.
+//   InvalidArgument: the data is corrupt, truncated or not of this codec, or a
+//     zstd frame needs a window above 2^kZstdMaxWindowLog.
+// Memory use is bounded by `max_output` plus a fixed working set whatever the
+// input claims: output is produced in 64 KiB steps and stops at the limit; the
+// zstd decoder reserves at most a 2^kZstdMaxWindowLog window of address space
+// and writes into it only as output is produced.
 absl::StatusOr<std::string> Decompress(Compression compression,
                                        absl::string_view input,
                                        size_t max_output);

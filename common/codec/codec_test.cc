@@ -1,8 +1,11 @@
 #include "common/codec/codec.h"
 
 #include <sys/resource.h>
+#include <zstd.h>
 
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <random>
 #include <string>
 
@@ -66,6 +69,64 @@ std::string ZstdRleBomb(int blocks, uint64_t declared_size = 0) {
     f += 'A';
   }
   return f;
+}
+
+// A zstd frame with a window of 2^`window_log` bytes (not single-segment, so
+// the header has a window descriptor), an optional content-size field, and
+// `blocks` RLE blocks of `block_bytes` bytes of 'A' each.
+std::string ZstdRleFrame(int window_log, std::optional<uint64_t> content_size,
+                         int blocks, uint32_t block_bytes) {
+  std::string f = {'\x28', '\xb5', '\x2f', '\xfd'};
+  f += content_size ? '\xc0' : '\x00';  // 8-byte content size field, or none
+  f += static_cast<char>((window_log - 10) << 3);  // exponent, no mantissa
+  if (content_size) {
+    for (int i = 0; i < 8; ++i)
+      f += static_cast<char>((*content_size >> (8 * i)) & 0xff);
+  }
+  for (int i = 0; i < blocks; ++i) {
+    uint32_t last = (i == blocks - 1) ? 1 : 0;
+    uint32_t header = last | (1u << 1) | (block_bytes << 3);  // type 1 = RLE
+    f += static_cast<char>(header & 0xff);
+    f += static_cast<char>((header >> 8) & 0xff);
+    f += static_cast<char>((header >> 16) & 0xff);
+    f += 'A';
+  }
+  return f;
+}
+
+// What a streaming encoder writes: the input fed in pieces with
+// ZSTD_e_continue and no pledged size, then ZSTD_e_end, so the frame header has
+// no content size. `window_log` 0 keeps the level's default window.
+std::string ZstdStreamEncode(absl::string_view input, int level,
+                             int window_log) {
+  std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> cctx(ZSTD_createCCtx(),
+                                                          ZSTD_freeCCtx);
+  ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_compressionLevel, level);
+  if (window_log != 0)
+    ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_windowLog, window_log);
+  std::string out;
+  std::string buf(ZSTD_CStreamOutSize(), '\0');
+  auto drain = [&](absl::string_view piece, ZSTD_EndDirective mode) {
+    ZSTD_inBuffer in{piece.data(), piece.size(), 0};
+    size_t left;
+    do {
+      ZSTD_outBuffer ob{buf.data(), buf.size(), 0};
+      left = ZSTD_compressStream2(cctx.get(), &ob, &in, mode);
+      EXPECT_FALSE(ZSTD_isError(left)) << ZSTD_getErrorName(left);
+      if (ZSTD_isError(left)) return;
+      out.append(buf.data(), ob.pos);
+    } while (mode == ZSTD_e_end ? left != 0 : in.pos < in.size);
+  };
+  for (size_t i = 0; i < input.size(); i += 1000)
+    drain(input.substr(i, 1000), ZSTD_e_continue);
+  drain("", ZSTD_e_end);
+  return out;
+}
+
+// The window log a frame header declares (0 for single-segment frames).
+int FrameWindowLog(absl::string_view frame) {
+  if (frame.size() < 6 || (frame[4] & 0x20) != 0) return 0;
+  return 10 + (static_cast<uint8_t>(frame[5]) >> 3);
 }
 
 long MaxRssKiB() {
@@ -178,6 +239,61 @@ TEST(CodecTest, ConcatenatedGzipMembersAreOneStream) {
   ASSERT_THAT(b, IsOk());
   EXPECT_THAT(Decompress(Compression::kGzip, *a + *b, 100),
               IsOkAndHolds("hello world"));
+}
+
+TEST(CodecZstdInteropTest, StreamingFrameWithoutContentSizeIsAccepted) {
+  // decode.cc passes the declared original_size as the limit, so the exact
+  // size must be enough, however small, whatever window the encoder chose.
+  for (size_t n : {size_t{300}, size_t{5000}, size_t{200000}}) {
+    std::string input = TextLike(n, 11);
+    std::string frame = ZstdStreamEncode(input, 3, 0);
+    ASSERT_EQ(ZSTD_getFrameContentSize(frame.data(), frame.size()),
+              ZSTD_CONTENTSIZE_UNKNOWN);
+    EXPECT_GE(FrameWindowLog(frame), 21) << "size " << n;
+    EXPECT_THAT(Decompress(Compression::kZstd, frame, n), IsOkAndHolds(input))
+        << "size " << n;
+    EXPECT_THAT(Decompress(Compression::kZstd, frame, n - 1),
+                StatusIs(absl::StatusCode::kResourceExhausted))
+        << "size " << n;
+  }
+}
+
+TEST(CodecZstdInteropTest, LargeWindowSmallContentFrameIsAccepted) {
+  // An encoder told windowLog 27 and fed 2 KB without a pledged size.
+  std::string input = TextLike(2000, 12);
+  std::string streamed = ZstdStreamEncode(input, 5, kZstdMaxWindowLog);
+  ASSERT_EQ(FrameWindowLog(streamed), kZstdMaxWindowLog);
+  EXPECT_THAT(Decompress(Compression::kZstd, streamed, input.size()),
+              IsOkAndHolds(input));
+  // The same with a content-size field: 100 bytes in a 128 MiB window.
+  std::string declared = ZstdRleFrame(kZstdMaxWindowLog, 100, 1, 100);
+  ASSERT_EQ(ZSTD_getFrameContentSize(declared.data(), declared.size()), 100u);
+  EXPECT_THAT(Decompress(Compression::kZstd, declared, 100),
+              IsOkAndHolds(std::string(100, 'A')));
+}
+
+TEST(CodecZstdInteropTest, WindowAboveTheCapIsRefused) {
+  // Without a content size the decoder would need the whole 256 MiB window.
+  std::string frame = ZstdRleFrame(kZstdMaxWindowLog + 1, std::nullopt, 1, 100);
+  EXPECT_THAT(Decompress(Compression::kZstd, frame, 16 * kMiB),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("window exceeds the decoder's cap")));
+}
+
+TEST(CodecBombTest, MaxWindowBombWithoutContentSizeStaysBounded) {
+  // 10 KB declaring no size, a 128 MiB window and 312 MiB of output: the
+  // window is reserved but only written as far as the 16 MiB limit.
+  std::string bomb =
+      ZstdRleFrame(kZstdMaxWindowLog, std::nullopt, 2500, 128 * 1024);
+  ASSERT_LT(bomb.size(), 11000u);
+  long before = MaxRssKiB();
+  EXPECT_THAT(
+      Decompress(Compression::kZstd, bomb, 16 * kMiB),
+      StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("limit")));
+  if (!kUnderSanitizer) {
+    EXPECT_LT(MaxRssKiB() - before, 64 * 1024)
+        << "peak RSS grew by more than 64 MiB";
+  }
 }
 
 TEST(CodecBombTest, ZstdFrameDeclaringGigabytesIsRefusedBeforeDecoding) {
