@@ -174,7 +174,13 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(
       {"postgres", [store] { return store->SchemaVersion().status(); }});
   for (auto& [name, w] : p.writers) {
     Writer* writer = w.get();
-    checks.push_back({name, [writer] { return writer->Ping(); }});
+    GroupCommitter* committer = p.committers[name].get();
+    // Reachable is not enough: a backend that refuses our writes (401 from a
+    // Loki without tenant, ...) keeps the server not ready until a write lands.
+    checks.push_back({name, [writer, committer] {
+                        RETURN_IF_ERROR(committer->Health());
+                        return writer->Ping();
+                      }});
   }
   ASSIGN_OR_RETURN(
       p.admin, AdminServer::Start(c.admin_addr, &p.metrics, std::move(checks)));

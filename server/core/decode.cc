@@ -9,6 +9,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/codec/codec.h"
+#include "common/status/error_class.h"
 #include "common/status/status_macros.h"
 
 namespace fleetd::server {
@@ -208,7 +209,9 @@ absl::Status CheckMetadataIdentity(const v1::SyncMetadata& metadata,
   return absl::OkStatus();
 }
 
-absl::StatusOr<DecodedBatch> DecodeMetrics(
+namespace {
+
+absl::StatusOr<DecodedBatch> DecodeMetricsContent(
     const v1::SyncMetricsRequest& request, const DeviceIdentity& device,
     const DecodeLimits& limits, absl::Time now) {
   const v1::SyncMetadata& md = request.metadata();
@@ -243,10 +246,9 @@ absl::StatusOr<DecodedBatch> DecodeMetrics(
   return out;
 }
 
-absl::StatusOr<DecodedBatch> DecodeLogs(const v1::SyncLogsRequest& request,
-                                        const DeviceIdentity& device,
-                                        const DecodeLimits& limits,
-                                        absl::Time now) {
+absl::StatusOr<DecodedBatch> DecodeLogsContent(
+    const v1::SyncLogsRequest& request, const DeviceIdentity& device,
+    const DecodeLimits& limits, absl::Time now) {
   const v1::SyncMetadata& md = request.metadata();
   RETURN_IF_ERROR(CheckMetadataIdentity(md, device));
   ASSIGN_OR_RETURN(v1::LogsBatch batch,
@@ -287,10 +289,9 @@ absl::StatusOr<DecodedBatch> DecodeLogs(const v1::SyncLogsRequest& request,
   return out;
 }
 
-absl::StatusOr<DecodedBatch> DecodeEvents(const v1::SyncEventsRequest& request,
-                                          const DeviceIdentity& device,
-                                          const DecodeLimits& limits,
-                                          absl::Time now) {
+absl::StatusOr<DecodedBatch> DecodeEventsContent(
+    const v1::SyncEventsRequest& request, const DeviceIdentity& device,
+    const DecodeLimits& limits, absl::Time now) {
   const v1::SyncMetadata& md = request.metadata();
   RETURN_IF_ERROR(CheckMetadataIdentity(md, device));
   ASSIGN_OR_RETURN(v1::EventsBatch batch,
@@ -335,6 +336,58 @@ absl::StatusOr<DecodedBatch> DecodeEvents(const v1::SyncEventsRequest& request,
   batch.clear_original_size();
   out.events = std::move(batch);
   return out;
+}
+
+}  // namespace
+
+absl::Status BatchVerdict(absl::Status status) {
+  switch (status.code()) {
+    case absl::StatusCode::kOk:
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied:
+      return status;
+    case absl::StatusCode::kResourceExhausted:
+      // A size limit of this batch: the same bytes can never pass, so it is
+      // not the retryable "overloaded" RESOURCE_EXHAUSTED.
+      return MarkBatchRejected(absl::InvalidArgumentError(status.message()));
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kDataLoss:
+      return MarkBatchRejected(std::move(status));
+    default:
+      // INTERNAL, UNKNOWN, ...: a fault of ours, not of the batch.
+      return status;
+  }
+}
+
+absl::StatusOr<DecodedBatch> DecodeMetrics(
+    const v1::SyncMetricsRequest& request, const DeviceIdentity& device,
+    const DecodeLimits& limits, absl::Time now) {
+  absl::StatusOr<DecodedBatch> b =
+      DecodeMetricsContent(request, device, limits, now);
+  if (!b.ok()) return BatchVerdict(b.status());
+  return b;
+}
+
+absl::StatusOr<DecodedBatch> DecodeLogs(const v1::SyncLogsRequest& request,
+                                        const DeviceIdentity& device,
+                                        const DecodeLimits& limits,
+                                        absl::Time now) {
+  absl::StatusOr<DecodedBatch> b =
+      DecodeLogsContent(request, device, limits, now);
+  if (!b.ok()) return BatchVerdict(b.status());
+  return b;
+}
+
+absl::StatusOr<DecodedBatch> DecodeEvents(const v1::SyncEventsRequest& request,
+                                          const DeviceIdentity& device,
+                                          const DecodeLimits& limits,
+                                          absl::Time now) {
+  absl::StatusOr<DecodedBatch> b =
+      DecodeEventsContent(request, device, limits, now);
+  if (!b.ok()) return BatchVerdict(b.status());
+  return b;
 }
 
 }  // namespace fleetd::server

@@ -39,8 +39,12 @@ bool IsValidLabelName(absl::string_view name);
 // when present, must be the SHA-256 of the uncompressed serialized batch.
 // Labels `device_id` and `org_id` sent by the device must agree with the key
 // (PERMISSION_DENIED otherwise) and are dropped (writers add the key's values).
-// Records without a timestamp get `now`. Errors: INVALID_ARGUMENT for malformed
-// content, RESOURCE_EXHAUSTED for size limits, PERMISSION_DENIED as above.
+// Records without a timestamp get `now`. Errors: PERMISSION_DENIED as above
+// (not a verdict on the batch); otherwise the batch itself is invalid and the
+// error is INVALID_ARGUMENT (malformed content, and size limits: too many
+// records, oversized or expanding compressed_data) marked as the batch's
+// rejection (MarkBatchRejected, common/status/error_class.h), so the device
+// sets it aside instead of retrying it forever.
 absl::StatusOr<DecodedBatch> DecodeMetrics(
     const v1::SyncMetricsRequest& request, const DeviceIdentity& device,
     const DecodeLimits& limits, absl::Time now);
@@ -52,6 +56,12 @@ absl::StatusOr<DecodedBatch> DecodeEvents(const v1::SyncEventsRequest& request,
                                           const DeviceIdentity& device,
                                           const DecodeLimits& limits,
                                           absl::Time now);
+
+// The verdict form of a decoding error (see above): PERMISSION_DENIED,
+// UNAUTHENTICATED and faults of ours (INTERNAL, UNKNOWN, ...) stay as they are;
+// RESOURCE_EXHAUSTED (a size limit of the batch) becomes INVALID_ARGUMENT;
+// every content error is marked as the batch's rejection.
+absl::Status BatchVerdict(absl::Status status);
 
 // Checks that the metadata names no other device or org than `device`
 // (PERMISSION_DENIED). Empty ids in the metadata mean "the key's".

@@ -3,6 +3,7 @@
 #include <openssl/sha.h>
 
 #include "common/codec/codec.h"
+#include "common/status/error_class.h"
 #include "common/testing/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -83,8 +84,11 @@ TEST(DecodeTest, BombsAndLiesAboutSizeAreRejected) {
   ASSERT_THAT(zeros, IsOk());
   r.mutable_batch()->set_compression("gzip");
   r.mutable_batch()->set_compressed_data(*zeros);
-  EXPECT_THAT(DecodeMetrics(r, kDevice, {}, kNow),
-              StatusIs(absl::StatusCode::kResourceExhausted));
+  absl::StatusOr<DecodedBatch> bomb = DecodeMetrics(r, kDevice, {}, kNow);
+  // A size limit of the batch itself: never passes, so it is the batch's
+  // rejection (not the retryable RESOURCE_EXHAUSTED of an overload).
+  EXPECT_THAT(bomb, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_TRUE(IsBatchRejected(bomb.status()));
   r.mutable_batch()->set_original_size(100);  // claims small, expands huge
   EXPECT_THAT(
       DecodeMetrics(r, kDevice, {}, kNow),
@@ -92,7 +96,7 @@ TEST(DecodeTest, BombsAndLiesAboutSizeAreRejected) {
   r.mutable_batch()->set_original_size(1 << 30);  // declares too much
   EXPECT_THAT(
       DecodeMetrics(r, kDevice, {}, kNow),
-      StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("declared")));
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("declared")));
 }
 
 TEST(DecodeTest, GarbageCompressedDataIsInvalid) {
@@ -154,8 +158,11 @@ TEST(DecodeTest, InjectionInNamesIsRejectedButValuesPassThrough) {
 TEST(DecodeTest, LimitsAreEnforced) {
   DecodeLimits limits;
   limits.max_records = 10;
-  EXPECT_THAT(DecodeMetrics(Request(11), kDevice, limits, kNow),
-              StatusIs(absl::StatusCode::kResourceExhausted));
+  absl::StatusOr<DecodedBatch> big =
+      DecodeMetrics(Request(11), kDevice, limits, kNow);
+  EXPECT_THAT(big, StatusIs(absl::StatusCode::kInvalidArgument,
+                            HasSubstr("exceeds the limit")));
+  EXPECT_TRUE(IsBatchRejected(big.status()));
   auto r = Request(1);
   r.mutable_batch()->mutable_metrics(0)->set_value(std::nan(""));
   EXPECT_THAT(
@@ -199,6 +206,30 @@ TEST(DecodeTest, EventsAreValidated) {
   (*e->mutable_values())["bad name"] = 1;
   EXPECT_THAT(DecodeEvents(r, kDevice, {}, kNow),
               StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(DecodeTest, ContentErrorsAreMarkedAsTheBatchsRejection) {
+  auto r = Request(1);
+  (*r.mutable_batch()->mutable_metrics(0)->mutable_labels())["bad name"] = "v";
+  absl::StatusOr<DecodedBatch> b = DecodeMetrics(r, kDevice, {}, kNow);
+  EXPECT_THAT(b, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_TRUE(IsBatchRejected(b.status()));
+  EXPECT_EQ(ClassifyError(b.status()), ErrorClass::kSetAside);
+
+  // Naming another device is about the key, not the batch: no verdict.
+  auto other = Request(1);
+  other.mutable_metadata()->set_device_id("someone-else");
+  b = DecodeMetrics(other, kDevice, {}, kNow);
+  EXPECT_THAT(b, StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_FALSE(IsBatchRejected(b.status()));
+}
+
+TEST(DecodeTest, BatchVerdictLeavesFaultsOfOursUnmarked) {
+  EXPECT_FALSE(IsBatchRejected(BatchVerdict(absl::InternalError("x"))));
+  EXPECT_FALSE(IsBatchRejected(BatchVerdict(absl::UnavailableError("x"))));
+  EXPECT_FALSE(IsBatchRejected(BatchVerdict(absl::UnauthenticatedError("x"))));
+  EXPECT_TRUE(IsBatchRejected(BatchVerdict(absl::DataLossError("x"))));
+  EXPECT_TRUE(BatchVerdict(absl::OkStatus()).ok());
 }
 
 }  // namespace

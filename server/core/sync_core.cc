@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/status/error_class.h"
 #include "common/status/retry_after.h"
 #include "common/status/retryable.h"
 #include "common/status/status_macros.h"
@@ -91,11 +92,79 @@ void SyncCore::Touch(const std::string& device_id) {
   seen_[device_id] = clock_->Now();
 }
 
+void SyncCore::NoteHealth(const std::string& device_id,
+                          const SyncHealth& health, bool persist) {
+  absl::MutexLock lock(&seen_mu_);
+  auto [it, inserted] = health_.emplace(device_id, SyncHealth{});
+  SyncHealth before = it->second;
+  if (!inserted && before == health) return;
+  it->second = health;
+  if (persist) {
+    health_pending_[device_id] = {device_id, health, clock_->Now()};
+  }
+  health_sum_.set_aside_batches +=
+      health.set_aside_batches - before.set_aside_batches;
+  health_sum_.set_aside_records +=
+      health.set_aside_records - before.set_aside_records;
+  health_sum_.evicted_records +=
+      health.evicted_records - before.evicted_records;
+  devices_with_set_aside_ += (health.set_aside_batches > 0 ? 1 : 0) -
+                             (before.set_aside_batches > 0 ? 1 : 0);
+  if (health.set_aside_batches > before.set_aside_batches) {
+    LOG(WARNING) << "device " << device_id << " reports "
+                 << health.set_aside_batches << " batches ("
+                 << health.set_aside_records
+                 << " records) set aside after this server rejected them";
+  }
+  if (metrics_ == nullptr) return;
+  if (health.set_aside_batches > before.set_aside_batches) {
+    metrics_
+        ->GetCounter("fleetd_device_set_aside_batches_reported_total",
+                     "Increases of the set-aside batch counts devices report "
+                     "(batches a device moved aside after a rejection).")
+        .Increment(static_cast<double>(health.set_aside_batches -
+                                       before.set_aside_batches));
+  }
+  metrics_
+      ->GetGauge("fleetd_devices_set_aside_batches",
+                 "Batches kept set aside on devices, summed over the latest "
+                 "report of every device seen by this server.")
+      .Set(static_cast<double>(health_sum_.set_aside_batches));
+  metrics_
+      ->GetGauge("fleetd_devices_set_aside_records",
+                 "Records in batches kept set aside on devices (latest "
+                 "reports, summed).")
+      .Set(static_cast<double>(health_sum_.set_aside_records));
+  metrics_
+      ->GetGauge("fleetd_devices_evicted_records",
+                 "Records devices report evicted by their storage quota "
+                 "(latest reports, summed).")
+      .Set(static_cast<double>(health_sum_.evicted_records));
+  metrics_
+      ->GetGauge("fleetd_devices_with_set_aside_batches",
+                 "Devices whose latest report has set-aside batches.")
+      .Set(static_cast<double>(devices_with_set_aside_));
+}
+
 void SyncCore::FlushLastSeen() {
   std::map<std::string, absl::Time> seen;
+  std::map<std::string, SyncHealthReport> health;
   {
     absl::MutexLock lock(&seen_mu_);
     seen.swap(seen_);
+    health.swap(health_pending_);
+  }
+  if (!health.empty()) {
+    std::vector<SyncHealthReport> reports;
+    reports.reserve(health.size());
+    for (const auto& [id, r] : health) reports.push_back(r);
+    absl::Status s = devices_->RecordSyncHealth(reports);
+    if (!s.ok()) {
+      LOG(WARNING) << "could not record delivery health of " << reports.size()
+                   << " devices: " << s;
+      absl::MutexLock lock(&seen_mu_);
+      for (auto& [id, r] : health) health_pending_.emplace(id, r);
+    }
   }
   if (seen.empty()) return;
   std::vector<std::string> ids;
@@ -304,6 +373,11 @@ absl::StatusOr<v1::UpdateDeviceInfoResponse> SyncCore::UpdateDeviceInfo(
                                             : nullptr;
     RETURN_IF_ERROR(devices_->UpdateDeviceInfo(identity, request.info(),
                                                capability, clock_->Now()));
+    NoteHealth(
+        identity.device_id,
+        {request.info().set_aside_batches(), request.info().set_aside_records(),
+         request.info().evicted_records()},
+        /*persist=*/false);
     v1::UpdateDeviceInfoResponse response;
     response.set_success(true);
     SetTimestamp(response.mutable_server_time(), clock_->Now());
@@ -401,7 +475,10 @@ class SyncCore::Session final : public StreamSession {
     ack->set_success(s.ok());
     if (!s.ok()) {
       ack->set_error_message(std::string(s.message()));
-      ack->set_retryable(IsRetryable(s.code()));
+      // Only our definite verdict on the batch lets the device set it aside;
+      // everything else (INTERNAL, UNIMPLEMENTED, a backend's trouble, ...) is
+      // retried.
+      ack->set_retryable(ClassifyError(s) != ErrorClass::kSetAside);
       if (auto hint = GetRetryAfter(s); hint.has_value()) {
         ack->set_retry_after_ms(
             static_cast<int32_t>(absl::ToInt64Milliseconds(*hint)));
@@ -423,6 +500,11 @@ class SyncCore::Session final : public StreamSession {
   absl::Status HandleHeartbeat(const v1::SyncHeartbeat& heartbeat) {
     RETURN_IF_ERROR(core_->auth_->Authenticate(context_.api_key).status());
     core_->Touch(identity_.device_id);
+    core_->NoteHealth(
+        identity_.device_id,
+        {heartbeat.set_aside_batches(), heartbeat.set_aside_records(),
+         heartbeat.evicted_records()},
+        /*persist=*/true);
     absl::Time now = core_->clock_->MonotonicNow();
     if (paused_until_.has_value()) {
       if (now < *paused_until_) return absl::OkStatus();

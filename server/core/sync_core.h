@@ -65,8 +65,8 @@ class SyncCore final : public SyncHandler {
   absl::StatusOr<std::unique_ptr<StreamSession>> OpenStream(
       const CallContext& context, StreamSink* sink) override;
 
-  // Writes pending last-seen times now (also done periodically and at
-  // destruction).
+  // Writes pending last-seen times and delivery-health reports now (also done
+  // periodically and at destruction).
   void FlushLastSeen();
 
   struct Applied {
@@ -89,6 +89,11 @@ class SyncCore final : public SyncHandler {
                                   absl::Time deadline);
   absl::Time MonotonicDeadline(const CallContext& context);
   void Touch(const std::string& device_id);
+  // Notes a device's reported delivery health: updates the fleet-wide gauges
+  // and, when it changed, queues it for the device registry (`persist`; device
+  // info is stored by its own call).
+  void NoteHealth(const std::string& device_id, const SyncHealth& health,
+                  bool persist);
   void Observe(absl::string_view rpc, const CallContext& context,
                const absl::Status& status, absl::Time start);
   void LastSeenLoop();
@@ -109,6 +114,13 @@ class SyncCore final : public SyncHandler {
 
   absl::Mutex seen_mu_;
   std::map<std::string, absl::Time> seen_ ABSL_GUARDED_BY(seen_mu_);
+  // Latest reported health per device (for the gauges and to write only
+  // changes), and reports not yet written.
+  std::map<std::string, SyncHealth> health_ ABSL_GUARDED_BY(seen_mu_);
+  std::map<std::string, SyncHealthReport> health_pending_
+      ABSL_GUARDED_BY(seen_mu_);
+  SyncHealth health_sum_ ABSL_GUARDED_BY(seen_mu_);
+  int64_t devices_with_set_aside_ ABSL_GUARDED_BY(seen_mu_) = 0;
   Wakeup stop_;
   std::thread last_seen_thread_;
 };

@@ -5,6 +5,7 @@
 #include <thread>
 #include <tuple>
 
+#include "common/status/error_class.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/wait.h"
 #include "gmock/gmock.h"
@@ -67,6 +68,18 @@ class FakeLedger : public Ledger, public DeviceRegistry {
     infos_[d.device_id] = info.hostname();
     return absl::OkStatus();
   }
+  absl::Status RecordSyncHealth(
+      absl::Span<const SyncHealthReport> reports) override {
+    absl::MutexLock lock(&mu_);
+    for (const auto& r : reports) health_[r.device_id] = r.health;
+    return absl::OkStatus();
+  }
+  std::optional<SyncHealth> health(const std::string& id) {
+    absl::MutexLock lock(&mu_);
+    auto it = health_.find(id);
+    if (it == health_.end()) return std::nullopt;
+    return it->second;
+  }
   size_t applied_count() {
     absl::MutexLock lock(&mu_);
     return applied_.size();
@@ -89,6 +102,7 @@ class FakeLedger : public Ledger, public DeviceRegistry {
   std::set<std::tuple<std::string, std::string, int64_t>> applied_;
   std::set<std::string> touched_;
   std::map<std::string, std::string> infos_;
+  std::map<std::string, SyncHealth> health_;
 };
 
 class RecordingWriter : public Writer {
@@ -348,6 +362,82 @@ TEST_F(SyncCoreTest, StreamAcksBatchesAndAnswersHeartbeats) {
   EXPECT_FALSE(sent[2].ack().retryable());
   EXPECT_TRUE(sent[3].has_flush());
   EXPECT_EQ(metrics_writer_.rows().size(), 2u);
+}
+
+TEST_F(SyncCoreTest, RefusedAckIsFinalOnlyForTheBatchRejectionVerdict) {
+  CollectingSink sink;
+  auto session = core_.OpenStream(Context(key_), &sink);
+  ASSERT_THAT(session, IsOk());
+  // A fault of the server's (the backend write fails with INTERNAL): the
+  // device keeps the batch and retries.
+  metrics_writer_.set_fail(absl::InternalError("bug"));
+  v1::StreamSyncRequest req;
+  req.mutable_metadata()->set_sequence_number(7);
+  *req.mutable_metrics() = Metrics(7, 1).batch();
+  ASSERT_THAT((*session)->OnRequest(req), IsOk());
+  // The backend refuses the content: isolated, marked, final.
+  metrics_writer_.set_fail(absl::InvalidArgumentError("bad sample"));
+  req.mutable_metadata()->set_sequence_number(8);
+  ASSERT_THAT((*session)->OnRequest(req), IsOk());
+  // No backend for events: the server's setup, retryable.
+  v1::StreamSyncRequest events;
+  events.mutable_metadata()->set_sequence_number(9);
+  events.mutable_events()->add_events()->set_name("e");
+  ASSERT_THAT((*session)->OnRequest(events), IsOk());
+  EXPECT_THAT((*session)->Finish(), IsOk());
+  auto sent = sink.sent();
+  ASSERT_EQ(sent.size(), 3u);
+  EXPECT_FALSE(sent[0].ack().success());
+  EXPECT_TRUE(sent[0].ack().retryable()) << sent[0].ack().error_message();
+  EXPECT_FALSE(sent[1].ack().success());
+  EXPECT_FALSE(sent[1].ack().retryable());
+  EXPECT_THAT(sent[1].ack().error_message(),
+              ::testing::HasSubstr("recording refused batch 8"));
+  EXPECT_FALSE(sent[2].ack().success());
+  EXPECT_TRUE(sent[2].ack().retryable()) << sent[2].ack().error_message();
+}
+
+TEST_F(SyncCoreTest, UnaryRejectionCarriesTheVerdictAndOutagesDoNot) {
+  auto bad = Metrics(1, 1);
+  bad.mutable_batch()->mutable_metrics(0)->set_name("bad name");
+  absl::StatusOr<v1::SyncMetricsResponse> r =
+      core_.SyncMetrics(Context(key_), bad);
+  EXPECT_THAT(r, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_TRUE(IsBatchRejected(r.status()));
+  r = core_.SyncMetrics(Context(""), Metrics(2, 1));
+  EXPECT_FALSE(IsBatchRejected(r.status()));
+  metrics_writer_.set_fail(absl::UnavailableError("down"));
+  r = core_.SyncMetrics(Context(key_), Metrics(3, 1));
+  EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_FALSE(IsBatchRejected(r.status()));
+}
+
+TEST_F(SyncCoreTest, HeartbeatSetAsideCountsAreRecordedAndCounted) {
+  CollectingSink sink;
+  auto session = core_.OpenStream(Context(key_), &sink);
+  ASSERT_THAT(session, IsOk());
+  v1::StreamSyncRequest hb;
+  hb.mutable_heartbeat()->set_set_aside_batches(2);
+  hb.mutable_heartbeat()->set_set_aside_records(30);
+  hb.mutable_heartbeat()->set_evicted_records(5);
+  ASSERT_THAT((*session)->OnRequest(hb), IsOk());
+  ASSERT_THAT((*session)->OnRequest(hb), IsOk());  // unchanged: no new write
+  core_.FlushLastSeen();
+  std::optional<SyncHealth> h = ledger_.health("dev-1");
+  ASSERT_TRUE(h.has_value());
+  EXPECT_EQ(h->set_aside_batches, 2);
+  EXPECT_EQ(h->set_aside_records, 30);
+  EXPECT_EQ(h->evicted_records, 5);
+  hb.mutable_heartbeat()->set_set_aside_batches(3);
+  ASSERT_THAT((*session)->OnRequest(hb), IsOk());
+  core_.FlushLastSeen();
+  EXPECT_EQ(ledger_.health("dev-1")->set_aside_batches, 3);
+  std::string text = registry_.Render();
+  EXPECT_THAT(text, ::testing::HasSubstr(
+                        "fleetd_device_set_aside_batches_reported_total 3"));
+  EXPECT_THAT(text, ::testing::HasSubstr("fleetd_devices_set_aside_batches 3"));
+  EXPECT_THAT(text, ::testing::HasSubstr("fleetd_devices_evicted_records 5"));
+  EXPECT_THAT((*session)->Finish(), IsOk());
 }
 
 TEST_F(SyncCoreTest, StreamEndsWhenOpenedWithABadKey) {

@@ -1,8 +1,11 @@
 #include "server/router/group_commit.h"
 
+#include <optional>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/status/error_class.h"
 #include "common/status/retry_after.h"
 #include "glog/logging.h"
 
@@ -13,7 +16,8 @@ GroupCommitter::GroupCommitter(Writer* writer, Clock* clock,
     : writer_(writer),
       clock_(clock),
       options_(options),
-      breaker_(options.breaker, clock) {
+      breaker_(options.breaker, clock),
+      metrics_(metrics) {
   if (metrics != nullptr) {
     std::string backend(writer->name());
     auto& flushes = metrics->CounterFamily(
@@ -32,6 +36,14 @@ GroupCommitter::GroupCommitter(Writer* writer, Clock* clock,
         {"backend", "reason"});
     rejected_overload_ = &rejected.WithLabels({backend, "queue_full"});
     rejected_breaker_ = &rejected.WithLabels({backend, "circuit_open"});
+    isolation_writes_ =
+        &metrics
+             ->CounterFamily("fleetd_router_isolation_writes_total",
+                             "Extra backend writes made to find the batch a "
+                             "backend refused in a coalesced write.",
+                             {"backend"})
+             .WithLabels({backend});
+    isolated_batches_ = &rejected.WithLabels({backend, "content_refused"});
     queue_bytes_gauge_ =
         &metrics
              ->GaugeFamily("fleetd_backend_queue_bytes",
@@ -70,7 +82,9 @@ GroupCommitter::~GroupCommitter() {
                 std::make_move_iterator(queue_.end()));
     queue_.clear();
   }
-  Complete(rest, absl::UnavailableError("server shutting down"));
+  SetOutcome(absl::MakeSpan(rest),
+             absl::UnavailableError("server shutting down"));
+  Complete(absl::MakeSpan(rest));
 }
 
 size_t GroupCommitter::queued_bytes() {
@@ -139,13 +153,110 @@ absl::Status GroupCommitter::Submit(std::shared_ptr<const DecodedBatch> batch,
   return Wait(*ticket, deadline);
 }
 
-void GroupCommitter::Complete(std::vector<Pending>& taken,
-                              const absl::Status& status) {
+absl::Status GroupCommitter::Health() {
+  absl::MutexLock lock(&health_mu_);
+  return misconfigured_;
+}
+
+void GroupCommitter::NoteBackendHealth(const absl::Status& backend_error) {
+  std::optional<std::string> reason = MisconfigurationReason(backend_error);
+  if (!reason.has_value()) {
+    // A write that landed (or an outage, which says nothing about our setup)
+    // ends a misconfiguration only when the backend accepted data.
+    if (!backend_error.ok()) return;
+    absl::MutexLock lock(&health_mu_);
+    if (!misconfigured_.ok()) {
+      LOG(INFO) << writer_->name()
+                << " accepts writes again; no longer misconfigured";
+      misconfigured_ = absl::OkStatus();
+    }
+    return;
+  }
+  if (metrics_ != nullptr) {
+    metrics_
+        ->CounterFamily("fleetd_backend_misconfigured_total",
+                        "Backend writes refused because of this server's "
+                        "configuration (credentials, tenant, URL, request "
+                        "size), by backend and HTTP status.",
+                        {"backend", "status"})
+        .WithLabels({std::string(writer_->name()), *reason})
+        .Increment();
+  }
+  absl::Status now = absl::UnavailableError(absl::StrCat(
+      writer_->name(), " refuses this server's writes (", *reason,
+      "): check its URL, credentials and tenant; devices keep their data and "
+      "retry: ",
+      backend_error.message()));
+  absl::MutexLock lock(&health_mu_);
+  if (misconfigured_.message() != now.message()) {
+    LOG(WARNING) << writer_->name()
+                 << " refuses writes because of this server's configuration ("
+                 << *reason << "): " << backend_error.message()
+                 << "; devices keep their data and retry";
+  }
+  misconfigured_ = std::move(now);
+}
+
+bool IsContentRefusal(const absl::Status& status) {
+  return absl::IsInvalidArgument(status) || absl::IsOutOfRange(status);
+}
+
+void GroupCommitter::SetOutcome(absl::Span<Pending> span,
+                                const absl::Status& status) {
+  for (Pending& p : span) p.outcome = status;
+}
+
+void GroupCommitter::Complete(absl::Span<Pending> taken) {
   for (Pending& p : taken) {
     absl::MutexLock lock(&p.result->mu);
-    p.result->status = status;
+    p.result->status = p.outcome;
     p.result->done = true;
   }
+}
+
+GroupCommitter::SpanResult GroupCommitter::WriteSpan(absl::Span<Pending> span) {
+  std::vector<const DecodedBatch*> batches;
+  batches.reserve(span.size());
+  int records = 0;
+  for (const Pending& p : span) {
+    batches.push_back(p.batch.get());
+    records += p.batch->record_count();
+  }
+  absl::Status status = writer_->Write(batches);
+  if (status.ok()) {
+    SetOutcome(span, status);
+    return {absl::OkStatus(), records};
+  }
+  if (IsContentRefusal(status)) return Isolate(span, status);
+  SetOutcome(span, status);
+  return {status, 0};
+}
+
+GroupCommitter::SpanResult GroupCommitter::Isolate(
+    absl::Span<Pending> span, const absl::Status& refusal) {
+  if (span.size() == 1) {
+    const DecodedBatch& b = *span[0].batch;
+    absl::Status rejected = MarkBatchRejected(absl::InvalidArgumentError(
+        absl::StrCat(writer_->name(), " refused batch ", b.sequence_number,
+                     " of stream ", b.stream, " (device ", b.device.device_id,
+                     "): ", refusal.message())));
+    LOG(WARNING) << writer_->name() << " refused the batch of device "
+                 << b.device.device_id << ", stream " << b.stream
+                 << ", sequence " << b.sequence_number << " ("
+                 << b.record_count() << " records): " << refusal;
+    if (isolated_batches_ != nullptr) isolated_batches_->Increment();
+    span[0].outcome = std::move(rejected);
+    return {};
+  }
+  size_t half = span.size() / 2;
+  SpanResult out;
+  for (absl::Span<Pending> part : {span.subspan(0, half), span.subspan(half)}) {
+    if (isolation_writes_ != nullptr) isolation_writes_->Increment();
+    SpanResult r = WriteSpan(part);
+    out.records_written += r.records_written;
+    if (out.backend_error.ok()) out.backend_error = r.backend_error;
+  }
+  return out;
 }
 
 void GroupCommitter::FlushLoop() {
@@ -183,31 +294,45 @@ void GroupCommitter::FlushLoop() {
       queued_bytes_ -= bytes;
       if (queue_bytes_gauge_ != nullptr) queue_bytes_gauge_->Set(queued_bytes_);
     }
+    int records = 0;
+    for (const Pending& p : taken) records += p.batch->record_count();
+    absl::Time start = clock_->MonotonicNow();
     std::vector<const DecodedBatch*> batches;
     batches.reserve(taken.size());
-    int records = 0;
-    for (const Pending& p : taken) {
-      batches.push_back(p.batch.get());
-      records += p.batch->record_count();
-    }
-    absl::Time start = clock_->MonotonicNow();
+    for (const Pending& p : taken) batches.push_back(p.batch.get());
     absl::Status status = writer_->Write(batches);
-    absl::Duration took = clock_->MonotonicNow() - start;
+    SpanResult result{status, status.ok() ? records : 0};
     if (status.ok()) {
+      SetOutcome(absl::MakeSpan(taken), status);
+    } else if (IsContentRefusal(status)) {
+      LOG(WARNING) << writer_->name() << " refused a write of " << taken.size()
+                   << " batches (" << records << " records): " << status
+                   << "; splitting it to find the refused batch";
+      result = Isolate(absl::MakeSpan(taken), status);
+    } else {
+      SetOutcome(absl::MakeSpan(taken), status);
+    }
+    absl::Duration took = clock_->MonotonicNow() - start;
+    NoteBackendHealth(result.backend_error);
+    if (result.backend_error.ok()) {
       breaker_.RecordSuccess();
       if (flushes_ok_ != nullptr) flushes_ok_->Increment();
-      if (records_written_ != nullptr) records_written_->Increment(records);
     } else {
       breaker_.RecordFailure();
       if (flushes_failed_ != nullptr) flushes_failed_->Increment();
       LOG(WARNING) << "write of " << batches.size() << " batches (" << records
                    << " records) to " << writer_->name()
-                   << " failed: " << status;
+                   << " failed: " << result.backend_error;
+    }
+    if (records_written_ != nullptr && result.records_written > 0) {
+      records_written_->Increment(result.records_written);
     }
     if (flush_seconds_ != nullptr)
       flush_seconds_->Observe(absl::ToDoubleSeconds(took));
     if (flush_batches_ != nullptr) flush_batches_->Observe(batches.size());
-    Complete(taken, status);
+    // Last, so that a caller who sees its outcome also sees the metrics and
+    // health it caused.
+    Complete(absl::MakeSpan(taken));
   }
 }
 

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "common/clock/clock.h"
 #include "common/metrics/metrics.h"
 #include "common/resilience/circuit_breaker.h"
@@ -28,6 +29,19 @@ namespace fleetd::server {
 // in one Writer::Write. While one flush is in flight, new batches accumulate
 // for the next, so batches grow with load and latency stays one backend round
 // trip when idle.
+//
+// Each caller gets its own outcome. When a coalesced write fails because the
+// backend refused content (INVALID_ARGUMENT or OUT_OF_RANGE, see
+// IsContentRefusal), the flush is split in halves and the halves written again
+// (writers are idempotent), down to single batches: batches that land get OK,
+// and a batch the backend still refuses on its own gets INVALID_ARGUMENT marked
+// as the batch's rejection (MarkBatchRejected, common/status/error_class.h)
+// with a message naming the backend, the batch and what was refused. Any other
+// error (retryable or not) reaches every batch of the flush unchanged and
+// unmarked, without splitting. Isolation writes are counted in
+// fleetd_router_isolation_writes_total{backend}. A flush whose every batch
+// landed or was isolated counts as a success for the circuit breaker: the
+// backend is healthy, a device's batch was not.
 //
 // Overload is explicit: when the queued bytes would exceed `max_queue_bytes`,
 // Submit returns RESOURCE_EXHAUSTED with a retry hint at once. When the backend
@@ -73,6 +87,12 @@ class GroupCommitter {
   absl::Status Submit(std::shared_ptr<const DecodedBatch> batch,
                       absl::Time deadline);
 
+  // OK unless the last write that reached the backend was refused as a
+  // misconfiguration of this server (writer.h, BackendMisconfigured): then
+  // UNAVAILABLE naming the backend and the reason, until a write succeeds
+  // again. For /readyz.
+  absl::Status Health();
+
   Writer* writer() const { return writer_; }
   size_t queued_bytes();
   size_t queued_batches();
@@ -89,10 +109,30 @@ class GroupCommitter {
     // Shared with the waiting caller, who may give up (deadline) before the
     // flush ends.
     std::shared_ptr<Result> result;
+    // Set by the flush, handed over by Complete().
+    absl::Status outcome;
+  };
+
+  // Outcome of writing a span of a flush, after isolation.
+  struct SpanResult {
+    // A retryable or otherwise non-content error that was handed to the
+    // batches it hit, unchanged; OK when none.
+    absl::Status backend_error;
+    int records_written = 0;
   };
 
   void FlushLoop();
-  void Complete(std::vector<Pending>& taken, const absl::Status& status);
+  // Tracks misconfiguration from a flush's backend error (OK: healthy).
+  void NoteBackendHealth(const absl::Status& backend_error);
+  // Writes `span` (already known to fail with the content refusal `refusal`
+  // when written whole) by halves, setting each Pending's own outcome.
+  SpanResult Isolate(absl::Span<Pending> span, const absl::Status& refusal);
+  // Writes `span` in one Writer::Write and sets its batches' outcomes
+  // (isolating a content refusal).
+  SpanResult WriteSpan(absl::Span<Pending> span);
+  static void SetOutcome(absl::Span<Pending> span, const absl::Status& status);
+  // Hands each Pending its outcome and wakes its caller.
+  static void Complete(absl::Span<Pending> taken);
 
   Writer* const writer_;
   Clock* const clock_;
@@ -103,6 +143,9 @@ class GroupCommitter {
   metrics::Counter* records_written_ = nullptr;
   metrics::Counter* rejected_overload_ = nullptr;
   metrics::Counter* rejected_breaker_ = nullptr;
+  metrics::Registry* const metrics_;
+  metrics::Counter* isolation_writes_ = nullptr;
+  metrics::Counter* isolated_batches_ = nullptr;
   metrics::Gauge* queue_bytes_gauge_ = nullptr;
   metrics::Histogram* flush_seconds_ = nullptr;
   metrics::Histogram* flush_batches_ = nullptr;
@@ -111,8 +154,17 @@ class GroupCommitter {
   std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
   size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+
+  absl::Mutex health_mu_;
+  // Why the backend refuses this server's writes; OK when it does not.
+  absl::Status misconfigured_ ABSL_GUARDED_BY(health_mu_);
   std::vector<std::thread> threads_;
 };
+
+// Whether a writer's error says the backend refused the content of the write
+// (INVALID_ARGUMENT, OUT_OF_RANGE), so that splitting the write finds the
+// batch responsible.
+bool IsContentRefusal(const absl::Status& status);
 
 // A claim on the outcome of one enqueued batch.
 class GroupCommitter::Ticket {

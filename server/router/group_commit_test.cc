@@ -4,11 +4,15 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "common/metrics/metrics.h"
+#include "common/status/error_class.h"
 #include "common/status/retry_after.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/wait.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/router/router.h"
 
 namespace fleetd::server {
 namespace {
@@ -28,7 +32,13 @@ class FakeWriter : public Writer {
         +[](bool* open) { return *open; }, &open_));
     --in_flight_;
     flush_sizes_.push_back(static_cast<int>(batches.size()));
-    for (const DecodedBatch* b : batches) seen_.push_back(b->sequence_number);
+    for (const DecodedBatch* b : batches) {
+      seen_.push_back(b->sequence_number);
+      if (b->sequence_number == poison_) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("entry of batch ", poison_, " is too old"));
+      }
+    }
     return fail_;
   }
   absl::Status Ping() override { return absl::OkStatus(); }
@@ -44,6 +54,12 @@ class FakeWriter : public Writer {
   void Fail(absl::Status s) {
     absl::MutexLock lock(&mu_);
     fail_ = std::move(s);
+  }
+  // Every write that contains the batch with this sequence number is refused
+  // with INVALID_ARGUMENT, as a backend refusing one entry refuses the push.
+  void Poison(int64_t sequence_number) {
+    absl::MutexLock lock(&mu_);
+    poison_ = sequence_number;
   }
   int in_flight() {
     absl::MutexLock lock(&mu_);
@@ -63,6 +79,7 @@ class FakeWriter : public Writer {
   bool open_ ABSL_GUARDED_BY(mu_) = true;
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status fail_ ABSL_GUARDED_BY(mu_);
+  int64_t poison_ ABSL_GUARDED_BY(mu_) = -1;
   std::vector<int> flush_sizes_ ABSL_GUARDED_BY(mu_);
   std::vector<int64_t> seen_ ABSL_GUARDED_BY(mu_);
 };
@@ -141,6 +158,158 @@ TEST(GroupCommitTest, WriterFailureReachesEveryCallerInTheFlush) {
   auto b = MakeBatch(1, 1);
   EXPECT_THAT(gc.Submit(b, kNoDeadline),
               StatusIs(absl::StatusCode::kUnavailable));
+}
+
+// Holds the writer with batch 0 in flight, queues `n` batches (1..n) behind it
+// so they share the next flush, then lets everything run. Returns each queued
+// batch's status, in order.
+std::vector<absl::Status> FlushOfN(FakeWriter& writer, GroupCommitter& gc,
+                                   int n) {
+  writer.Close();
+  auto first = MakeBatch(0, 1);
+  absl::Status first_status;
+  std::thread t0([&] { first_status = gc.Submit(first, kNoDeadline); });
+  EXPECT_TRUE(WaitFor([&] { return writer.in_flight() == 1; }));
+  std::vector<std::shared_ptr<DecodedBatch>> batches;
+  std::vector<GroupCommitter::Ticket> tickets;
+  for (int i = 1; i <= n; ++i) {
+    batches.push_back(MakeBatch(i, 2));
+    absl::StatusOr<GroupCommitter::Ticket> t = gc.Enqueue(batches.back());
+    EXPECT_THAT(t, IsOk());
+    tickets.push_back(*t);
+  }
+  writer.Open();
+  t0.join();
+  std::vector<absl::Status> out;
+  for (const auto& t : tickets) out.push_back(gc.Wait(t, kNoDeadline));
+  return out;
+}
+
+TEST(GroupCommitTest, RefusedContentIsIsolatedToTheBatchThatCausedIt) {
+  FakeWriter writer;
+  metrics::Registry registry;
+  GroupCommitter gc(&writer, Clock::Real(), &registry, {.flush_threads = 1});
+  writer.Poison(6);
+  std::vector<absl::Status> results = FlushOfN(writer, gc, 8);
+  EXPECT_EQ(writer.flush_sizes().at(1), 8) << "all 8 shared one flush";
+  ASSERT_EQ(results.size(), 8u);
+  for (int i = 0; i < 8; ++i) {
+    int64_t seq = i + 1;
+    if (seq == 6) {
+      EXPECT_THAT(results[i],
+                  StatusIs(absl::StatusCode::kInvalidArgument,
+                           ::testing::AllOf(::testing::HasSubstr("fake"),
+                                            ::testing::HasSubstr("batch 6"),
+                                            ::testing::HasSubstr("too old"))));
+      EXPECT_TRUE(IsBatchRejected(results[i]));
+    } else {
+      EXPECT_THAT(results[i], IsOk()) << "batch " << seq;
+    }
+  }
+  // 8 → 4+4 → 2+2 → 1+1: six more writes.
+  std::string text = registry.Render();
+  EXPECT_THAT(text,
+              ::testing::HasSubstr(
+                  "fleetd_router_isolation_writes_total{backend=\"fake\"} 6"));
+  EXPECT_THAT(text,
+              ::testing::HasSubstr(
+                  "fleetd_backend_records_written_total{backend=\"fake\"} "
+                  "15"));  // batch 0 (1) + 7 × 2
+  // A refusal of one batch is not a backend failure.
+  EXPECT_THAT(text, ::testing::HasSubstr(
+                        "fleetd_backend_flushes_total{backend=\"fake\","
+                        "result=\"ok\"} 2"));
+}
+
+TEST(GroupCommitTest,
+     RetryableFailureReachesEveryBatchUnmarkedWithoutSplitting) {
+  FakeWriter writer;
+  metrics::Registry registry;
+  GroupCommitter gc(&writer, Clock::Real(), &registry, {.flush_threads = 1});
+  writer.Fail(absl::UnavailableError("backend down"));
+  std::vector<absl::Status> results = FlushOfN(writer, gc, 8);
+  for (const absl::Status& s : results) {
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kUnavailable));
+    EXPECT_FALSE(IsBatchRejected(s));
+  }
+  EXPECT_THAT(writer.flush_sizes(), ::testing::ElementsAre(1, 8));
+  EXPECT_THAT(registry.Render(),
+              ::testing::Not(::testing::HasSubstr(
+                  "fleetd_router_isolation_writes_total{backend=\"fake\"} "
+                  "1")));
+}
+
+TEST(GroupCommitTest, OtherErrorsAreNotSplitAndNotMarked) {
+  FakeWriter writer;
+  GroupCommitter gc(&writer, Clock::Real(), nullptr, {.flush_threads = 1});
+  writer.Fail(absl::InternalError("bug"));
+  std::vector<absl::Status> results = FlushOfN(writer, gc, 4);
+  for (const absl::Status& s : results) {
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kInternal));
+    EXPECT_FALSE(IsBatchRejected(s));
+  }
+  EXPECT_THAT(writer.flush_sizes(), ::testing::ElementsAre(1, 4));
+}
+
+TEST(GroupCommitTest, SingleRefusedBatchIsMarked) {
+  FakeWriter writer;
+  GroupCommitter gc(&writer, Clock::Real(), nullptr, {.flush_threads = 1});
+  writer.Poison(3);
+  absl::Status s = gc.Submit(MakeBatch(3, 1), kNoDeadline);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_TRUE(IsBatchRejected(s));
+  EXPECT_EQ(writer.flush_sizes().size(), 1u);
+}
+
+TEST(GroupCommitTest,
+     MisconfiguredBackendIsRetryableAndNotReadyUntilAWriteLands) {
+  FakeWriter writer;
+  metrics::Registry registry;
+  GroupCommitter gc(&writer, Clock::Real(), &registry, {.flush_threads = 1});
+  EXPECT_THAT(gc.Health(), IsOk());
+  writer.Fail(BackendMisconfigured("401", "loki answered HTTP 401: no org id"));
+  std::vector<absl::Status> results = FlushOfN(writer, gc, 4);
+  for (const absl::Status& s : results) {
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kUnavailable));
+    EXPECT_FALSE(IsBatchRejected(s));
+  }
+  EXPECT_THAT(writer.flush_sizes(), ::testing::ElementsAre(1, 4))
+      << "no isolation for a misconfiguration";
+  EXPECT_THAT(gc.Health(), StatusIs(absl::StatusCode::kUnavailable,
+                                    ::testing::HasSubstr("no org id")));
+  EXPECT_THAT(registry.Render(),
+              ::testing::HasSubstr("fleetd_backend_misconfigured_total{"
+                                   "backend=\"fake\",status=\"401\"} 2"));
+  // An outage says nothing about the setup: still not ready.
+  writer.Fail(absl::UnavailableError("down"));
+  (void)gc.Submit(MakeBatch(10, 1), kNoDeadline);
+  EXPECT_FALSE(gc.Health().ok());
+  writer.Fail(absl::OkStatus());
+  EXPECT_THAT(gc.Submit(MakeBatch(11, 1), kNoDeadline), IsOk());
+  EXPECT_THAT(gc.Health(), IsOk());
+}
+
+TEST(RouterTest, RejectionByOneDestinationStaysMarked) {
+  FakeWriter accepting, refusing;
+  refusing.Poison(1);
+  GroupCommitter a(&accepting, Clock::Real(), nullptr, {.flush_threads = 1});
+  GroupCommitter b(&refusing, Clock::Real(), nullptr, {.flush_threads = 1});
+  Router router({{DataKind::kMetrics, {&a, &b}}});
+  absl::Status s = router.Deliver(MakeBatch(1, 1), kNoDeadline);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_TRUE(IsBatchRejected(s));
+  EXPECT_THAT(accepting.seen(), ::testing::ElementsAre(1));
+
+  // A rejection beats another destination's outage too.
+  accepting.Fail(absl::UnavailableError("down"));
+  s = router.Deliver(MakeBatch(1, 1), kNoDeadline);
+  EXPECT_TRUE(IsBatchRejected(s));
+
+  auto logs = MakeBatch(2, 1);
+  logs->kind = DataKind::kLogs;
+  s = router.Deliver(logs, kNoDeadline);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kUnimplemented));
+  EXPECT_FALSE(IsBatchRejected(s));
 }
 
 TEST(GroupCommitTest, BreakerOpensAfterRepeatedFailuresAndFailsFastWithHint) {

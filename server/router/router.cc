@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "common/status/error_class.h"
 #include "common/status/retryable.h"
 
 namespace fleetd::server {
@@ -22,18 +23,24 @@ absl::Status Router::Deliver(std::shared_ptr<const DecodedBatch> batch,
   tickets.reserve(it->second.size());
   for (GroupCommitter* c : it->second)
     tickets.emplace_back(c, c->Enqueue(batch));
+  std::optional<absl::Status> rejected;
   std::optional<absl::Status> fatal;
   std::optional<absl::Status> retryable;
   for (auto& [committer, ticket] : tickets) {
     absl::Status s =
         ticket.ok() ? committer->Wait(*ticket, deadline) : ticket.status();
     if (s.ok()) continue;
-    if (IsRetryable(s.code())) {
+    if (IsBatchRejected(s)) {
+      if (!rejected.has_value()) rejected = s;
+    } else if (IsRetryable(s.code())) {
       if (!retryable.has_value()) retryable = s;
     } else if (!fatal.has_value()) {
       fatal = s;
     }
   }
+  // A backend's verdict on the batch itself stands whatever the others said
+  // (those that accepted it dedupe it if it is ever sent again).
+  if (rejected.has_value()) return *rejected;
   if (fatal.has_value()) return *fatal;
   if (retryable.has_value()) return *retryable;
   return absl::OkStatus();

@@ -24,9 +24,11 @@ class Router {
 
   // Hands the batch to every destination of its kind at once and waits for all
   // of them. OK only if every destination accepted it. Otherwise returns the
-  // most telling error: a non-retryable one if any destination refused the
-  // content, else a retryable one (carrying its retry hint). UNIMPLEMENTED when
-  // no backend is configured for the kind.
+  // most telling error: a destination's rejection of the batch (marked with
+  // MarkBatchRejected, kept marked) if any, else another non-retryable error
+  // (unmarked), else a retryable one (carrying its retry hint). UNIMPLEMENTED,
+  // unmarked, when no backend is configured for the kind: a fault of the
+  // server's setup, so devices keep the batch and retry.
   absl::Status Deliver(std::shared_ptr<const DecodedBatch> batch,
                        absl::Time deadline);
 

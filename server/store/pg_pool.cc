@@ -4,8 +4,30 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/status/retryable.h"
 
 namespace fleetd::server {
+
+absl::StatusCode PgSqlStateToCode(absl::string_view sqlstate) {
+  // Retryable: the same statement may succeed later.
+  if (absl::StartsWith(sqlstate, "08") ||  // connection exception
+      absl::StartsWith(sqlstate, "53") ||  // insufficient resources, incl.
+                                           // 53300 too many connections
+      sqlstate == "57P01" ||               // admin shutdown
+      sqlstate == "57P02" ||               // crash shutdown
+      sqlstate == "57P03" ||               // cannot connect now (starting)
+      sqlstate == "40001" ||               // serialization failure
+      sqlstate == "40P01") {               // deadlock detected
+    return absl::StatusCode::kUnavailable;
+  }
+  // Statement timeout or cancel: the server was too slow, not the request.
+  if (sqlstate == "57014") return absl::StatusCode::kDeadlineExceeded;
+  // Unique violation, for callers that create things (keys, devices).
+  if (sqlstate == "23505") return absl::StatusCode::kAlreadyExists;
+  // Everything else (syntax, undefined table, data exceptions, ...) is a
+  // fault of this server: never a verdict on a device's batch.
+  return absl::StatusCode::kInternal;
+}
 
 absl::Status PgExceptionToStatus(const std::exception& e) {
   if (dynamic_cast<const pqxx::broken_connection*>(&e) != nullptr) {
@@ -19,19 +41,10 @@ absl::Status PgExceptionToStatus(const std::exception& e) {
   if (const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e);
       sql != nullptr) {
     std::string state = sql->sqlstate();
-    std::string msg = absl::StrCat("postgres: ", e.what());
-    if (absl::StartsWith(state, "08") || state == "57P01" || state == "57P02" ||
-        state == "57P03") {
-      return absl::UnavailableError(msg);
-    }
-    if (state == "40001" || state == "40P01") return absl::AbortedError(msg);
-    if (absl::StartsWith(state, "53")) return absl::ResourceExhaustedError(msg);
-    if (state == "23505") return absl::AlreadyExistsError(msg);
-    if (absl::StartsWith(state, "23"))
-      return absl::FailedPreconditionError(msg);
-    if (absl::StartsWith(state, "22")) return absl::InvalidArgumentError(msg);
-    if (state == "57014") return absl::DeadlineExceededError(msg);
-    return absl::InternalError(msg);
+    return absl::Status(
+        PgSqlStateToCode(state),
+        absl::StrCat("postgres (SQLSTATE ", state.empty() ? "none" : state,
+                     "): ", e.what()));
   }
   return absl::InternalError(absl::StrCat("postgres: ", e.what()));
 }
@@ -82,7 +95,11 @@ absl::Status PgPool::Run(const std::function<void(pqxx::connection&)>& fn) {
     if (!opened.ok()) {
       absl::MutexLock lock(&mu_);
       --open_;
-      return opened.status();
+      // The DSN worked when the pool was created: whatever fails now is the
+      // database's state, to be retried.
+      if (IsRetryable(opened.status().code())) return opened.status();
+      return absl::UnavailableError(absl::StrCat(
+          "cannot open a postgres connection: ", opened.status().message()));
     }
     conn = *std::move(opened);
   }

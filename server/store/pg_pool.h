@@ -2,8 +2,10 @@
 // statuses.
 //
 // libpqxx reports errors by throwing; nothing thrown crosses this class.
-// Connection failures become UNAVAILABLE (callers retry), SQL errors map by
-// SQLSTATE class.
+// Errors are picked by what the caller should do (PgSqlStateToCode): lost or
+// refused connections, shutdowns, resource shortages, serialization failures
+// and deadlocks are UNAVAILABLE (retry); anything else is INTERNAL, a fault of
+// this server that devices retry too, never a verdict on their data.
 #ifndef FLEETD_SERVER_STORE_PG_POOL_H_
 #define FLEETD_SERVER_STORE_PG_POOL_H_
 
@@ -15,6 +17,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "pqxx/connection"
@@ -53,6 +56,14 @@ class PgPool {
   std::vector<std::unique_ptr<pqxx::connection>> idle_ ABSL_GUARDED_BY(mu_);
   int open_ ABSL_GUARDED_BY(mu_) = 0;  // connections handed out or idle
 };
+
+// The status code for a PostgreSQL SQLSTATE: UNAVAILABLE for class 08
+// (connection exception), class 53 (insufficient resources, 53300 too many
+// connections), 57P01/57P02/57P03 (admin or crash shutdown, cannot connect
+// now), 40001 (serialization failure) and 40P01 (deadlock); DEADLINE_EXCEEDED
+// for 57014 (statement timeout / cancel); ALREADY_EXISTS for 23505 (unique
+// violation); INTERNAL for everything else.
+absl::StatusCode PgSqlStateToCode(absl::string_view sqlstate);
 
 // Converts a caught exception (from libpqxx or elsewhere) into a status. For
 // use inside catch blocks of code that talks to PostgreSQL directly.

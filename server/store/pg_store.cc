@@ -46,6 +46,12 @@ constexpr const char* kMigrations[] = {
     );
     CREATE INDEX sync_ledger_applied_at ON sync_ledger (applied_at);
     )sql",
+    // 2: delivery health reported by each device (heartbeats, device info):
+    // {"set_aside_batches":n,"set_aside_records":n,"evicted_records":n}.
+    R"sql(
+    ALTER TABLE devices ADD COLUMN sync_health jsonb;
+    ALTER TABLE devices ADD COLUMN sync_health_at timestamptz;
+    )sql",
 };
 constexpr int kSchemaVersion = sizeof(kMigrations) / sizeof(kMigrations[0]);
 // pg_advisory_xact_lock key that serialises migrations across servers ("fleetd"
@@ -316,6 +322,58 @@ absl::Status PgStore::TouchDevices(absl::Span<const std::string> device_ids,
   });
 }
 
+namespace {
+
+std::string SyncHealthJson(const SyncHealth& h) {
+  return absl::StrCat("{\"set_aside_batches\":", h.set_aside_batches,
+                      ",\"set_aside_records\":", h.set_aside_records,
+                      ",\"evicted_records\":", h.evicted_records, "}");
+}
+
+}  // namespace
+
+absl::Status PgStore::RecordSyncHealth(
+    absl::Span<const SyncHealthReport> reports) {
+  if (reports.empty()) return absl::OkStatus();
+  return pool_->Run([&](pqxx::connection& c) {
+    pqxx::work w(c);
+    for (const SyncHealthReport& r : reports) {
+      // An older report never overwrites a newer one.
+      w.exec_params(
+          "UPDATE devices SET sync_health = $2::jsonb, sync_health_at = "
+          "$3::timestamptz WHERE device_id = $1 AND (sync_health_at IS NULL "
+          "OR sync_health_at <= $3::timestamptz)",
+          r.device_id, SyncHealthJson(r.health), ToTimestamptz(r.reported_at));
+    }
+    w.commit();
+  });
+}
+
+absl::StatusOr<std::optional<SyncHealthReport>> PgStore::GetSyncHealth(
+    const std::string& device_id) {
+  std::optional<SyncHealthReport> out;
+  absl::Status s = pool_->Run([&](pqxx::connection& c) {
+    SetUtc(c);
+    pqxx::read_transaction r(c);
+    pqxx::result rows = r.exec_params(
+        "SELECT (sync_health->>'set_aside_batches')::bigint, "
+        "(sync_health->>'set_aside_records')::bigint, "
+        "(sync_health->>'evicted_records')::bigint, sync_health_at::text "
+        "FROM devices WHERE device_id = $1 AND sync_health IS NOT NULL",
+        device_id);
+    if (rows.empty()) return;
+    SyncHealthReport report;
+    report.device_id = device_id;
+    report.health.set_aside_batches = rows[0][0].as<int64_t>(0);
+    report.health.set_aside_records = rows[0][1].as<int64_t>(0);
+    report.health.evicted_records = rows[0][2].as<int64_t>(0);
+    report.reported_at = ParseTimestamp(rows[0][3].as<std::string>());
+    out = report;
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
 absl::Status PgStore::UpdateDeviceInfo(
     const DeviceIdentity& device, const v1::DeviceInfo& info,
     const v1::SyncDeviceCapability* capability, absl::Time seen) {
@@ -327,14 +385,20 @@ absl::Status PgStore::UpdateDeviceInfo(
         "last_seen = GREATEST(COALESCE(last_seen, $5::timestamptz), "
         "$5::timestamptz), "
         "tier = COALESCE($6, tier), capability = COALESCE($7::jsonb, "
-        "capability) "
+        "capability), "
+        "sync_health = CASE WHEN sync_health_at IS NULL OR sync_health_at <= "
+        "$5::timestamptz THEN $8::jsonb ELSE sync_health END, "
+        "sync_health_at = GREATEST(COALESCE(sync_health_at, $5::timestamptz), "
+        "$5::timestamptz) "
         "WHERE device_id = $1",
         device.device_id, ToJson(info), info.hostname(), info.agent_version(),
         ToTimestamptz(seen),
         capability != nullptr ? std::optional<int>(capability->tier())
                               : std::nullopt,
         capability != nullptr ? std::optional<std::string>(ToJson(*capability))
-                              : std::nullopt);
+                              : std::nullopt,
+        SyncHealthJson({info.set_aside_batches(), info.set_aside_records(),
+                        info.evicted_records()}));
     w.commit();
   });
 }

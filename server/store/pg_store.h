@@ -78,6 +78,12 @@ class PgStore final : public KeyLookup, public Ledger, public DeviceRegistry {
                                 const v1::DeviceInfo& info,
                                 const v1::SyncDeviceCapability* capability,
                                 absl::Time seen) override;
+  absl::Status RecordSyncHealth(
+      absl::Span<const SyncHealthReport> reports) override;
+  // The health last recorded for a device (nullopt when none was, or the
+  // device is unknown), and when it was reported. For operators and tests.
+  absl::StatusOr<std::optional<SyncHealthReport>> GetSyncHealth(
+      const std::string& device_id);
 
  private:
   absl::StatusOr<std::vector<NewKey>> CreateKeysInternal(

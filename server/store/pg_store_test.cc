@@ -37,9 +37,38 @@ class PgStoreTest : public ::testing::Test {
 };
 
 TEST_F(PgStoreTest, MigrationIsIdempotentAndVersioned) {
-  EXPECT_THAT(store_->SchemaVersion(), IsOkAndHolds(1));
+  EXPECT_THAT(store_->SchemaVersion(), IsOkAndHolds(2));
   EXPECT_THAT(store_->Migrate(), IsOk());
-  EXPECT_THAT(store_->SchemaVersion(), IsOkAndHolds(1));
+  EXPECT_THAT(store_->SchemaVersion(), IsOkAndHolds(2));
+}
+
+TEST_F(PgStoreTest, ReportedSyncHealthIsStoredAndNewerReportsWin) {
+  ASSERT_THAT(store_->CreateKey("dev-h", "org-1"), IsOk());
+  auto none = store_->GetSyncHealth("dev-h");
+  ASSERT_THAT(none, IsOk());
+  EXPECT_FALSE(none->has_value());
+  absl::Time t0 = absl::FromUnixSeconds(1'700'000'000);
+  SyncHealthReport report{"dev-h", {2, 30, 4}, t0};
+  SyncHealthReport unknown{"nobody", {1, 1, 1}, t0};
+  ASSERT_THAT(store_->RecordSyncHealth({report, unknown}), IsOk());
+  auto got = store_->GetSyncHealth("dev-h");
+  ASSERT_THAT(got, IsOk());
+  ASSERT_TRUE(got->has_value());
+  EXPECT_EQ((*got)->health, (SyncHealth{2, 30, 4}));
+  EXPECT_EQ((*got)->reported_at, t0);
+  // An older report (delayed) does not overwrite a newer one.
+  SyncHealthReport older{"dev-h", {9, 9, 9}, t0 - absl::Seconds(5)};
+  ASSERT_THAT(store_->RecordSyncHealth({&older, 1}), IsOk());
+  EXPECT_EQ((*store_->GetSyncHealth("dev-h"))->health, (SyncHealth{2, 30, 4}));
+  // Device info carries the counts too.
+  v1::DeviceInfo info;
+  info.set_hostname("h");
+  info.set_set_aside_batches(1);
+  info.set_set_aside_records(7);
+  ASSERT_THAT(store_->UpdateDeviceInfo({"dev-h", "org-1", ""}, info, nullptr,
+                                       t0 + absl::Seconds(1)),
+              IsOk());
+  EXPECT_EQ((*store_->GetSyncHealth("dev-h"))->health, (SyncHealth{1, 7, 0}));
 }
 
 TEST_F(PgStoreTest, CreatedKeyAuthenticatesAndIsStoredOnlyHashed) {

@@ -50,6 +50,31 @@ class Ledger {
   virtual absl::Status RecordApplied(absl::Span<const LedgerEntry> entries) = 0;
 };
 
+// Delivery health a device reports in heartbeats and device info: batches the
+// server refused that it keeps set aside, and records its store evicted to
+// stay within its quota.
+struct SyncHealth {
+  int64_t set_aside_batches = 0;
+  int64_t set_aside_records = 0;
+  int64_t evicted_records = 0;
+
+  friend bool operator==(const SyncHealth& a, const SyncHealth& b) {
+    return a.set_aside_batches == b.set_aside_batches &&
+           a.set_aside_records == b.set_aside_records &&
+           a.evicted_records == b.evicted_records;
+  }
+  friend bool operator!=(const SyncHealth& a, const SyncHealth& b) {
+    return !(a == b);
+  }
+};
+
+// One device's latest SyncHealth report.
+struct SyncHealthReport {
+  std::string device_id;
+  SyncHealth health;
+  absl::Time reported_at;
+};
+
 // Device metadata.
 class DeviceRegistry {
  public:
@@ -58,11 +83,16 @@ class DeviceRegistry {
   // ignored.
   virtual absl::Status TouchDevices(absl::Span<const std::string> device_ids,
                                     absl::Time seen) = 0;
-  // Stores the device's self-reported info and capability; the latest report
-  // wins.
+  // Stores the device's self-reported info and capability, and the delivery
+  // health the info carries (DeviceInfo set_aside_*, evicted_records); the
+  // latest report wins.
   virtual absl::Status UpdateDeviceInfo(
       const DeviceIdentity& device, const v1::DeviceInfo& info,
       const v1::SyncDeviceCapability* capability, absl::Time seen) = 0;
+  // Stores the latest delivery health of each device (from heartbeats,
+  // coalesced by the caller). Unknown devices are ignored. All or nothing.
+  virtual absl::Status RecordSyncHealth(
+      absl::Span<const SyncHealthReport> reports) = 0;
 };
 
 }  // namespace fleetd::server

@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/http/http_client.h"
 #include "server/store/pg_pool.h"
 #include "server/writers/writer.h"
 
@@ -63,6 +64,13 @@ struct ClickHouseOptions {
 };
 absl::StatusOr<std::unique_ptr<Writer>> NewClickHouseWriter(
     const ClickHouseOptions& options);
+
+// Maps a ClickHouse HTTP answer to a status by its exception code (data errors
+// INVALID_ARGUMENT, overload RESOURCE_EXHAUSTED, the server's own setup
+// BackendMisconfigured, ...; the table is in clickhouse_writer.cc). `what`
+// names the request in the message ("insert into events", "ping").
+absl::Status ClickHouseAnswerToStatus(absl::string_view what,
+                                      const HttpResponse& response);
 
 }  // namespace fleetd::server
 

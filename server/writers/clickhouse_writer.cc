@@ -36,6 +36,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
+#include "common/status/retryable.h"
 #include "nlohmann/json.hpp"
 #include "server/writers/backends.h"
 #include "server/writers/http_pool.h"
@@ -201,65 +202,6 @@ int ExceptionCode(absl::string_view body) {
   return code;
 }
 
-// ClickHouse 18.16 answers 500 for many errors, 400/404/401 for some; the
-// exception code says what happened. Only the codes below are special; any
-// other answer is mapped by HTTP status (HttpStatusToStatus: 5xx UNAVAILABLE,
-// 4xx INVALID_ARGUMENT).
-//   INVALID_ARGUMENT (the rows were refused):  6 CANNOT_PARSE_TEXT,
-//     26 CANNOT_PARSE_QUOTED_STRING, 27 CANNOT_PARSE_INPUT_ASSERTION_FAILED,
-//     38 CANNOT_PARSE_DATE, 41 CANNOT_PARSE_DATETIME, 53 TYPE_MISMATCH,
-//     70 CANNOT_CONVERT_TYPE, 72 CANNOT_PARSE_NUMBER, 117 INCORRECT_DATA,
-//     131 TOO_LARGE_STRING_SIZE.
-//   RESOURCE_EXHAUSTED (overloaded): 202 TOO_MANY_SIMULTANEOUS_QUERIES,
-//     241 MEMORY_LIMIT_EXCEEDED, 252 TOO_MANY_PARTS.
-//   DEADLINE_EXCEEDED: 159 TIMEOUT_EXCEEDED.
-//   UNAVAILABLE (transient, or the server's own setup is wrong and must be
-//     fixed by the operator; the data is kept by the device meanwhile):
-//     209 SOCKET_TIMEOUT, 210 NETWORK_ERROR, 242 TABLE_IS_READ_ONLY,
-//     60 UNKNOWN_TABLE and 81 UNKNOWN_DATABASE (migration not run),
-//     192 UNKNOWN_USER, 193 WRONG_PASSWORD, 194 REQUIRED_PASSWORD,
-//     516 AUTHENTICATION_FAILED.
-absl::Status ClickHouseStatus(absl::string_view what,
-                              const HttpResponse& response) {
-  if (response.status_code >= 200 && response.status_code < 300) {
-    return absl::OkStatus();
-  }
-  const std::string message =
-      absl::StrCat("clickhouse ", what, " answered HTTP ", response.status_code,
-                   ": ", response.body.substr(0, 300));
-  switch (ExceptionCode(response.body)) {
-    case 6:
-    case 26:
-    case 27:
-    case 38:
-    case 41:
-    case 53:
-    case 70:
-    case 72:
-    case 117:
-    case 131:
-      return absl::InvalidArgumentError(message);
-    case 202:
-    case 241:
-    case 252:
-      return absl::ResourceExhaustedError(message);
-    case 159:
-      return absl::DeadlineExceededError(message);
-    case 60:
-    case 81:
-    case 192:
-    case 193:
-    case 194:
-    case 209:
-    case 210:
-    case 242:
-    case 516:
-      return absl::UnavailableError(message);
-    default:
-      return HttpStatusToStatus(absl::StrCat("clickhouse ", what), response);
-  }
-}
-
 class ClickHouseWriter final : public Writer {
  public:
   explicit ClickHouseWriter(const ClickHouseOptions& options)
@@ -308,8 +250,8 @@ class ClickHouseWriter final : public Writer {
       request.headers.emplace_back("Content-Type", "application/json");
       absl::StatusOr<HttpResponse> response = pool_.Send(request);
       if (!response.ok()) return response.status();
-      absl::Status s =
-          ClickHouseStatus(absl::StrCat("insert into ", table), *response);
+      absl::Status s = ClickHouseAnswerToStatus(
+          absl::StrCat("insert into ", table), *response);
       if (!s.ok()) return s;
     }
     return absl::OkStatus();
@@ -321,7 +263,7 @@ class ClickHouseWriter final : public Writer {
     request.timeout = std::min(timeout_, absl::Seconds(2));
     absl::StatusOr<HttpResponse> response = pool_.Send(request);
     if (!response.ok()) return response.status();
-    absl::Status s = ClickHouseStatus("ping", *response);
+    absl::Status s = ClickHouseAnswerToStatus("ping", *response);
     if (!s.ok()) return s;
     if (absl::StripAsciiWhitespace(response->body) != "Ok.") {
       return absl::UnavailableError(absl::StrCat("clickhouse /ping answered \"",
@@ -350,7 +292,7 @@ class ClickHouseWriter final : public Writer {
     request.method = "POST";
     absl::StatusOr<HttpResponse> response = pool_.Send(request);
     if (!response.ok()) return response.status();
-    return ClickHouseStatus("migration", *response);
+    return ClickHouseAnswerToStatus("migration", *response);
   }
 
   const std::string base_;
@@ -362,6 +304,79 @@ class ClickHouseWriter final : public Writer {
 };
 
 }  // namespace
+
+// ClickHouse 18.16 answers 500 for many errors, 400/404/401 for some; the
+// exception code says what happened, so it decides:
+//   INVALID_ARGUMENT (the rows were refused; the group committer isolates the
+//     batch responsible):  6 CANNOT_PARSE_TEXT, 26 CANNOT_PARSE_QUOTED_STRING,
+//     27 CANNOT_PARSE_INPUT_ASSERTION_FAILED, 38 CANNOT_PARSE_DATE,
+//     41 CANNOT_PARSE_DATETIME, 53 TYPE_MISMATCH, 70 CANNOT_CONVERT_TYPE,
+//     72 CANNOT_PARSE_NUMBER, 117 INCORRECT_DATA, 131 TOO_LARGE_STRING_SIZE,
+//     321 VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE.
+//   RESOURCE_EXHAUSTED (overloaded): 202 TOO_MANY_SIMULTANEOUS_QUERIES,
+//     241 MEMORY_LIMIT_EXCEEDED, 252 TOO_MANY_PARTS.
+//   DEADLINE_EXCEEDED: 159 TIMEOUT_EXCEEDED.
+//   UNAVAILABLE (transient): 209 SOCKET_TIMEOUT, 210 NETWORK_ERROR,
+//     242 TABLE_IS_READ_ONLY.
+//   UNAVAILABLE marked BackendMisconfigured (the server's own setup is wrong
+//     and must be fixed by the operator; devices keep their data meanwhile):
+//     60 UNKNOWN_TABLE and 81 UNKNOWN_DATABASE (migration not run),
+//     192 UNKNOWN_USER, 193 WRONG_PASSWORD, 194 REQUIRED_PASSWORD,
+//     516 AUTHENTICATION_FAILED, 497 ACCESS_DENIED.
+// Any other error: 5xx (and 408) UNAVAILABLE, 429 RESOURCE_EXHAUSTED, and every
+// other status BackendMisconfigured, including 400 and 422: our server builds
+// the query, so a refusal that names no data error (a syntax error, an unknown
+// column) is ours, not the device's.
+absl::Status ClickHouseAnswerToStatus(absl::string_view what,
+                                      const HttpResponse& response) {
+  if (response.status_code >= 200 && response.status_code < 300) {
+    return absl::OkStatus();
+  }
+  const std::string message =
+      absl::StrCat("clickhouse ", what, " answered HTTP ", response.status_code,
+                   ": ", response.body.substr(0, 300));
+  int code = ExceptionCode(response.body);
+  switch (code) {
+    case 6:
+    case 26:
+    case 27:
+    case 38:
+    case 41:
+    case 53:
+    case 70:
+    case 72:
+    case 117:
+    case 131:
+    case 321:
+      return absl::InvalidArgumentError(message);
+    case 202:
+    case 241:
+    case 252:
+      return absl::ResourceExhaustedError(message);
+    case 159:
+      return absl::DeadlineExceededError(message);
+    case 209:
+    case 210:
+    case 242:
+      return absl::UnavailableError(message);
+    case 60:
+    case 81:
+    case 192:
+    case 193:
+    case 194:
+    case 497:
+    case 516:
+      return BackendMisconfigured(absl::StrCat(response.status_code), message);
+    default: {
+      absl::Status s =
+          HttpStatusToStatus(absl::StrCat("clickhouse ", what), response);
+      if (IsRetryable(s.code()) || MisconfigurationReason(s).has_value()) {
+        return s;
+      }
+      return BackendMisconfigured(absl::StrCat(response.status_code), message);
+    }
+  }
+}
 
 absl::StatusOr<std::unique_ptr<Writer>> NewClickHouseWriter(
     const ClickHouseOptions& options) {

@@ -1,6 +1,7 @@
 #include "server/writers/http_pool.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/status/retryable.h"
 
 namespace fleetd::server {
 
@@ -20,8 +21,15 @@ absl::StatusOr<HttpResponse> HttpPool::Send(const HttpRequest& request) {
     client = *std::move(made);
   }
   absl::StatusOr<HttpResponse> response = client->Send(request);
-  absl::MutexLock lock(&mu_);
-  idle_.push_back(std::move(client));
+  {
+    absl::MutexLock lock(&mu_);
+    idle_.push_back(std::move(client));
+  }
+  if (!response.ok() && !IsRetryable(response.status().code())) {
+    return BackendMisconfigured(
+        "request", absl::StrCat("cannot send a request to ", request.url, ": ",
+                                response.status().message()));
+  }
   return response;
 }
 
@@ -33,7 +41,8 @@ absl::Status HttpStatusToStatus(absl::string_view backend,
                                      response.body.substr(0, 300));
   if (code == 429) return absl::ResourceExhaustedError(message);
   if (code == 408 || code >= 500) return absl::UnavailableError(message);
-  return absl::InvalidArgumentError(message);
+  if (code == 400 || code == 422) return absl::InvalidArgumentError(message);
+  return BackendMisconfigured(absl::StrCat(code), message);
 }
 
 }  // namespace fleetd::server

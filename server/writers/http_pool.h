@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "common/http/http_client.h"
+#include "server/writers/writer.h"
 
 namespace fleetd::server {
 
@@ -21,7 +22,11 @@ class HttpPool {
   explicit HttpPool(CurlHttpClientOptions options = {})
       : options_(std::move(options)) {}
 
-  // Sends `request` on an idle client (creating one if none is idle).
+  // Sends `request` on an idle client (creating one if none is idle). Transport
+  // failures are retryable: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED
+  // (a response over the size limit); a request the client cannot send (bad
+  // URL, header) is the server's configuration, UNAVAILABLE marked
+  // BackendMisconfigured.
   absl::StatusOr<HttpResponse> Send(const HttpRequest& request);
 
  private:
@@ -30,10 +35,18 @@ class HttpPool {
   std::vector<std::unique_ptr<HttpClient>> idle_ ABSL_GUARDED_BY(mu_);
 };
 
-// Maps a backend's HTTP answer to a status: 2xx OK; 429 RESOURCE_EXHAUSTED; 408
-// and 5xx UNAVAILABLE (retry later); other 4xx INVALID_ARGUMENT (the content
-// was refused). The message names `backend` and quotes the start of the
-// response body.
+// Maps a backend's HTTP answer to a status by what the caller should do:
+//   2xx                      OK;
+//   429                      RESOURCE_EXHAUSTED (overloaded: retry later);
+//   408, 5xx                 UNAVAILABLE (retry later);
+//   400, 422                 INVALID_ARGUMENT: the content was refused (the
+//                            group committer isolates the batch responsible);
+//   any other status (401, 403, 404, 405, 407, 411, 413, 414, 415, 431, 3xx,
+//   ...)                     UNAVAILABLE marked BackendMisconfigured with the
+//                            status as reason: the server is misconfigured or
+//                            built a request the backend cannot take; devices
+//                            retry while the operator is told.
+// The message names `backend` and quotes the start of the response body.
 absl::Status HttpStatusToStatus(absl::string_view backend,
                                 const HttpResponse& response);
 

@@ -2,12 +2,38 @@
 #ifndef FLEETD_SERVER_WRITERS_WRITER_H_
 #define FLEETD_SERVER_WRITERS_WRITER_H_
 
+#include <optional>
+#include <string>
+
 #include "absl/status/status.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "server/model/batch.h"
 
 namespace fleetd::server {
+
+inline constexpr char kBackendMisconfiguredPayload[] =
+    "type.fleetd.dev/backend-misconfigured";
+
+// A retryable UNAVAILABLE saying the backend refused the server's request for
+// a reason of the server's setup (credentials, tenant, URL, request size ...),
+// not because of the data. `reason` is a short label for metrics (e.g. the
+// HTTP status "401").
+inline absl::Status BackendMisconfigured(absl::string_view reason,
+                                         absl::string_view message) {
+  absl::Status s = absl::UnavailableError(message);
+  s.SetPayload(kBackendMisconfiguredPayload, absl::Cord(reason));
+  return s;
+}
+
+// The reason label of a BackendMisconfigured status, nullopt for any other.
+inline std::optional<std::string> MisconfigurationReason(
+    const absl::Status& status) {
+  auto reason = status.GetPayload(kBackendMisconfiguredPayload);
+  if (!reason.has_value()) return std::nullopt;
+  return std::string(*reason);
+}
 
 // Implementations are safe for concurrent use.
 class Writer {
@@ -24,10 +50,18 @@ class Writer {
 
   // Writes every record of `batches` in as few backend requests as it can (the
   // router coalesces many device batches into one call). Returns OK only when
-  // the backend has accepted all of them. Errors: UNAVAILABLE /
-  // DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED when the same call may succeed later
-  // (backend down, slow or overloaded); INVALID_ARGUMENT when the backend
-  // refused the content itself. Writing the same batches again must not
+  // the backend has accepted all of them. Errors are picked by what the
+  // caller should do:
+  //   UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED when the same call
+  //     may succeed later: backend down, slow or overloaded (5xx, 408, 429,
+  //     timeouts, connection errors), and also when the backend says the
+  //     server is misconfigured or built a request it cannot take (401, 403,
+  //     404, 405, 413, ...): then UNAVAILABLE carrying BackendMisconfigured's
+  //     payload, so the operator is told while devices keep their data;
+  //   INVALID_ARGUMENT (or OUT_OF_RANGE) only when the backend refused the
+  //     content of the write (HTTP 400/422 and the like); the group committer
+  //     then narrows it down to the batch responsible.
+  // Writing the same batches again must not
   // duplicate what readers of the backend see (idempotent where the backend
   // allows: deterministic series, timestamps and dedup keys).
   virtual absl::Status Write(absl::Span<const DecodedBatch* const> batches) = 0;

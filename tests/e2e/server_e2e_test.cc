@@ -2,6 +2,7 @@
 // PostgreSQL, VictoriaMetrics and ClickHouse (and a Loki push receiver),
 // reading back what each backend stored.
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -103,14 +104,25 @@ class ServerE2eTest : public ::testing::Test {
     return r;
   }
 
+  // `verdict`, when given, receives the `fleetd-verdict` trailer ("" if
+  // none).
   static grpc::Status CallMetrics(const std::string& key,
                                   const v1::SyncMetricsRequest& r,
-                                  v1::SyncMetricsResponse* out) {
+                                  v1::SyncMetricsResponse* out,
+                                  std::string* verdict = nullptr) {
     grpc::ClientContext ctx;
     if (!key.empty()) ctx.AddMetadata("x-api-key", key);
     ctx.set_deadline(std::chrono::system_clock::now() +
                      std::chrono::seconds(20));
-    return stack->stub->SyncMetrics(&ctx, r, out);
+    grpc::Status s = stack->stub->SyncMetrics(&ctx, r, out);
+    if (verdict != nullptr) {
+      verdict->clear();
+      auto it = ctx.GetServerTrailingMetadata().find("fleetd-verdict");
+      if (it != ctx.GetServerTrailingMetadata().end()) {
+        verdict->assign(it->second.data(), it->second.size());
+      }
+    }
+    return s;
   }
 
   // Number of samples VictoriaMetrics holds for metric `name`.
@@ -306,17 +318,24 @@ TEST_F(ServerE2eTest,
   r.mutable_batch()->set_compression("zstd");
   r.mutable_batch()->set_compressed_data(*bomb);
   v1::SyncMetricsResponse resp;
-  grpc::Status s = CallMetrics(key, r, &resp);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+  // A batch over the size limit can never pass: our verdict on the batch
+  // (INVALID_ARGUMENT with the `fleetd-verdict: rejected` trailer), not the
+  // retryable RESOURCE_EXHAUSTED of an overload.
+  std::string verdict;
+  grpc::Status s = CallMetrics(key, r, &resp, &verdict);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
       << s.error_message();
+  EXPECT_EQ(verdict, "rejected");
   // Injection in a label name: refused whole; injection in a value: stored
   // verbatim.
   auto bad = Metrics(6, "e2e_hostile_metric", 2);
   (*bad.mutable_batch()
         ->mutable_metrics(1)
         ->mutable_labels())["x\"} or vector(1)"] = "v";
-  EXPECT_EQ(CallMetrics(key, bad, &resp).error_code(),
+  verdict.clear();
+  EXPECT_EQ(CallMetrics(key, bad, &resp, &verdict).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(verdict, "rejected");
   EXPECT_EQ(VmSamples("e2e_hostile_metric"), 0u)
       << "nothing partial is written";
   auto good = Metrics(7, "e2e_hostile_metric", 1);
@@ -333,6 +352,91 @@ TEST_F(ServerE2eTest,
       "WHERE device_id = 'e2e-h1' FORMAT TSVRaw");
   ASSERT_THAT(site, IsOk());
   EXPECT_EQ(*site, hostile + "\n");
+}
+
+TEST_F(ServerE2eTest, MisconfiguredLokiIsRetryableAndShownByReadyz) {
+  std::string key = NewDevice("e2e-m1");
+  v1::SyncLogsRequest logs;
+  logs.mutable_metadata()->set_sequence_number(1);
+  logs.mutable_batch()->add_logs()->set_message("kept while loki says 401");
+  // Loki with multi-tenancy on and no tenant configured: "401 no org id".
+  stack->loki->FailWith(401);
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("x-api-key", key);
+  v1::SyncLogsResponse resp;
+  grpc::Status s = stack->stub->SyncLogs(&ctx, logs, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  EXPECT_EQ(ctx.GetServerTrailingMetadata().count("fleetd-verdict"), 0u);
+  httplib::Client admin("127.0.0.1", stack->app->admin_port());
+  auto ready = admin.Get("/readyz");
+  ASSERT_TRUE(ready);
+  EXPECT_EQ(ready->status, 503) << ready->body;
+  EXPECT_THAT(ready->body, HasSubstr("loki"));
+  auto metrics = admin.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_THAT(metrics->body,
+              HasSubstr("fleetd_backend_misconfigured_total{backend=\"loki\","
+                        "status=\"401\"}"));
+  // Fixed: the retry lands and the server is ready again.
+  stack->loki->Accept();
+  grpc::ClientContext retry;
+  retry.AddMetadata("x-api-key", key);
+  s = stack->stub->SyncLogs(&retry, logs, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ready = admin.Get("/readyz");
+  ASSERT_TRUE(ready);
+  EXPECT_EQ(ready->status, 200) << ready->body;
+}
+
+TEST_F(ServerE2eTest, ReportedSetAsideCountsLandInPostgres) {
+  std::string key = NewDevice("e2e-s1");
+  // Heartbeat over StreamSync: coalesced, written within a few seconds.
+  {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("x-api-key", key);
+    auto stream = stack->stub->StreamSync(&ctx);
+    v1::StreamSyncRequest hb;
+    hb.mutable_heartbeat()->set_set_aside_batches(2);
+    hb.mutable_heartbeat()->set_set_aside_records(40);
+    hb.mutable_heartbeat()->set_evicted_records(3);
+    ASSERT_TRUE(stream->Write(hb));
+    stream->WritesDone();
+    v1::StreamSyncResponse ignored;
+    while (stream->Read(&ignored)) {
+    }
+    ASSERT_TRUE(stream->Finish().ok());
+  }
+  std::optional<server::SyncHealthReport> got;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto h = stack->store->GetSyncHealth("e2e-s1");
+        if (!h.ok() || !h->has_value()) return false;
+        got = **h;
+        return true;
+      },
+      absl::Seconds(20)));
+  EXPECT_EQ(got->health.set_aside_batches, 2);
+  EXPECT_EQ(got->health.set_aside_records, 40);
+  EXPECT_EQ(got->health.evicted_records, 3);
+  // Device info carries the same counts and is stored at once.
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("x-api-key", key);
+  v1::UpdateDeviceInfoRequest info;
+  info.mutable_info()->set_hostname("pi-e2e");
+  info.mutable_info()->set_set_aside_batches(5);
+  info.mutable_info()->set_set_aside_records(50);
+  v1::UpdateDeviceInfoResponse resp;
+  ASSERT_TRUE(stack->stub->UpdateDeviceInfo(&ctx, info, &resp).ok());
+  auto h = stack->store->GetSyncHealth("e2e-s1");
+  ASSERT_THAT(h, IsOk());
+  ASSERT_TRUE(h->has_value());
+  EXPECT_EQ((*h)->health.set_aside_batches, 5);
+  EXPECT_EQ((*h)->health.evicted_records, 0);
+  httplib::Client admin("127.0.0.1", stack->app->admin_port());
+  auto metrics = admin.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_THAT(metrics->body,
+              HasSubstr("fleetd_device_set_aside_batches_reported_total"));
 }
 
 TEST_F(ServerE2eTest, AdminEndpointReportsMetricsAndReadiness) {

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/codec/codec.h"
+#include "common/status/error_class.h"
 #include "common/status/retry_after.h"
 #include "glog/logging.h"
 #include "google/protobuf/descriptor.h"
@@ -105,11 +106,29 @@ void CloseAfter(httplib::Response& res) {
   res.set_header("Connection", "close");
 }
 
+// A request message of a batch method (SyncMetrics, SyncLogs, SyncEvents) that
+// does not parse (e.g. a log line that is not UTF-8, which protobuf's C++
+// serializer still sends) is our verdict on that batch: resending the same
+// bytes can never succeed, so the device sets it aside instead of retrying it
+// forever.
+absl::Status RequestDecodeVerdict(const Procedure& procedure,
+                                  absl::Status decoded) {
+  if (absl::IsInvalidArgument(decoded) &&
+      (procedure.name == "SyncMetrics" || procedure.name == "SyncLogs" ||
+       procedure.name == "SyncEvents")) {
+    return MarkBatchRejected(std::move(decoded));
+  }
+  return decoded;
+}
+
 Metadata RetryMetadata(const absl::Status& status) {
   Metadata metadata;
   if (std::optional<absl::Duration> retry = GetRetryAfter(status)) {
     metadata.emplace_back("retry-after-ms",
                           absl::StrCat(absl::ToInt64Milliseconds(*retry)));
+  }
+  if (IsBatchRejected(status)) {
+    metadata.emplace_back(kVerdictMetadataKey, kVerdictRejected);
   }
   return metadata;
 }
@@ -583,7 +602,8 @@ void ConnectFrontEndImpl::ServeUnary(const Procedure& procedure,
         google::protobuf::MessageFactory::generated_factory()
             ->GetPrototype(procedure.input)
             ->New());
-    absl::Status decoded = connect::DecodeMessage(codec, bytes, request.get());
+    absl::Status decoded = RequestDecodeVerdict(
+        procedure, connect::DecodeMessage(codec, bytes, request.get()));
     response = decoded.ok() ? procedure.invoke(handler_, call, *request)
                             : absl::StatusOr<std::unique_ptr<Message>>(decoded);
   }
@@ -617,6 +637,10 @@ void ConnectFrontEndImpl::ConnectError(httplib::Response& res,
     int64_t ms = absl::ToInt64Milliseconds(*retry);
     res.set_header("Retry-After", absl::StrCat((ms + 999) / 1000));
     res.set_header("Trailer-Retry-After-Ms", absl::StrCat(ms));
+  }
+  if (IsBatchRejected(status)) {
+    res.set_header(absl::StrCat("Trailer-", kVerdictMetadataKey),
+                   kVerdictRejected);
   }
   res.set_content(connect::ErrorJson(status), "application/json");
 }
@@ -807,7 +831,9 @@ void ConnectFrontEndImpl::ServeGrpcWeb(const Procedure& procedure,
       request.reset(google::protobuf::MessageFactory::generated_factory()
                         ->GetPrototype(procedure.input)
                         ->New());
-      status = connect::DecodeMessage(type.codec, *payload, request.get());
+      status = RequestDecodeVerdict(
+          procedure,
+          connect::DecodeMessage(type.codec, *payload, request.get()));
     }
     if (status.ok()) {
       absl::StatusOr<std::unique_ptr<Message>> response =

@@ -13,7 +13,10 @@
 //     (invalid_argument 400, unauthenticated 401, permission_denied 403,
 //     not_found 404, resource_exhausted 429, unimplemented 501, unavailable
 //     503, ...), plus Retry-After (whole seconds, rounded up) and
-//     Trailer-Retry-After-Ms when the status carries a retry hint.
+//     Trailer-Retry-After-Ms when the status carries a retry hint, and
+//     Trailer-Fleetd-Verdict: rejected when it carries the batch-rejected
+//     verdict (common/status/error_class.h; end-of-stream metadata and
+//     gRPC-Web trailers carry it as `fleetd-verdict`).
 //   - Connect GET for side-effect-free methods (GetSyncConfig):
 //     ?connect=v1&encoding=proto|json&message=...[&base64=1][&compression=...].
 //   - gRPC-Web: application/grpc-web[+proto|+json] and

@@ -17,6 +17,7 @@
 #include "common/clock/clock.h"
 #include "common/codec/codec.h"
 #include "common/metrics/metrics.h"
+#include "common/status/error_class.h"
 #include "common/status/retry_after.h"
 #include "common/testing/status_matchers.h"
 #include "fleetd/v1/sync.pb.h"
@@ -284,6 +285,53 @@ TEST_F(ConnectFrontEndTest, RetryHintBecomesRetryAfterHeaders) {
                 "method=\"SyncMetrics\",code=\"RESOURCE_EXHAUSTED\"} 1"));
 }
 
+TEST_F(ConnectFrontEndTest, BatchRejectedVerdictBecomesTrailerHeader) {
+  Start();
+  handler_.SetStatus(
+      "SyncMetrics",
+      MarkBatchRejected(absl::InvalidArgumentError("bad label name")));
+  httplib::Result res =
+      Post("SyncMetrics", MetricsRequest(1).SerializeAsString(),
+           "application/proto");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400);
+  EXPECT_EQ(res->body,
+            R"({"code":"invalid_argument","message":"bad label name"})");
+  EXPECT_EQ(res->get_header_value("Trailer-Fleetd-Verdict"), "rejected");
+
+  // The same code without the verdict (e.g. a malformed envelope the front
+  // end refused, or any other INVALID_ARGUMENT) carries no verdict.
+  handler_.SetStatus("SyncMetrics", absl::InvalidArgumentError("not ours"));
+  res = Post("SyncMetrics", MetricsRequest(2).SerializeAsString(),
+             "application/proto");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400);
+  EXPECT_FALSE(res->has_header("Trailer-Fleetd-Verdict"));
+}
+
+TEST_F(ConnectFrontEndTest, GrpcWebTrailersCarryTheVerdict) {
+  Start();
+  handler_.SetStatus("SyncMetrics",
+                     MarkBatchRejected(absl::InvalidArgumentError("bad")));
+  httplib::Result res =
+      Post("SyncMetrics", Frame(0, MetricsRequest(1).SerializeAsString()),
+           "application/grpc-web");
+  ASSERT_TRUE(res);
+  std::vector<connect::Envelope> frames = Frames(res->body);
+  ASSERT_EQ(frames.size(), 1u);
+  EXPECT_EQ(frames[0].payload,
+            "grpc-status: 3\r\ngrpc-message: bad\r\n"
+            "fleetd-verdict: rejected\r\n");
+
+  handler_.SetStatus("SyncMetrics", absl::InvalidArgumentError("bad"));
+  res = Post("SyncMetrics", Frame(0, MetricsRequest(1).SerializeAsString()),
+             "application/grpc-web");
+  ASSERT_TRUE(res);
+  frames = Frames(res->body);
+  ASSERT_EQ(frames.size(), 1u);
+  EXPECT_EQ(frames[0].payload, "grpc-status: 3\r\ngrpc-message: bad\r\n");
+}
+
 TEST_F(ConnectFrontEndTest, CorruptBodyIsInvalidArgument) {
   Start();
   httplib::Result proto =
@@ -291,9 +339,18 @@ TEST_F(ConnectFrontEndTest, CorruptBodyIsInvalidArgument) {
   ASSERT_TRUE(proto);
   EXPECT_EQ(proto->status, 400);
   EXPECT_THAT(proto->body, HasSubstr("invalid_argument"));
+  // A batch that can never parse is our verdict on it.
+  EXPECT_EQ(proto->get_header_value("Trailer-Fleetd-Verdict"), "rejected");
   httplib::Result json = Post("SyncMetrics", "{nope", "application/json");
   ASSERT_TRUE(json);
   EXPECT_EQ(json->status, 400);
+  EXPECT_EQ(json->get_header_value("Trailer-Fleetd-Verdict"), "rejected");
+  // Not a batch: no verdict.
+  httplib::Result config =
+      Post("GetSyncConfig", "\xff\xff\xff", "application/proto");
+  ASSERT_TRUE(config);
+  EXPECT_EQ(config->status, 400);
+  EXPECT_FALSE(config->has_header("Trailer-Fleetd-Verdict"));
   EXPECT_EQ(handler_.call_count(), 0);
 }
 
@@ -654,6 +711,28 @@ TEST_F(HalfDuplexTest, StreamErrorsEndTheStreamWithErrorAndMetadata) {
   ASSERT_EQ(end.size(), 1u);
   EXPECT_EQ(end[0].payload,
             R"({"error":{"code":"unauthenticated","message":"who?"}})");
+}
+
+TEST_F(HalfDuplexTest, EndOfStreamMetadataCarriesTheVerdict) {
+  handler_.FailStreamAtMessage(
+      2, MarkBatchRejected(absl::InvalidArgumentError("bad batch")));
+  httplib::Result res =
+      Post("StreamSync", Requests(false), "application/connect+proto");
+  ASSERT_TRUE(res);
+  std::vector<connect::Envelope> frames = Frames(res->body);
+  ASSERT_EQ(frames.size(), 2u);
+  EXPECT_EQ(frames[1].flags, connect::kFlagEndStream);
+  EXPECT_EQ(frames[1].payload,
+            R"({"error":{"code":"invalid_argument","message":"bad batch"},)"
+            R"("metadata":{"fleetd-verdict":["rejected"]}})");
+
+  handler_.FailStreamAtMessage(2, absl::InvalidArgumentError("bad batch"));
+  res = Post("StreamSync", Requests(false), "application/connect+proto");
+  ASSERT_TRUE(res);
+  frames = Frames(res->body);
+  ASSERT_EQ(frames.size(), 2u);
+  EXPECT_EQ(frames[1].payload,
+            R"({"error":{"code":"invalid_argument","message":"bad batch"}})");
 }
 
 TEST_F(HalfDuplexTest, GrpcWebStreamEndsWithTrailers) {

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "common/status/error_class.h"
 #include "common/status/grpc_status.h"
 #include "common/status/retry_after.h"
 #include "fleetd/v1/sync.grpc.pb.h"
@@ -211,6 +212,9 @@ class SyncServiceImpl final : public v1::SyncService::Service {
     if (std::optional<absl::Duration> retry = GetRetryAfter(status)) {
       context->AddTrailingMetadata(
           "retry-after-ms", absl::StrCat(absl::ToInt64Milliseconds(*retry)));
+    }
+    if (IsBatchRejected(status)) {
+      context->AddTrailingMetadata(kVerdictMetadataKey, kVerdictRejected);
     }
     return ToGrpcStatus(status);
   }

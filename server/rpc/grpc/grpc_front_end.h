@@ -5,8 +5,10 @@
 // client's address, the call deadline) and delegates to the handler; the
 // handler's absl::Status becomes the gRPC status (same code and message), and a
 // retry hint on it (common/status/retry_after.h) becomes the trailing metadata
-// `retry-after-ms`. StreamSync relays every client message to a StreamSession
-// and the session's responses back, in order.
+// `retry-after-ms`, and the batch-rejected verdict
+// (common/status/error_class.h) the trailing metadata `fleetd-verdict:
+// rejected`. StreamSync relays every client message to a StreamSession and the
+// session's responses back, in order.
 //
 // Also served: the standard health service (grpc.health.v1.Health, SERVING
 // until Shutdown) and gzip transport compression (`grpc-encoding: gzip`).

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/metrics/metrics.h"
+#include "common/status/error_class.h"
 #include "common/status/retry_after.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/wait.h"
@@ -226,6 +227,27 @@ TEST_F(GrpcFrontEndTest, HandlerErrorKeepsCodeAndMessageAndSendsRetryHint) {
   std::string rendered = registry_.Render();
   EXPECT_THAT(rendered, HasSubstr("method=\"SyncMetrics\""));
   EXPECT_THAT(rendered, HasSubstr("code=\"RESOURCE_EXHAUSTED\""));
+}
+
+TEST_F(GrpcFrontEndTest, BatchRejectedVerdictBecomesTrailingMetadata) {
+  StartInsecure();
+  handler_.SetStatus(
+      "SyncMetrics",
+      MarkBatchRejected(absl::InvalidArgumentError("bad label name")));
+  grpc::ClientContext context;
+  v1::SyncMetricsResponse response;
+  grpc::Status status =
+      stub_->SyncMetrics(&context, MetricsRequest(1), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(), "bad label name");
+  EXPECT_EQ(Trailer(context, "fleetd-verdict"), "rejected");
+
+  // INVALID_ARGUMENT without the verdict: no trailer.
+  handler_.SetStatus("SyncMetrics", absl::InvalidArgumentError("not ours"));
+  grpc::ClientContext context2;
+  status = stub_->SyncMetrics(&context2, MetricsRequest(2), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Trailer(context2, "fleetd-verdict"), "");
 }
 
 TEST_F(GrpcFrontEndTest, OversizedRequestIsResourceExhaustedBeforeHandler) {
