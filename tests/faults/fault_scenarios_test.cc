@@ -336,12 +336,15 @@ std::map<std::string, int> LokiRecords(const std::string& tag) {
   return out;
 }
 
+// FINAL: the events table is a ReplacingMergeTree keyed by (device, stream,
+// sequence, index), so a retried insert of the same batch collapses by design;
+// a record written under two keys still counts twice.
 std::map<std::string, int> ClickHouseRecords(const std::string& name) {
   std::map<std::string, int> out;
   auto rows = env->backends->ch->Query(absl::StrCat(
       "SELECT arrayElement(properties_values, indexOf(properties_keys, "
       "'rec')) AS rec, count() FROM ",
-      kDatabase, ".events WHERE name = '", name, "' GROUP BY rec"));
+      kDatabase, ".events FINAL WHERE name = '", name, "' GROUP BY rec"));
   if (!rows.ok()) {
     ADD_FAILURE() << rows.status();
     return out;
