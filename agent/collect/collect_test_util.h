@@ -129,6 +129,20 @@ class FlakyStorage final : public Storage {
   absl::Status ClearPendingBatch(absl::string_view stream) override {
     return base_->ClearPendingBatch(stream);
   }
+  absl::Status SetAside(const SetAsideBatch& batch) override {
+    return base_->SetAside(batch);
+  }
+  absl::StatusOr<std::vector<SetAsideBatch>> ListSetAside() override {
+    return base_->ListSetAside();
+  }
+  absl::StatusOr<int64_t> RetrySetAside(absl::string_view stream,
+                                        int64_t sequence_number) override {
+    return base_->RetrySetAside(stream, sequence_number);
+  }
+  absl::StatusOr<int64_t> DropSetAside(absl::string_view stream,
+                                       int64_t sequence_number) override {
+    return base_->DropSetAside(stream, sequence_number);
+  }
 
  private:
   absl::Status Check() {

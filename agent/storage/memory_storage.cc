@@ -42,7 +42,7 @@ constexpr absl::Duration kWarnInterval = absl::Seconds(10);
 struct SlotHeader {
   uint32_t size;  // whole slot, header included, a multiple of 8
   uint8_t kind;   // RecordKind, or kPadding
-  uint8_t flags;  // kSynced | kDeleted
+  uint8_t flags;  // kSynced | kDeleted | kSetAside
   uint8_t pad;    // bytes after the payload up to `size`
   uint8_t reserved;
   int64_t id;
@@ -52,6 +52,10 @@ static_assert(sizeof(SlotHeader) == 24, "slot header layout");
 constexpr uint8_t kPadding = 0xff;
 constexpr uint8_t kSynced = 1;
 constexpr uint8_t kDeleted = 2;
+// In a set-aside batch (MemoryStorage::batches_ says which).
+constexpr uint8_t kSetAside = 4;
+// Flags of a record that is not waiting to be synced.
+constexpr uint8_t kNotUnsynced = kSynced | kDeleted | kSetAside;
 constexpr size_t kFlagsOffset = offsetof(SlotHeader, flags);
 
 constexpr uint64_t Align8(uint64_t n) { return (n + 7) & ~uint64_t{7}; }
@@ -119,12 +123,12 @@ class MemoryStorage final : public Storage {
       SlotHeader h = HeaderAt(pos);
       if (h.kind == k && (h.flags & kDeleted) == 0) {
         if (h.id > ids.last) break;
-        if ((h.flags & kSynced) == 0 && h.id >= ids.first) {
+        if ((h.flags & kNotUnsynced) == 0 && h.id >= ids.first) {
           buf_[Physical(pos) + kFlagsOffset] |= kSynced;
           h.flags |= kSynced;
           ++changed;
         }
-        if ((h.flags & kSynced) == 0) clean_prefix = false;
+        if ((h.flags & kNotUnsynced) == 0) clean_prefix = false;
       }
       pos += h.size;
       if (clean_prefix) clean_until = pos;
@@ -145,7 +149,7 @@ class MemoryStorage final : public Storage {
       if (kinds_[k].unsynced == 0) continue;
       for (uint64_t pos = std::max(head_, scan_[k]); pos < tail_;) {
         SlotHeader h = HeaderAt(pos);
-        if (h.kind == k && (h.flags & (kSynced | kDeleted)) == 0) {
+        if (h.kind == k && (h.flags & kNotUnsynced) == 0) {
           info.kinds[k].oldest_unsynced_time = absl::FromUnixNanos(h.ts);
           break;
         }
@@ -163,6 +167,7 @@ class MemoryStorage final : public Storage {
     info.bytes_used = static_cast<int64_t>(tail_ - head_);
     info.max_bytes = static_cast<int64_t>(capacity_);
     info.full_events = full_events_;
+    info.set_aside_batches = static_cast<int64_t>(batches_.size());
     info.details["capacity_bytes"] = absl::StrCat(capacity_);
     return info;
   }
@@ -178,7 +183,8 @@ class MemoryStorage final : public Storage {
     int64_t removed_unsynced = 0;
     for (uint64_t pos = head_; pos < tail_;) {
       SlotHeader h = HeaderAt(pos);
-      if (h.kind != kPadding && (h.flags & kDeleted) == 0 && h.ts < cutoff) {
+      if (h.kind != kPadding && (h.flags & (kDeleted | kSetAside)) == 0 &&
+          h.ts < cutoff) {
         const bool synced = (h.flags & kSynced) != 0;
         if (synced || scope == CleanScope::kAll) {
           buf_[Physical(pos) + kFlagsOffset] |= kDeleted;
@@ -191,13 +197,7 @@ class MemoryStorage final : public Storage {
       }
       pos += h.size;
     }
-    // Give the space of a removed prefix back at once.
-    while (head_ < tail_) {
-      SlotHeader h = HeaderAt(head_);
-      if (h.kind != kPadding && (h.flags & kDeleted) == 0) break;
-      head_ += h.size;
-    }
-    if (head_ == tail_) head_ = tail_ = 0;
+    TrimHead();
     if (removed_unsynced > 0) {
       log_(absl::LogSeverity::kWarning,
            absl::StrCat("clean removed ", removed_unsynced,
@@ -230,7 +230,212 @@ class MemoryStorage final : public Storage {
     return absl::OkStatus();
   }
 
+  absl::Status SetAside(const SetAsideBatch& batch) override {
+    absl::MutexLock lock(&mu_);
+    const int k = static_cast<int>(batch.kind);
+    if (batch.stream.empty() || k < 0 || k >= kRecordKindCount) {
+      return absl::InvalidArgumentError(
+          "a set-aside batch needs a stream name and a record kind");
+    }
+    if (FindBatch(batch.stream, batch.sequence_number) != batches_.end()) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("batch ", batch.sequence_number, " of stream ",
+                       batch.stream, " is already set aside"));
+    }
+    MemBatch b;
+    b.batch = batch;
+    b.batch.set_aside_at = clock_->Now();
+    int64_t moved = 0;
+    if (!batch.ids.empty()) {
+      for (uint64_t pos = std::max(head_, scan_[k]); pos < tail_;) {
+        SlotHeader h = HeaderAt(pos);
+        if (h.kind == k && (h.flags & kDeleted) == 0) {
+          if (h.id > batch.ids.last) break;
+          if ((h.flags & kNotUnsynced) == 0 && h.id >= batch.ids.first) {
+            buf_[Physical(pos) + kFlagsOffset] |= kSetAside;
+            if (!b.runs.empty() && b.runs.back().last + 1 == h.id) {
+              b.runs.back().last = h.id;
+            } else {
+              b.runs.push_back({h.id, h.id});
+            }
+            ++moved;
+          }
+        }
+        pos += h.size;
+      }
+    }
+    b.batch.record_count = static_cast<int32_t>(moved);
+    kinds_[k].unsynced -= moved;
+    kinds_[k].set_aside += moved;
+    batches_.push_back(std::move(b));
+    pending_.erase(batch.stream);
+    log_(
+        absl::LogSeverity::kWarning,
+        absl::StrCat("set aside batch ", batch.sequence_number, " of stream ",
+                     batch.stream, " (", moved, " ", RecordKindName(batch.kind),
+                     ", ids ", batch.ids.first, "-", batch.ids.last,
+                     ") in the memory ring: ", batch.reason));
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<SetAsideBatch>> ListSetAside() override {
+    absl::MutexLock lock(&mu_);
+    std::vector<SetAsideBatch> out;
+    out.reserve(batches_.size());
+    for (const MemBatch& b : batches_) out.push_back(b.batch);
+    return out;
+  }
+
+  absl::StatusOr<int64_t> RetrySetAside(absl::string_view stream,
+                                        int64_t sequence_number) override {
+    absl::MutexLock lock(&mu_);
+    auto it = FindBatch(stream, sequence_number);
+    if (it == batches_.end()) return NotFound(stream, sequence_number);
+    const MemBatch b = std::move(*it);
+    batches_.erase(it);
+    const RecordKind kind = b.batch.kind;
+    const int k = static_cast<int>(kind);
+    // Copy the records out, then append them again with fresh ids, so no
+    // batch read before the retry can span them and acknowledge them unsent.
+    // The copies may overwrite the oldest records like any append.
+    batch_.clear();
+    offsets_.clear();
+    times_.clear();
+    ForEachBatchSlot(
+        b, [&](uint64_t pos, const SlotHeader& h)
+               ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                 offsets_.push_back(batch_.size());
+                 times_.push_back(h.ts);
+                 batch_.append(buf_.get() + Physical(pos) + sizeof(SlotHeader),
+                               h.size - sizeof(SlotHeader) - h.pad);
+                 buf_[Physical(pos) + kFlagsOffset] = kDeleted;
+               });
+    offsets_.push_back(batch_.size());
+    const auto requeued = static_cast<int64_t>(times_.size());
+    KindInfo& ki = kinds_[k];
+    ki.set_aside -= requeued;
+    TrimHead();
+    const int64_t first = ki.next_id;
+    for (int64_t i = 0; i < requeued; ++i) {
+      Put(kind, ki.next_id++, times_[i],
+          absl::string_view(batch_.data() + offsets_[i],
+                            offsets_[i + 1] - offsets_[i]));
+      ++ki.unsynced;
+    }
+    log_(absl::LogSeverity::kInfo,
+         absl::StrCat("requeued ", requeued, " records of set-aside batch ",
+                      sequence_number, " of stream ", stream,
+                      " in the memory ring (now ids ", first, "-",
+                      ki.next_id - 1, ")"));
+    return requeued;
+  }
+
+  absl::StatusOr<int64_t> DropSetAside(absl::string_view stream,
+                                       int64_t sequence_number) override {
+    absl::MutexLock lock(&mu_);
+    auto it = FindBatch(stream, sequence_number);
+    if (it == batches_.end()) return NotFound(stream, sequence_number);
+    const MemBatch b = std::move(*it);
+    batches_.erase(it);
+    int64_t deleted = 0;
+    ForEachBatchSlot(b, [&](uint64_t pos, const SlotHeader&)
+                            ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                              buf_[Physical(pos) + kFlagsOffset] = kDeleted;
+                              ++deleted;
+                            });
+    KindInfo& ki = kinds_[static_cast<int>(b.batch.kind)];
+    ki.set_aside -= deleted;
+    ki.set_aside_dropped += deleted;
+    TrimHead();
+    log_(
+        absl::LogSeverity::kWarning,
+        absl::StrCat(
+            "dropped set-aside batch ", sequence_number, " of stream ", stream,
+            ": deleted ", deleted, " ", RecordKindName(b.batch.kind),
+            " from the memory ring (set aside because: ", b.batch.reason, ")"));
+    return deleted;
+  }
+
  private:
+  // A set-aside batch and the runs of ids its records have (a batch can span
+  // records that were not moved with it, such as an earlier set-aside batch).
+  struct MemBatch {
+    SetAsideBatch batch;
+    std::vector<IdRange> runs;
+
+    bool Contains(int64_t id) const {
+      for (const IdRange& r : runs) {
+        if (r.first <= id && id <= r.last) return true;
+      }
+      return false;
+    }
+  };
+
+  std::vector<MemBatch>::iterator FindBatch(absl::string_view stream,
+                                            int64_t sequence_number)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return std::find_if(batches_.begin(), batches_.end(),
+                        [&](const MemBatch& b) {
+                          return b.batch.stream == stream &&
+                                 b.batch.sequence_number == sequence_number;
+                        });
+  }
+
+  static absl::Status NotFound(absl::string_view stream,
+                               int64_t sequence_number) {
+    return absl::NotFoundError(absl::StrCat(
+        "no set-aside batch ", sequence_number, " of stream ", stream));
+  }
+
+  // Calls fn(position, header) for every live record of `b`, oldest first.
+  template <typename Fn>
+  void ForEachBatchSlot(const MemBatch& b, Fn&& fn)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (b.runs.empty()) return;
+    const int k = static_cast<int>(b.batch.kind);
+    for (uint64_t pos = head_; pos < tail_;) {
+      const SlotHeader h = HeaderAt(pos);
+      if (h.kind == k && (h.flags & kSetAside) != 0 &&
+          (h.flags & kDeleted) == 0) {
+        if (h.id > b.runs.back().last) break;
+        if (b.Contains(h.id)) fn(pos, h);
+      }
+      pos += h.size;
+    }
+  }
+
+  // A set-aside record was overwritten: its batch loses it, and a batch that
+  // lost its last record is forgotten (and logged: it is gone for good).
+  void LoseSetAsideRecord(RecordKind kind, int64_t id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (auto it = batches_.begin(); it != batches_.end(); ++it) {
+      if (it->batch.kind != kind || !it->Contains(id)) continue;
+      if (--it->batch.record_count <= 0) {
+        log_(absl::LogSeverity::kWarning,
+             absl::StrCat("memory ring full: overwrote the last record of "
+                          "set-aside batch ",
+                          it->batch.sequence_number, " of stream ",
+                          it->batch.stream,
+                          " (set aside because: ", it->batch.reason, ")"));
+        batches_.erase(it);
+      }
+      return;
+    }
+  }
+
+  // Gives the space of a removed prefix back at once.
+  void TrimHead() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    while (head_ < tail_) {
+      SlotHeader h = HeaderAt(head_);
+      if (h.kind != kPadding && (h.flags & kDeleted) == 0) break;
+      head_ += h.size;
+    }
+    if (head_ == tail_) {
+      head_ = tail_ = 0;
+      scan_.fill(0);
+    }
+  }
+
   uint64_t Physical(uint64_t logical) const { return logical % capacity_; }
 
   SlotHeader HeaderAt(uint64_t logical) const
@@ -249,7 +454,12 @@ class MemoryStorage final : public Storage {
     SlotHeader h = HeaderAt(head_);
     if (h.kind != kPadding && (h.flags & kDeleted) == 0) {
       KindInfo& ki = kinds_[h.kind];
-      if (h.flags & kSynced) {
+      if (h.flags & kSetAside) {
+        --ki.set_aside;
+        ++ki.set_aside_dropped;
+        ++overwritten_set_aside_;
+        LoseSetAsideRecord(static_cast<RecordKind>(h.kind), h.id);
+      } else if (h.flags & kSynced) {
         --ki.synced;
         ++ki.evicted_synced;
         ++overwritten_synced_;
@@ -334,6 +544,7 @@ class MemoryStorage final : public Storage {
 
     const int64_t dropped_before = overwritten_unsynced_;
     const int64_t evicted_before = overwritten_synced_;
+    const int64_t set_aside_before = overwritten_set_aside_;
     const int64_t first = ki.next_id;
     for (size_t i = 0; i < records.size(); ++i) {
       Put(kind, ki.next_id++, times_[i],
@@ -342,11 +553,14 @@ class MemoryStorage final : public Storage {
       ++ki.unsynced;
     }
     if (overwritten_synced_ != evicted_before ||
-        overwritten_unsynced_ != dropped_before) {
+        overwritten_unsynced_ != dropped_before ||
+        overwritten_set_aside_ != set_aside_before) {
       ++full_events_;
-      if (overwritten_unsynced_ != dropped_before) {
+      if (overwritten_unsynced_ != dropped_before ||
+          overwritten_set_aside_ != set_aside_before) {
         Warn(absl::StrCat("memory ring full: overwrote ", overwritten_unsynced_,
-                          " unsynced and ", overwritten_synced_,
+                          " unsynced, ", overwritten_set_aside_,
+                          " set-aside and ", overwritten_synced_,
                           " synced records so far (capacity ", capacity_,
                           " bytes)"));
       }
@@ -377,6 +591,7 @@ class MemoryStorage final : public Storage {
       if (h.kind != k || (h.flags & kDeleted) != 0) continue;
       if (options.until_id > 0 && h.id > options.until_id) break;
       if (h.id <= options.after_id) continue;
+      if ((h.flags & kSetAside) != 0) continue;
       if (!options.include_synced && (h.flags & kSynced) != 0) continue;
       absl::string_view payload(
           buf_.get() + Physical(here) + sizeof(SlotHeader),
@@ -419,6 +634,9 @@ class MemoryStorage final : public Storage {
   std::array<KindInfo, kRecordKindCount> kinds_ ABSL_GUARDED_BY(mu_);
   int64_t overwritten_unsynced_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t overwritten_synced_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t overwritten_set_aside_ ABSL_GUARDED_BY(mu_) = 0;
+  // Set-aside batches, oldest first.
+  std::vector<MemBatch> batches_ ABSL_GUARDED_BY(mu_);
   int64_t full_events_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, PendingBatch, std::less<>> pending_
       ABSL_GUARDED_BY(mu_);

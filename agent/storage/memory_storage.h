@@ -5,6 +5,13 @@
 // not; every overwritten record is counted (Info().kinds[k].dropped_unsynced
 // or evicted_synced) and logged (rate-limited). Nothing survives a restart,
 // pending batches included: a minimal sensor has nowhere to keep them.
+//
+// Set-aside batches keep their records in the ring, flagged, so they share its
+// capacity: overwritten set-aside records count in set_aside_dropped, and a
+// batch whose last record is overwritten is forgotten (logged).
+// RetrySetAside appends the records again with fresh ids (the copies may
+// overwrite the oldest records like any append). CleanOlderThan leaves
+// set-aside records alone.
 #ifndef FLEETD_AGENT_STORAGE_MEMORY_STORAGE_H_
 #define FLEETD_AGENT_STORAGE_MEMORY_STORAGE_H_
 

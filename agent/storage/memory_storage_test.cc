@@ -99,6 +99,73 @@ TEST_F(MemoryStorageTest, OverwrittenSyncedRecordsAreCountedApart) {
   EXPECT_EQ(m.unsynced + m.dropped_unsynced, 200);
 }
 
+TEST_F(MemoryStorageTest, OverwrittenSetAsideRecordsAreCountedAndTheBatchGoes) {
+  std::unique_ptr<Storage> store = Open(4096);
+  std::vector<v1::Metric> first;
+  for (int i = 0; i < 30; ++i) first.push_back(MakeMetric("m", i, kStart));
+  ASSERT_THAT(store->AppendMetrics(first), IsOk());
+  SetAsideBatch batch;
+  batch.stream = "metrics";
+  batch.sequence_number = 5;
+  batch.ids = {1, 20};
+  batch.reason = "rejected";
+  ASSERT_THAT(store->SetAside(batch), IsOk());
+  ASSERT_THAT(store->MarkSynced(RecordKind::kMetric, {21, 30}),
+              IsOkAndHolds(10));
+  // Overwrite about half the batch: the batch stays, with fewer records.
+  int appended = 0;
+  while (InfoOf(*store).of(RecordKind::kMetric).set_aside_dropped < 10) {
+    ASSERT_THAT(store->AppendMetric(MakeMetric("m", appended++, kStart)),
+                IsOk());
+  }
+  absl::StatusOr<std::vector<SetAsideBatch>> list = store->ListSetAside();
+  ASSERT_THAT(list, IsOk());
+  ASSERT_THAT(*list, ::testing::SizeIs(1));
+  EXPECT_EQ((*list)[0].record_count, 10);
+  EXPECT_EQ(InfoOf(*store).of(RecordKind::kMetric).set_aside, 10);
+  // Overwrite the rest: the batch is gone, logged, and everything counted.
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_THAT(store->AppendMetric(MakeMetric("m", i, kStart)), IsOk());
+  }
+  const StorageInfo info = InfoOf(*store);
+  const KindInfo& m = info.of(RecordKind::kMetric);
+  EXPECT_EQ(m.set_aside, 0);
+  EXPECT_EQ(m.set_aside_dropped, 20);
+  EXPECT_EQ(m.evicted_synced, 10);
+  EXPECT_EQ(info.set_aside_batches, 0);
+  EXPECT_THAT(store->ListSetAside(), IsOkAndHolds(::testing::IsEmpty()));
+  EXPECT_EQ(log_.Count(absl::LogSeverity::kWarning,
+                       "last record of set-aside batch 5"),
+            1);
+  EXPECT_EQ(m.unsynced + m.dropped_unsynced, appended + 200);
+}
+
+TEST_F(MemoryStorageTest, RetryReappendsTheRecordsAtTheTail) {
+  std::unique_ptr<Storage> store = Open(8192);
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_THAT(store->AppendMetric(MakeMetric("m", i, kStart)), IsOk());
+  }
+  SetAsideBatch batch;
+  batch.stream = "metrics";
+  batch.sequence_number = 1;
+  batch.ids = {1, 10};
+  ASSERT_THAT(store->SetAside(batch), IsOk());
+  // With nothing else left, the ring's space comes back.
+  ASSERT_THAT(store->RetrySetAside("metrics", 1), IsOkAndHolds(10));
+  absl::StatusOr<std::vector<StoredMetric>> read = store->ReadMetrics({});
+  ASSERT_THAT(read, IsOk());
+  ASSERT_THAT(*read, ::testing::SizeIs(10));
+  EXPECT_EQ((*read)[0].id, 11);
+  EXPECT_THAT((*read)[9].record, EqualsProto(MakeMetric("m", 9, kStart)));
+  ASSERT_THAT(store->MarkSynced(RecordKind::kMetric, {11, 20}),
+              IsOkAndHolds(10));
+  ASSERT_THAT(store->AppendMetric(MakeMetric("m", 99, kStart)),
+              IsOkAndHolds(21));
+  read = store->ReadMetrics({});
+  ASSERT_THAT(read, IsOk());
+  EXPECT_THAT(Ids(*read), ElementsAre(21));
+}
+
 TEST_F(MemoryStorageTest, RejectsRecordsLargerThanAQuarterOfTheRing) {
   std::unique_ptr<Storage> store = Open(4096);
   ASSERT_THAT(store->AppendMetric(MakeMetric("ok", 1, kStart)), IsOk());

@@ -54,7 +54,33 @@ CREATE TABLE pending_batches(
   retry_count INTEGER NOT NULL);
 )sql";
 
-constexpr Migration kMigrations[] = {{1, kV1}, {2, kV2}};
+// Version 3: set-aside batches (batches the server rejected as invalid), kept
+// in the store so they stay encrypted and within the quota.
+//  - The records' `synced` column becomes their state: 0 unsynced, 1 synced,
+//    and -N for a record set aside in the batch with set_aside.id = N (so a
+//    batch's records are exact even when its id range spans records of an
+//    earlier set-aside batch).
+//  - set_aside: one row per batch; its id orders batches oldest first
+//    (AUTOINCREMENT: an id is never reused, so no record can point at a
+//    later batch by mistake). set_aside_at is Unix nanoseconds.
+//  - kinds gets the set-aside counters.
+constexpr char kV3[] = R"sql(
+CREATE TABLE set_aside(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  stream TEXT NOT NULL,
+  kind INTEGER NOT NULL,
+  sequence INTEGER NOT NULL,
+  first_id INTEGER NOT NULL,
+  last_id INTEGER NOT NULL,
+  record_count INTEGER NOT NULL,
+  reason TEXT NOT NULL,
+  set_aside_at INTEGER NOT NULL,
+  UNIQUE(stream, sequence));
+ALTER TABLE kinds ADD COLUMN set_aside INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE kinds ADD COLUMN set_aside_dropped INTEGER NOT NULL DEFAULT 0;
+)sql";
+
+constexpr Migration kMigrations[] = {{1, kV1}, {2, kV2}, {3, kV3}};
 static_assert(kMigrations[sizeof(kMigrations) / sizeof(kMigrations[0]) - 1]
                       .version == kSchemaVersion,
               "kSchemaVersion must be the last migration's version");

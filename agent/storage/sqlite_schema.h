@@ -19,7 +19,7 @@ struct Migration {
 
 // All migrations, in order; the last one's version is kSchemaVersion.
 absl::Span<const Migration> SchemaMigrations();
-inline constexpr int kSchemaVersion = 2;
+inline constexpr int kSchemaVersion = 3;
 
 }  // namespace fleetd::agent::storage_internal
 

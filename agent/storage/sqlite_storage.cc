@@ -11,6 +11,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -462,6 +463,8 @@ class SqliteStorage final : public Storage {
       ki.dropped_unsynced = ks.dropped_unsynced;
       ki.evicted_synced = ks.evicted_synced;
       ki.cleaned = ks.cleaned;
+      ki.set_aside = ks.set_aside;
+      ki.set_aside_dropped = ks.set_aside_dropped;
       ki.next_id = ks.next_id;
       if (ks.unsynced > 0) {
         Stmt& s = st_->first_unsynced[k];
@@ -484,6 +487,8 @@ class SqliteStorage final : public Storage {
     ASSIGN_OR_RETURN(info.bytes_used, MeasureUsedBytes());
     info.max_bytes = options_.max_bytes;
     info.full_events = full_events_;
+    ASSIGN_OR_RETURN(info.set_aside_batches,
+                     QueryInt(db_, "SELECT count(*) FROM set_aside"));
 
     ASSIGN_OR_RETURN(std::string journal,
                      QueryText(db_, "PRAGMA journal_mode"));
@@ -599,6 +604,142 @@ class SqliteStorage final : public Storage {
     return st_->pending_clear.Text(1, stream).Run();
   }
 
+  absl::Status SetAside(const SetAsideBatch& batch) override {
+    absl::MutexLock lock(&mu_);
+    RETURN_IF_ERROR(CheckOpen());
+    const int k = static_cast<int>(batch.kind);
+    if (batch.stream.empty() || k < 0 || k >= kRecordKindCount) {
+      return absl::InvalidArgumentError(
+          "a set-aside batch needs a stream name and a record kind");
+    }
+    int64_t moved = 0;
+    RETURN_IF_ERROR(Transaction([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      ASSIGN_OR_RETURN(std::optional<StoredBatch> existing,
+                       FindBatch(batch.stream, batch.sequence_number));
+      if (existing.has_value()) {
+        return absl::AlreadyExistsError(
+            absl::StrCat("batch ", batch.sequence_number, " of stream ",
+                         batch.stream, " is already set aside"));
+      }
+      RETURN_IF_ERROR(st_->batch_insert.Text(1, batch.stream)
+                          .Int(2, k)
+                          .Int(3, batch.sequence_number)
+                          .Int(4, batch.ids.first)
+                          .Int(5, batch.ids.last)
+                          .Int(6, 0)
+                          .Text(7, batch.reason)
+                          .Int(8, NowNanos())
+                          .Run());
+      const int64_t row = sqlite3_last_insert_rowid(db_);
+      if (!batch.ids.empty()) {
+        RETURN_IF_ERROR(st_->set_aside_mark[k]
+                            .Int(1, batch.ids.first)
+                            .Int(2, batch.ids.last)
+                            .Int(3, -row)
+                            .Run());
+        moved = sqlite3_changes(db_);
+      }
+      RETURN_IF_ERROR(st_->batch_count.Int(1, row).Int(2, moved).Run());
+      RETURN_IF_ERROR(st_->pending_clear.Text(1, batch.stream).Run());
+      if (moved == 0) return absl::OkStatus();
+      KindState& ks = kinds_[k];
+      ks.unsynced -= moved;
+      ks.set_aside += moved;
+      dirty_ |= 1 << k;
+      if (batch.ids.first <= ks.first_unsynced &&
+          ks.first_unsynced <= batch.ids.last) {
+        RETURN_IF_ERROR(RecomputeFirstUnsynced(k));
+      }
+      return absl::OkStatus();
+    }));
+    log_(absl::LogSeverity::kWarning,
+         absl::StrCat("set aside batch ", batch.sequence_number, " of stream ",
+                      batch.stream, " (", moved, " ", kTables[k], ", ids ",
+                      batch.ids.first, "-", batch.ids.last, ") in ", path_,
+                      ": ", batch.reason));
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<SetAsideBatch>> ListSetAside() override {
+    absl::MutexLock lock(&mu_);
+    RETURN_IF_ERROR(CheckOpen());
+    Stmt& s = st_->batch_list;
+    ResetOnExit reset(s);
+    std::vector<SetAsideBatch> out;
+    for (;;) {
+      ASSIGN_OR_RETURN(bool row, s.Step());
+      if (!row) break;
+      ASSIGN_OR_RETURN(StoredBatch b, BatchFromRow(s));
+      out.push_back(std::move(b.batch));
+    }
+    return out;
+  }
+
+  absl::StatusOr<int64_t> RetrySetAside(absl::string_view stream,
+                                        int64_t sequence_number) override {
+    absl::MutexLock lock(&mu_);
+    RETURN_IF_ERROR(CheckOpen());
+    int64_t requeued = 0;
+    IdRange new_ids;
+    RETURN_IF_ERROR(Transaction([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      ASSIGN_OR_RETURN(StoredBatch b, GetBatch(stream, sequence_number));
+      const int k = static_cast<int>(b.batch.kind);
+      KindState& ks = kinds_[k];
+      // The records move to fresh ids after every record stored so far, so no
+      // batch read before the retry (in flight or saved as pending) can span
+      // them and acknowledge them unsent.
+      const int64_t shift = ks.next_id - b.batch.ids.first;
+      if (!b.batch.ids.empty()) {
+        RETURN_IF_ERROR(st_->set_aside_requeue[k]
+                            .Int(1, b.batch.ids.first)
+                            .Int(2, b.batch.ids.last)
+                            .Int(3, -b.row)
+                            .Int(4, shift)
+                            .Run());
+        requeued = sqlite3_changes(db_);
+      }
+      RETURN_IF_ERROR(st_->batch_delete.Int(1, b.row).Run());
+      if (requeued == 0) return absl::OkStatus();
+      new_ids = {b.batch.ids.first + shift, b.batch.ids.last + shift};
+      ks.next_id = new_ids.last + 1;
+      ks.set_aside -= requeued;
+      ks.unsynced += requeued;
+      dirty_ |= 1 << k;
+      return RecomputeFirstUnsynced(k);
+    }));
+    log_(absl::LogSeverity::kInfo,
+         absl::StrCat("requeued ", requeued, " records of set-aside batch ",
+                      sequence_number, " of stream ", stream, " in ", path_,
+                      " (now ids ", new_ids.first, "-", new_ids.last, ")"));
+    return requeued;
+  }
+
+  absl::StatusOr<int64_t> DropSetAside(absl::string_view stream,
+                                       int64_t sequence_number) override {
+    absl::MutexLock lock(&mu_);
+    RETURN_IF_ERROR(CheckOpen());
+    int64_t deleted = 0;
+    bool series_gone = false;
+    SetAsideBatch dropped;
+    RETURN_IF_ERROR(Transaction([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      ASSIGN_OR_RETURN(StoredBatch b, GetBatch(stream, sequence_number));
+      ASSIGN_OR_RETURN(deleted, DeleteBatch(b));
+      if (b.batch.kind == RecordKind::kMetric && deleted > 0) {
+        ASSIGN_OR_RETURN(series_gone, CollectSeries());
+      }
+      dropped = std::move(b.batch);
+      return absl::OkStatus();
+    }));
+    if (series_gone) ClearSeriesCaches();
+    ASSIGN_OR_RETURN(approx_used_, MeasureUsedBytes());
+    log_(absl::LogSeverity::kWarning,
+         absl::StrCat("dropped set-aside batch ", sequence_number,
+                      " of stream ", stream, ": deleted ", deleted, " ",
+                      kTables[static_cast<int>(dropped.kind)], " from ", path_,
+                      " (set aside because: ", dropped.reason, ")"));
+    return deleted;
+  }
+
  private:
   struct KindState {
     int64_t next_id = 1;
@@ -607,6 +748,8 @@ class SqliteStorage final : public Storage {
     int64_t dropped_unsynced = 0;
     int64_t evicted_synced = 0;
     int64_t cleaned = 0;
+    int64_t set_aside = 0;
+    int64_t set_aside_dropped = 0;
     // The smallest unsynced id, or next_id when nothing is unsynced. Reads
     // start here instead of scanning the synced history.
     int64_t first_unsynced = 1;
@@ -639,7 +782,88 @@ class SqliteStorage final : public Storage {
     Stmt series_find, series_insert, series_get, series_gc;
     Stmt page_count, freelist_count;
     Stmt pending_save, pending_load, pending_clear;
+    // Set-aside batches: records of kind k with ids in [?1, ?2] ...
+    Stmt set_aside_mark[kRecordKindCount];     // ... unsynced -> state ?3
+    Stmt set_aside_requeue[kRecordKindCount];  // ... state ?3 -> unsynced,
+                                               // ids moved up by ?4
+    Stmt set_aside_delete[kRecordKindCount];   // ... in state ?3 deleted
+    Stmt batch_insert, batch_count, batch_find, batch_list, batch_oldest,
+        batch_delete;
   };
+
+  // A set-aside batch as stored: its row id tags its records.
+  struct StoredBatch {
+    int64_t row = 0;
+    SetAsideBatch batch;
+  };
+
+  // The set-aside batch at the current row of a statement selecting the
+  // batch columns.
+  static absl::StatusOr<StoredBatch> BatchFromRow(const Stmt& s) {
+    StoredBatch b;
+    b.row = s.ColInt(0);
+    b.batch.stream = s.ColText(1);
+    const int64_t kind = s.ColInt(2);
+    if (kind < 0 || kind >= kRecordKindCount) {
+      return absl::DataLossError(absl::StrCat("set-aside batch of stream ",
+                                              b.batch.stream,
+                                              " has unknown kind ", kind));
+    }
+    b.batch.kind = static_cast<RecordKind>(kind);
+    b.batch.sequence_number = s.ColInt(3);
+    b.batch.ids = {s.ColInt(4), s.ColInt(5)};
+    b.batch.record_count = static_cast<int32_t>(s.ColInt(6));
+    b.batch.reason = s.ColText(7);
+    b.batch.set_aside_at = absl::FromUnixNanos(s.ColInt(8));
+    return b;
+  }
+
+  absl::StatusOr<std::optional<StoredBatch>> FindBatch(absl::string_view stream,
+                                                       int64_t sequence_number)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Stmt& s = st_->batch_find;
+    ResetOnExit reset(s);
+    s.Text(1, stream).Int(2, sequence_number);
+    ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) return std::nullopt;
+    ASSIGN_OR_RETURN(StoredBatch b, BatchFromRow(s));
+    return b;
+  }
+
+  // FindBatch, with NotFound when there is none.
+  absl::StatusOr<StoredBatch> GetBatch(absl::string_view stream,
+                                       int64_t sequence_number)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    ASSIGN_OR_RETURN(std::optional<StoredBatch> b,
+                     FindBatch(stream, sequence_number));
+    if (!b.has_value()) {
+      return absl::NotFoundError(absl::StrCat(
+          "no set-aside batch ", sequence_number, " of stream ", stream));
+    }
+    return *std::move(b);
+  }
+
+  // Deletes a set-aside batch and its records inside the current transaction,
+  // counting them in set_aside_dropped. Returns how many records went.
+  absl::StatusOr<int64_t> DeleteBatch(const StoredBatch& b)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const int k = static_cast<int>(b.batch.kind);
+    int64_t deleted = 0;
+    if (!b.batch.ids.empty()) {
+      RETURN_IF_ERROR(st_->set_aside_delete[k]
+                          .Int(1, b.batch.ids.first)
+                          .Int(2, b.batch.ids.last)
+                          .Int(3, -b.row)
+                          .Run());
+      deleted = sqlite3_changes(db_);
+    }
+    RETURN_IF_ERROR(st_->batch_delete.Int(1, b.row).Run());
+    KindState& ks = kinds_[k];
+    ks.set_aside -= deleted;
+    ks.set_aside_dropped += deleted;
+    dirty_ |= 1 << k;
+    return deleted;
+  }
 
   absl::Status CheckOpen() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (db_ == nullptr || st_ == nullptr) {
@@ -803,7 +1027,7 @@ class SqliteStorage final : public Storage {
         RETURN_IF_ERROR(s.read[k][all].Prepare(
             db_, absl::StrCat("SELECT ", columns, " FROM ", t,
                               " WHERE id > ?1 AND id <= ?2",
-                              all ? "" : " AND synced = 0",
+                              all ? " AND synced >= 0" : " AND synced = 0",
                               " ORDER BY id LIMIT ?3")));
       }
       RETURN_IF_ERROR(s.mark[k].Prepare(
@@ -829,12 +1053,45 @@ class SqliteStorage final : public Storage {
                             "LIMIT 1")));
       RETURN_IF_ERROR(s.oldest[k].Prepare(
           db_, absl::StrCat("SELECT ts FROM ", t, " ORDER BY id LIMIT 1")));
+      RETURN_IF_ERROR(s.set_aside_mark[k].Prepare(
+          db_, absl::StrCat("UPDATE ", t,
+                            " SET synced = ?3 WHERE id >= ?1 AND id <= ?2 "
+                            "AND synced = 0")));
+      RETURN_IF_ERROR(s.set_aside_requeue[k].Prepare(
+          db_, absl::StrCat("UPDATE ", t,
+                            " SET synced = 0, id = id + ?4 WHERE id >= ?1 AND "
+                            "id <= ?2 AND synced = ?3")));
+      RETURN_IF_ERROR(s.set_aside_delete[k].Prepare(
+          db_, absl::StrCat("DELETE FROM ", t,
+                            " WHERE id >= ?1 AND id <= ?2 AND synced = ?3")));
     }
+    constexpr char kBatchColumns[] =
+        "id, stream, kind, sequence, first_id, last_id, record_count, reason, "
+        "set_aside_at";
+    RETURN_IF_ERROR(s.batch_insert.Prepare(
+        db_,
+        "INSERT INTO set_aside(stream, kind, sequence, first_id, last_id, "
+        "record_count, reason, set_aside_at) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"));
+    RETURN_IF_ERROR(s.batch_count.Prepare(
+        db_, "UPDATE set_aside SET record_count = ?2 WHERE id = ?1"));
+    RETURN_IF_ERROR(s.batch_find.Prepare(
+        db_, absl::StrCat("SELECT ", kBatchColumns,
+                          " FROM set_aside WHERE stream = ?1 AND sequence = "
+                          "?2")));
+    RETURN_IF_ERROR(s.batch_list.Prepare(
+        db_,
+        absl::StrCat("SELECT ", kBatchColumns, " FROM set_aside ORDER BY id")));
+    RETURN_IF_ERROR(s.batch_oldest.Prepare(
+        db_, absl::StrCat("SELECT ", kBatchColumns,
+                          " FROM set_aside ORDER BY id LIMIT 1")));
+    RETURN_IF_ERROR(
+        s.batch_delete.Prepare(db_, "DELETE FROM set_aside WHERE id = ?1"));
     RETURN_IF_ERROR(s.update_kind.Prepare(
         db_,
         "UPDATE kinds SET next_id = ?2, unsynced = ?3, synced = ?4, "
-        "dropped_unsynced = ?5, evicted_synced = ?6, cleaned = ?7 "
-        "WHERE kind = ?1"));
+        "dropped_unsynced = ?5, evicted_synced = ?6, cleaned = ?7, "
+        "set_aside = ?8, set_aside_dropped = ?9 WHERE kind = ?1"));
     RETURN_IF_ERROR(
         s.series_find.Prepare(db_, "SELECT id FROM series WHERE key = ?1"));
     RETURN_IF_ERROR(
@@ -865,7 +1122,7 @@ class SqliteStorage final : public Storage {
     RETURN_IF_ERROR(load.Prepare(
         db_,
         "SELECT next_id, unsynced, synced, dropped_unsynced, evicted_synced, "
-        "cleaned FROM kinds WHERE kind = ?1"));
+        "cleaned, set_aside, set_aside_dropped FROM kinds WHERE kind = ?1"));
     for (int k = 0; k < kRecordKindCount; ++k) {
       ResetOnExit reset(load);
       load.Int(1, k);
@@ -881,6 +1138,8 @@ class SqliteStorage final : public Storage {
       ks.dropped_unsynced = load.ColInt(3);
       ks.evicted_synced = load.ColInt(4);
       ks.cleaned = load.ColInt(5);
+      ks.set_aside = load.ColInt(6);
+      ks.set_aside_dropped = load.ColInt(7);
       ASSIGN_OR_RETURN(
           int64_t max_id,
           QueryInt(db_, absl::StrCat("SELECT max(id) FROM ", kTables[k])));
@@ -955,6 +1214,8 @@ class SqliteStorage final : public Storage {
                           .Int(5, ks.dropped_unsynced)
                           .Int(6, ks.evicted_synced)
                           .Int(7, ks.cleaned)
+                          .Int(8, ks.set_aside)
+                          .Int(9, ks.set_aside_dropped)
                           .Run());
     }
     dirty_ = 0;
@@ -1162,13 +1423,17 @@ class SqliteStorage final : public Storage {
 
   // Frees about `need` bytes inside the current transaction: the oldest synced
   // records first (every kind in proportion to its synced count), then unused
-  // series, and only then the oldest unsynced records.
+  // series, then the oldest set-aside batches (whole batches: the server
+  // refused them, so they are worth less than data it has not seen yet), and
+  // only then the oldest unsynced records.
   absl::Status Evict(int64_t need, absl::string_view reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     ASSIGN_OR_RETURN(const int64_t before, MeasureUsedBytes());
     int64_t freed = 0;
     std::array<int64_t, kRecordKindCount> evicted{};
     std::array<int64_t, kRecordKindCount> dropped{};
+    std::array<int64_t, kRecordKindCount> dropped_set_aside{};
+    std::vector<std::string> dropped_batches;
     bool series_gone = false;
     for (int phase = 0; phase < 2 && freed < need; ++phase) {
       const bool synced = phase == 0;
@@ -1177,7 +1442,7 @@ class SqliteStorage final : public Storage {
         int64_t rows = 0;
         for (const KindState& ks : kinds_) {
           in_scope += synced ? ks.synced : ks.unsynced;
-          rows += ks.synced + ks.unsynced;
+          rows += ks.synced + ks.unsynced + ks.set_aside;
         }
         if (in_scope == 0) break;
         const int64_t avg_row = std::max<int64_t>(8, (before - freed) / rows);
@@ -1216,19 +1481,58 @@ class SqliteStorage final : public Storage {
         ASSIGN_OR_RETURN(int64_t now_used, MeasureUsedBytes());
         freed = before - now_used;
       }
+      if (synced && freed < need) {
+        bool metrics_dropped = false;
+        while (freed < need) {
+          std::optional<StoredBatch> oldest;
+          {
+            Stmt& o = st_->batch_oldest;
+            ResetOnExit reset(o);
+            ASSIGN_OR_RETURN(bool row, o.Step());
+            if (!row) break;
+            ASSIGN_OR_RETURN(oldest, BatchFromRow(o));
+          }
+          ASSIGN_OR_RETURN(int64_t n, DeleteBatch(*oldest));
+          const int k = static_cast<int>(oldest->batch.kind);
+          dropped_set_aside[k] += n;
+          metrics_dropped |= k == static_cast<int>(RecordKind::kMetric);
+          dropped_batches.push_back(absl::StrCat(
+              oldest->batch.stream, "/", oldest->batch.sequence_number));
+          ASSIGN_OR_RETURN(int64_t now_used, MeasureUsedBytes());
+          freed = before - now_used;
+        }
+        if (metrics_dropped && freed < need) {
+          ASSIGN_OR_RETURN(bool gone, CollectSeries());
+          series_gone = series_gone || gone;
+          ASSIGN_OR_RETURN(int64_t now_used, MeasureUsedBytes());
+          freed = before - now_used;
+        }
+      }
     }
     if (series_gone) ClearSeriesCaches();
     approx_used_ = before - freed;
 
     int64_t total_evicted = 0;
     int64_t total_dropped = 0;
+    int64_t total_set_aside = 0;
     for (int k = 0; k < kRecordKindCount; ++k) {
       total_evicted += evicted[k];
       total_dropped += dropped[k];
+      total_set_aside += dropped_set_aside[k];
     }
     std::string message = absl::StrCat(
         "storage ", path_, " full (", reason, "): evicted ", total_evicted,
         " synced records, freed ", freed, " of ", need, " bytes wanted");
+    if (!dropped_batches.empty()) {
+      // Logged on its own, never rate-limited: each batch is gone for good.
+      log_(absl::LogSeverity::kWarning,
+           absl::StrCat("storage ", path_, " full (", reason, "): DROPPED ",
+                        dropped_batches.size(), " set-aside batches (",
+                        absl::StrJoin(dropped_batches, ", "), ") with ",
+                        total_set_aside, " records (metrics ",
+                        dropped_set_aside[0], ", logs ", dropped_set_aside[1],
+                        ", events ", dropped_set_aside[2], ")"));
+    }
     if (total_dropped > 0) {
       absl::StrAppend(&message, "; DROPPED ", total_dropped,
                       " UNSYNCED records (metrics ", dropped[0], ", logs ",

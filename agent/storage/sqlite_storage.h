@@ -9,9 +9,16 @@
 //
 // Full-storage policy: the store keeps the pages it uses under `max_bytes`.
 // When an append would go over (or the disk or file limit is hit), it deletes
-// the oldest synced records first, and only when that is not enough the oldest
-// unsynced records; every dropped record is counted (Info().kinds[k]) and
-// logged.
+// the oldest synced records first, then the oldest set-aside batches (whole
+// batches), and only when that is not enough the oldest unsynced records;
+// every dropped record is counted (Info().kinds[k]) and logged.
+//
+// Set-aside batches live in the same database (so they are encrypted with it
+// and count against the quota): their records stay in the record tables in a
+// set-aside state tagged with the batch, listed in a table of their own.
+// RetrySetAside gives the requeued records fresh ids after every record stored
+// so far, so no batch read earlier can span them. CleanOlderThan leaves them
+// alone: only the operator (retry, drop) or the quota removes them.
 //
 // Start-up: a database that is corrupt (or encrypted with another key) is moved
 // aside to "<file>.corrupt-<UTC time>" with an error log, and a fresh one is

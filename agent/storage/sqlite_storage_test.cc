@@ -147,6 +147,88 @@ TEST_F(SqliteStorageTest, DataCountersAndIdsSurviveReopen) {
   EXPECT_THAT(store->AppendMetric(Metrics(1)[0]), IsOkAndHolds(11));
 }
 
+SetAsideBatch Rejected(int64_t sequence, IdRange ids) {
+  SetAsideBatch b;
+  b.stream = "metrics";
+  b.kind = RecordKind::kMetric;
+  b.sequence_number = sequence;
+  b.ids = ids;
+  b.reason = absl::StrCat("invalid batch ", sequence);
+  return b;
+}
+
+TEST_F(SqliteStorageTest, SetAsideBatchesSurviveReopen) {
+  {
+    std::unique_ptr<Storage> store = Open();
+    ASSERT_THAT(store->AppendMetrics(Metrics(10)), IsOk());
+    ASSERT_THAT(store->SetAside(Rejected(41, {2, 3})), IsOk());
+    clock_.Advance(absl::Seconds(30));
+    ASSERT_THAT(store->SetAside(Rejected(42, {7, 9})), IsOk());
+    ASSERT_THAT(store->DropSetAside("metrics", 41), IsOkAndHolds(2));
+    ASSERT_THAT(store->SetAside(Rejected(43, {1, 1})), IsOk());
+  }
+  EXPECT_EQ(log_.Count(absl::LogSeverity::kWarning, "invalid batch 42"), 1);
+  std::unique_ptr<Storage> store = Open();
+  ASSERT_NE(store, nullptr);
+  StorageInfo info = InfoOf(*store);
+  EXPECT_EQ(info.set_aside_batches, 2);
+  EXPECT_EQ(info.of(RecordKind::kMetric).set_aside, 4);
+  EXPECT_EQ(info.of(RecordKind::kMetric).set_aside_dropped, 2);
+  EXPECT_EQ(info.of(RecordKind::kMetric).unsynced, 4);
+  absl::StatusOr<std::vector<SetAsideBatch>> list = store->ListSetAside();
+  ASSERT_THAT(list, IsOk());
+  ASSERT_THAT(*list, SizeIs(2));
+  SetAsideBatch b42 = Rejected(42, {7, 9});
+  b42.record_count = 3;
+  EXPECT_EQ((*list)[0], b42);
+  EXPECT_EQ((*list)[0].set_aside_at, kStart + absl::Seconds(30));
+  EXPECT_EQ((*list)[1].sequence_number, 43);
+  absl::StatusOr<std::vector<StoredMetric>> read = store->ReadMetrics({});
+  ASSERT_THAT(read, IsOk());
+  EXPECT_THAT(Ids(*read), ElementsAre(4, 5, 6, 10));
+  // Retried after a restart: fresh ids after everything ever stored.
+  EXPECT_THAT(store->RetrySetAside("metrics", 42), IsOkAndHolds(3));
+  read = store->ReadMetrics({});
+  ASSERT_THAT(read, IsOk());
+  EXPECT_THAT(Ids(*read), ElementsAre(4, 5, 6, 10, 11, 12, 13));
+  EXPECT_THAT((*read)[4].record, EqualsProto(Metrics(10)[6]));
+  EXPECT_THAT(store->AppendMetric(Metrics(1)[0]), IsOkAndHolds(14));
+}
+
+TEST_F(SqliteStorageTest, QuotaEvictsSetAsideBatchesAfterSyncedData) {
+  SqliteStorageOptions options = Options();
+  options.max_bytes = 128 << 10;
+  std::unique_ptr<Storage> store = Open(options);
+  for (int i = 0; i < 600; i += 100) {
+    ASSERT_THAT(store->AppendMetrics(Metrics(100, i)), IsOk());
+  }
+  ASSERT_THAT(store->SetAside(Rejected(1, {1, 300})), IsOk());
+  ASSERT_THAT(store->MarkSynced(RecordKind::kMetric, {301, 600}),
+              IsOkAndHolds(300));
+  int next = 600;
+  for (; next < 20000; next += 100) {
+    ASSERT_THAT(store->AppendMetrics(Metrics(100, next)), IsOk());
+    if (InfoOf(*store).of(RecordKind::kMetric).set_aside_dropped > 0) break;
+  }
+  StorageInfo info = InfoOf(*store);
+  const KindInfo& m = info.of(RecordKind::kMetric);
+  // Every synced record went first; the batch went whole; nothing unsynced.
+  EXPECT_EQ(m.evicted_synced, 300);
+  EXPECT_EQ(m.set_aside_dropped, 300);
+  EXPECT_EQ(m.set_aside, 0);
+  EXPECT_EQ(m.dropped_unsynced, 0);
+  EXPECT_EQ(info.set_aside_batches, 0);
+  EXPECT_LE(info.bytes_used, options.max_bytes);
+  EXPECT_THAT(store->ListSetAside(), IsOkAndHolds(IsEmpty()));
+  EXPECT_EQ(log_.Count(absl::LogSeverity::kWarning,
+                       "DROPPED 1 set-aside batches (metrics/1)"),
+            1)
+      << log_.All();
+  // Set-aside records counted against the quota: they went before the
+  // unsynced ones had to.
+  EXPECT_EQ(m.unsynced, next + 100 - 600);
+}
+
 TEST_F(SqliteStorageTest, IdsAreNeverReusedEvenAfterEverythingIsGone) {
   {
     std::unique_ptr<Storage> store = Open();
@@ -230,7 +312,7 @@ TEST_F(SqliteStorageTest, MigratesAVersion1Database) {
   }
   std::unique_ptr<Storage> store = Open();
   ASSERT_NE(store, nullptr);
-  EXPECT_EQ(InfoOf(*store).details["schema_version"], "2");
+  EXPECT_EQ(InfoOf(*store).details["schema_version"], "3");
   absl::StatusOr<std::vector<StoredLog>> logs = store->ReadLogs({});
   ASSERT_THAT(logs, IsOk());
   ASSERT_THAT(*logs, SizeIs(1));
@@ -242,6 +324,19 @@ TEST_F(SqliteStorageTest, MigratesAVersion1Database) {
       store->SavePendingBatch({"logs", RecordKind::kLog, 1, {1, 1}, 1, 0}),
       IsOk());
   EXPECT_EQ(log_.Count(absl::LogSeverity::kInfo, "schema version 2"), 1);
+  // And what version 3 added: set-aside batches and their counters.
+  SetAsideBatch batch;
+  batch.stream = "logs";
+  batch.kind = RecordKind::kLog;
+  batch.sequence_number = 1;
+  batch.ids = {1, 1};
+  batch.reason = "bad";
+  EXPECT_THAT(store->SetAside(batch), IsOk());
+  EXPECT_EQ(InfoOf(*store).of(RecordKind::kLog).set_aside, 1);
+  EXPECT_EQ(InfoOf(*store).of(RecordKind::kLog).unsynced, 0);
+  EXPECT_THAT(store->LoadPendingBatch("logs"),
+              IsOkAndHolds(std::optional<PendingBatch>()));
+  EXPECT_EQ(log_.Count(absl::LogSeverity::kInfo, "schema version 3"), 1);
 }
 
 TEST_F(SqliteStorageTest, RefusesADatabaseFromANewerAgent) {

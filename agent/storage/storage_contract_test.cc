@@ -425,6 +425,198 @@ TEST_P(StorageContractTest, ConcurrentAppendersAndOneSyncerLoseNothing) {
   for (size_t i = 0; i < seen.size(); ++i) EXPECT_TRUE(seen[i]) << i;
 }
 
+// ---- set-aside batches
+// -------------------------------------------------------
+
+SetAsideBatch Rejected(int64_t sequence, IdRange ids,
+                       RecordKind kind = RecordKind::kMetric,
+                       std::string stream = "metrics") {
+  SetAsideBatch b;
+  b.stream = std::move(stream);
+  b.kind = kind;
+  b.sequence_number = sequence;
+  b.ids = ids;
+  b.reason = "invalid: metric name is empty";
+  return b;
+}
+
+TEST_P(StorageContractTest, SetAsideTakesABatchOutOfTheSyncQueue) {
+  ASSERT_THAT(store_->AppendMetrics(Metrics(10)), IsOk());
+  ASSERT_THAT(store_->SavePendingBatch(
+                  {"metrics", RecordKind::kMetric, 7, IdRange{4, 6}, 3, 2}),
+              IsOk());
+  clock_.Advance(absl::Minutes(5));
+  ASSERT_THAT(store_->SetAside(Rejected(7, {4, 6})), IsOk());
+
+  // Reads skip it, with and without synced history.
+  EXPECT_THAT(Ids(ReadMetrics()), ElementsAre(1, 2, 3, 7, 8, 9, 10));
+  ReadOptions all;
+  all.include_synced = true;
+  EXPECT_THAT(Ids(ReadMetrics(all)), ElementsAre(1, 2, 3, 7, 8, 9, 10));
+  // Its pending batch is gone with it.
+  EXPECT_THAT(store_->LoadPendingBatch("metrics"),
+              IsOkAndHolds(std::optional<PendingBatch>()));
+
+  StorageInfo info = Info();
+  EXPECT_EQ(info.of(RecordKind::kMetric).unsynced, 7);
+  EXPECT_EQ(info.of(RecordKind::kMetric).set_aside, 3);
+  EXPECT_EQ(info.set_aside_batches, 1);
+
+  // A batch read around it and acknowledged does not touch it.
+  EXPECT_THAT(store_->MarkSynced(RecordKind::kMetric, {1, 10}),
+              IsOkAndHolds(7));
+  info = Info();
+  EXPECT_EQ(info.of(RecordKind::kMetric).unsynced, 0);
+  EXPECT_EQ(info.of(RecordKind::kMetric).synced, 7);
+  EXPECT_EQ(info.of(RecordKind::kMetric).set_aside, 3);
+  EXPECT_THAT(ReadMetrics(), IsEmpty());
+
+  absl::StatusOr<std::vector<SetAsideBatch>> list = store_->ListSetAside();
+  ASSERT_THAT(list, IsOk());
+  ASSERT_THAT(*list, SizeIs(1));
+  SetAsideBatch expected = Rejected(7, {4, 6});
+  expected.record_count = 3;
+  EXPECT_EQ((*list)[0], expected);
+  EXPECT_EQ((*list)[0].set_aside_at, kStart + absl::Minutes(5));
+}
+
+TEST_P(StorageContractTest, SetAsideRefusesADuplicateAndUnknownBatchesFail) {
+  ASSERT_THAT(store_->AppendMetrics(Metrics(4)), IsOk());
+  ASSERT_THAT(store_->SetAside(Rejected(1, {1, 2})), IsOk());
+  EXPECT_THAT(store_->SetAside(Rejected(1, {3, 4})),
+              StatusIs(absl::StatusCode::kAlreadyExists));
+  EXPECT_EQ(Info().of(RecordKind::kMetric).unsynced, 2);
+  // The same sequence number on another stream is another batch.
+  EXPECT_THAT(store_->SetAside(Rejected(1, {}, RecordKind::kLog, "logs")),
+              IsOk());
+  EXPECT_THAT(store_->RetrySetAside("metrics", 2),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(store_->DropSetAside("events", 1),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(store_->SetAside(Rejected(2, {3, 4}, RecordKind::kMetric, "")),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(Info().set_aside_batches, 2);
+}
+
+TEST_P(StorageContractTest, RetryRequeuesTheRecordsUnderNewIds) {
+  std::vector<v1::Metric> in = Metrics(10);
+  ASSERT_THAT(store_->AppendMetrics(in), IsOk());
+  ASSERT_THAT(store_->SetAside(Rejected(7, {4, 6})), IsOk());
+  ASSERT_THAT(store_->MarkSynced(RecordKind::kMetric, {1, 10}),
+              IsOkAndHolds(7));
+
+  EXPECT_THAT(store_->RetrySetAside("metrics", 7), IsOkAndHolds(3));
+  std::vector<StoredMetric> again = ReadMetrics();
+  ASSERT_THAT(again, SizeIs(3));
+  // After everything stored before the retry, so no earlier batch spans them.
+  EXPECT_GT(again[0].id, 10);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_THAT(again[i].record, EqualsProto(in[3 + i]));
+    if (i > 0) {
+      EXPECT_GT(again[i].id, again[i - 1].id);
+    }
+  }
+  StorageInfo info = Info();
+  EXPECT_EQ(info.of(RecordKind::kMetric).unsynced, 3);
+  EXPECT_EQ(info.of(RecordKind::kMetric).set_aside, 0);
+  EXPECT_EQ(info.set_aside_batches, 0);
+  EXPECT_THAT(store_->ListSetAside(), IsOkAndHolds(IsEmpty()));
+  EXPECT_THAT(store_->RetrySetAside("metrics", 7),
+              StatusIs(absl::StatusCode::kNotFound));
+  // New appends keep getting increasing ids.
+  absl::StatusOr<int64_t> next = store_->AppendMetric(in[0]);
+  ASSERT_THAT(next, IsOk());
+  EXPECT_GT(*next, again.back().id);
+  EXPECT_THAT(store_->MarkSynced(RecordKind::kMetric,
+                                 {again.front().id, again.back().id}),
+              IsOkAndHolds(3));
+}
+
+TEST_P(StorageContractTest, RetriedLogsAndEventsComeBackIntact) {
+  std::vector<v1::LogEntry> logs = {MakeLog("a", kStart),
+                                    MakeLog("b", kStart, "error")};
+  ASSERT_THAT(store_->AppendLogs(logs), IsOk());
+  ASSERT_THAT(store_->AppendEvent(MakeEvent("door", kStart)), IsOk());
+  ASSERT_THAT(store_->SetAside(Rejected(3, {1, 2}, RecordKind::kLog, "logs")),
+              IsOk());
+  ASSERT_THAT(
+      store_->SetAside(Rejected(3, {1, 1}, RecordKind::kEvent, "events")),
+      IsOk());
+  EXPECT_THAT(store_->ReadLogs({}), IsOkAndHolds(IsEmpty()));
+  EXPECT_EQ(Info().of(RecordKind::kMetric).set_aside, 0);
+  EXPECT_EQ(Info().of(RecordKind::kLog).set_aside, 2);
+
+  EXPECT_THAT(store_->RetrySetAside("logs", 3), IsOkAndHolds(2));
+  absl::StatusOr<std::vector<StoredLog>> back = store_->ReadLogs({});
+  ASSERT_THAT(back, IsOk());
+  ASSERT_THAT(*back, SizeIs(2));
+  EXPECT_THAT((*back)[0].record, EqualsProto(logs[0]));
+  EXPECT_THAT((*back)[1].record, EqualsProto(logs[1]));
+  EXPECT_THAT(store_->RetrySetAside("events", 3), IsOkAndHolds(1));
+  absl::StatusOr<std::vector<StoredEvent>> events = store_->ReadEvents({});
+  ASSERT_THAT(events, IsOk());
+  ASSERT_THAT(*events, SizeIs(1));
+  EXPECT_THAT((*events)[0].record, EqualsProto(MakeEvent("door", kStart)));
+}
+
+TEST_P(StorageContractTest, DropDeletesTheBatchAndCountsIt) {
+  ASSERT_THAT(store_->AppendMetrics(Metrics(10)), IsOk());
+  ASSERT_THAT(store_->SetAside(Rejected(7, {4, 6})), IsOk());
+  EXPECT_THAT(store_->DropSetAside("metrics", 7), IsOkAndHolds(3));
+  StorageInfo info = Info();
+  EXPECT_EQ(info.of(RecordKind::kMetric).set_aside, 0);
+  EXPECT_EQ(info.of(RecordKind::kMetric).set_aside_dropped, 3);
+  EXPECT_EQ(info.of(RecordKind::kMetric).unsynced, 7);
+  EXPECT_EQ(info.set_aside_batches, 0);
+  EXPECT_THAT(Ids(ReadMetrics()), ElementsAre(1, 2, 3, 7, 8, 9, 10));
+  ReadOptions all;
+  all.include_synced = true;
+  EXPECT_THAT(Ids(ReadMetrics(all)), ElementsAre(1, 2, 3, 7, 8, 9, 10));
+  EXPECT_THAT(store_->DropSetAside("metrics", 7),
+              StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_P(StorageContractTest, BatchesSpanningEarlierSetAsideOnesStayApart) {
+  ASSERT_THAT(store_->AppendMetrics(Metrics(10)), IsOk());
+  ASSERT_THAT(store_->SetAside(Rejected(1, {4, 6})), IsOk());
+  // The next batch read skips 4-6, so its id range spans them.
+  ReadOptions five;
+  five.max_records = 5;
+  EXPECT_THAT(Ids(ReadMetrics(five)), ElementsAre(1, 2, 3, 7, 8));
+  ASSERT_THAT(store_->SetAside(Rejected(2, {1, 8})), IsOk());
+  absl::StatusOr<std::vector<SetAsideBatch>> list = store_->ListSetAside();
+  ASSERT_THAT(list, IsOk());
+  ASSERT_THAT(*list, SizeIs(2));
+  EXPECT_EQ((*list)[0].sequence_number, 1);
+  EXPECT_EQ((*list)[0].record_count, 3);
+  EXPECT_EQ((*list)[1].sequence_number, 2);
+  EXPECT_EQ((*list)[1].record_count, 5);
+  EXPECT_EQ(Info().of(RecordKind::kMetric).set_aside, 8);
+
+  // Retrying the later batch brings back its own records only.
+  EXPECT_THAT(store_->RetrySetAside("metrics", 2), IsOkAndHolds(5));
+  std::vector<StoredMetric> back = ReadMetrics();
+  ASSERT_THAT(back, SizeIs(7));  // 9, 10, then the five requeued
+  std::vector<double> values;
+  for (const StoredMetric& m : back) values.push_back(m.record.value());
+  EXPECT_THAT(values, ElementsAre(8, 9, 0, 1, 2, 6, 7));
+  EXPECT_EQ(Info().of(RecordKind::kMetric).set_aside, 3);
+  EXPECT_THAT(store_->DropSetAside("metrics", 1), IsOkAndHolds(3));
+}
+
+TEST_P(StorageContractTest, CleanLeavesSetAsideBatchesAlone) {
+  ASSERT_THAT(store_->AppendMetrics(Metrics(4)), IsOk());
+  ASSERT_THAT(store_->SetAside(Rejected(1, {1, 2})), IsOk());
+  clock_.Advance(absl::Hours(48));
+  EXPECT_THAT(store_->CleanOlderThan(absl::Hours(1), CleanScope::kAll),
+              IsOkAndHolds(2));
+  StorageInfo info = Info();
+  EXPECT_EQ(info.of(RecordKind::kMetric).set_aside, 2);
+  EXPECT_EQ(info.of(RecordKind::kMetric).unsynced, 0);
+  EXPECT_THAT(store_->RetrySetAside("metrics", 1), IsOkAndHolds(2));
+  EXPECT_THAT(ReadMetrics(), SizeIs(2));
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Backends, StorageContractTest,
     ::testing::Values(Backend{"sqlite",
