@@ -89,6 +89,11 @@ struct KindInfo {
   int64_t evicted_synced = 0;
   // Records removed by CleanOlderThan.
   int64_t cleaned = 0;
+  // Records in set-aside batches (see Storage::SetAside): neither unsynced nor
+  // synced, still stored and counted against the quota.
+  int64_t set_aside = 0;
+  // Set-aside records deleted by DropSetAside or evicted to make room.
+  int64_t set_aside_dropped = 0;
   // The id the next appended record gets.
   int64_t next_id = 1;
   // Timestamp of the oldest unsynced record.
@@ -106,6 +111,8 @@ struct StorageInfo {
   std::optional<absl::Time> oldest_record_time;
   // Times an append found the store full (quota or disk) and had to evict.
   int64_t full_events = 0;
+  // Set-aside batches currently kept.
+  int64_t set_aside_batches = 0;
   // Backend details for `fleetd debug storage`, e.g. journal_mode, synchronous,
   // schema_version, encrypted, file_bytes.
   std::map<std::string, std::string> details;
@@ -129,6 +136,26 @@ struct PendingBatch {
     return stream == o.stream && kind == o.kind &&
            sequence_number == o.sequence_number && ids == o.ids &&
            record_count == o.record_count && retry_count == o.retry_count;
+  }
+};
+
+// A batch the server definitively rejected as invalid, kept in the store (so
+// it stays encrypted and within the quota) until the operator retries or drops
+// it with `fleetd quarantine retry|drop`.
+struct SetAsideBatch {
+  std::string stream;  // e.g. "metrics"
+  RecordKind kind = RecordKind::kMetric;
+  // The sequence number it was rejected under; identifies it in the store.
+  int64_t sequence_number = 0;
+  IdRange ids;
+  int32_t record_count = 0;
+  std::string reason;  // the server's words
+  absl::Time set_aside_at = absl::UnixEpoch();
+
+  bool operator==(const SetAsideBatch& o) const {
+    return stream == o.stream && kind == o.kind &&
+           sequence_number == o.sequence_number && ids == o.ids &&
+           record_count == o.record_count && reason == o.reason;
   }
 };
 
@@ -202,6 +229,39 @@ class Storage {
       absl::string_view stream) = 0;
   // Forgets the pending batch of `stream` (no error when there is none).
   virtual absl::Status ClearPendingBatch(absl::string_view stream) = 0;
+
+  // Changes the byte quota (SQLite) or ring capacity (memory) at run time, e.g.
+  // from the server's configuration; the full-storage policy applies it at the
+  // next append. InvalidArgument for a size the store cannot work with.
+  virtual absl::Status SetMaxBytes(int64_t max_bytes) {
+    (void)max_bytes;
+    return absl::UnimplementedError("this store has a fixed size");
+  }
+
+  // Set-aside batches. All of them keep the records inside the store: they
+  // count against the quota, are encrypted with the store, and survive
+  // restarts. Under quota pressure they are evicted after synced records and
+  // together with the oldest unsynced ones (counted in set_aside_dropped).
+
+  // Atomically: moves the unsynced records of `batch.kind` with ids in
+  // `batch.ids` out of the sync queue (Read* no longer returns them, MarkSynced
+  // skips them), records `batch` (reason, time: set_aside_at is stamped with
+  // the store clock's Now()), and clears the pending batch of `batch.stream`.
+  // `batch.record_count` is set to the number of records moved. AlreadyExists
+  // if a batch with the same stream and sequence number is already set aside.
+  virtual absl::Status SetAside(const SetAsideBatch& batch) = 0;
+  // Every set-aside batch, oldest first.
+  virtual absl::StatusOr<std::vector<SetAsideBatch>> ListSetAside() = 0;
+  // Puts the records of a set-aside batch back into the sync queue as unsynced
+  // (they go out again in a new batch under a new sequence number, as the
+  // server never applied the rejected one) and forgets the entry. Returns the
+  // number of records requeued; NotFound if there is no such batch.
+  virtual absl::StatusOr<int64_t> RetrySetAside(absl::string_view stream,
+                                                int64_t sequence_number) = 0;
+  // Deletes a set-aside batch and its records (counted in set_aside_dropped,
+  // logged). Returns the number of records deleted; NotFound if none.
+  virtual absl::StatusOr<int64_t> DropSetAside(absl::string_view stream,
+                                               int64_t sequence_number) = 0;
 };
 
 }  // namespace fleetd::agent

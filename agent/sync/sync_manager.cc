@@ -3,11 +3,11 @@
 #include <openssl/sha.h>
 
 #include <algorithm>
-#include <fstream>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/status/error_class.h"
 #include "common/status/retry_after.h"
-#include "common/status/retryable.h"
 #include "common/status/status_macros.h"
 #include "glog/logging.h"
 
@@ -18,6 +18,13 @@ namespace {
 // numbers never repeat even if the device clock goes back (no RTC, before NTP).
 std::string SequenceSlot(absl::string_view stream) {
   return absl::StrCat("seq/", stream);
+}
+
+// Stands for "no limit" in a token bucket.
+constexpr double kUnlimitedRate = 1e12;
+
+double RateOrUnlimited(double per_second) {
+  return per_second > 0 ? per_second : kUnlimitedRate;
 }
 
 void SetTimestamp(google::protobuf::Timestamp* ts, absl::Time t) {
@@ -32,34 +39,27 @@ std::string Sha256(const std::string& data) {
   return std::string(reinterpret_cast<const char*>(d), sizeof(d));
 }
 
-// Fills `batch` (MetricsBatch, LogsBatch or EventsBatch) for the wire from its
-// serialization `raw`: compressed when that saves at least 10 %.
-template <typename Batch>
-absl::Status Pack(Compression codec, const std::string& raw, Batch* batch,
-                  bool* compressed) {
-  *compressed = false;
-  if (codec == Compression::kNone) return absl::OkStatus();
-  ASSIGN_OR_RETURN(std::string packed, Compress(codec, raw));
-  if (packed.size() * 10 > raw.size() * 9)
-    return absl::OkStatus();  // saves < 10 %
-  Batch wire;
-  wire.set_compression(std::string(CompressionName(codec)));
-  wire.set_compressed_data(std::move(packed));
-  wire.set_original_size(static_cast<int32_t>(raw.size()));
-  *batch = std::move(wire);
-  *compressed = true;
-  return absl::OkStatus();
+// Per-kind pieces, so the send path is written once.
+template <typename Record>
+void AddRecord(Record&& r, v1::MetricsBatch* b) {
+  *b->add_metrics() = std::forward<Record>(r);
 }
-
-// Per-kind pieces of sending a batch, so SendBatch is written once.
-void PutOnStream(const v1::MetricsBatch& b, v1::StreamSyncRequest* r) {
-  *r->mutable_metrics() = b;
+template <typename Record>
+void AddRecord(Record&& r, v1::LogsBatch* b) {
+  *b->add_logs() = std::forward<Record>(r);
 }
-void PutOnStream(const v1::LogsBatch& b, v1::StreamSyncRequest* r) {
-  *r->mutable_logs() = b;
+template <typename Record>
+void AddRecord(Record&& r, v1::EventsBatch* b) {
+  *b->add_events() = std::forward<Record>(r);
 }
-void PutOnStream(const v1::EventsBatch& b, v1::StreamSyncRequest* r) {
-  *r->mutable_events() = b;
+void SwapOntoStream(v1::MetricsBatch* b, v1::StreamSyncRequest* r) {
+  r->mutable_metrics()->Swap(b);
+}
+void SwapOntoStream(v1::LogsBatch* b, v1::StreamSyncRequest* r) {
+  r->mutable_logs()->Swap(b);
+}
+void SwapOntoStream(v1::EventsBatch* b, v1::StreamSyncRequest* r) {
+  r->mutable_events()->Swap(b);
 }
 absl::StatusOr<v1::SyncMetricsResponse> CallUnary(
     SyncTransport& t, const v1::SyncMetricsRequest& r, absl::Duration timeout) {
@@ -83,12 +83,77 @@ const v1::SyncConfig* ConfigUpdate(const v1::SyncEventsResponse&) {
   return nullptr;
 }
 
+// Reads the records `read` selects as the wire batch message of their kind.
+// `ids` gets the first and last id read.
+template <typename BatchMsg, typename ReadFn>
+absl::Status ReadInto(ReadFn read_fn, const ReadOptions& read, BatchMsg* batch,
+                      IdRange* ids, int32_t* count) {
+  ASSIGN_OR_RETURN(auto records, read_fn(read));
+  batch->Clear();
+  *count = static_cast<int32_t>(records.size());
+  if (records.empty()) return absl::OkStatus();
+  *ids = {records.front().id, records.back().id};
+  for (auto& r : records) AddRecord(std::move(r.record), batch);
+  return absl::OkStatus();
+}
+
+// Replaces `batch`'s records by their compressed serialization `raw` when
+// that saves at least 10 %. Returns whether it did.
+template <typename BatchMsg>
+absl::StatusOr<bool> Pack(Compression codec, const std::string& raw,
+                          BatchMsg* batch) {
+  if (codec == Compression::kNone) return false;
+  ASSIGN_OR_RETURN(std::string packed, Compress(codec, raw));
+  if (packed.size() * 10 > raw.size() * 9) return false;  // saves < 10 %
+  batch->Clear();
+  batch->set_compression(std::string(CompressionName(codec)));
+  batch->set_compressed_data(std::move(packed));
+  batch->set_original_size(static_cast<int32_t>(raw.size()));
+  return true;
+}
+
 }  // namespace
 
 struct SyncManager::Stream {
   std::string name;
   RecordKind kind;
   bool fresh_turn = false;
+};
+
+// One batch on its way: its identity in the store and its wire request, built
+// once (one read from the store, one serialization for checksum and
+// compression) and reused by every attempt.
+struct SyncManager::Batch {
+  PendingBatch pending;
+  // Exactly the request of the stream's kind is filled.
+  v1::SyncMetricsRequest metrics;
+  v1::SyncLogsRequest logs;
+  v1::SyncEventsRequest events;
+  int64_t raw_bytes = 0;  // serialized size before compression
+  bool compressed = false;
+
+  v1::SyncMetadata* metadata(RecordKind kind) {
+    switch (kind) {
+      case RecordKind::kMetric:
+        return metrics.mutable_metadata();
+      case RecordKind::kLog:
+        return logs.mutable_metadata();
+      case RecordKind::kEvent:
+        return events.mutable_metadata();
+    }
+    return metrics.mutable_metadata();
+  }
+  int64_t wire_bytes(RecordKind kind) const {
+    switch (kind) {
+      case RecordKind::kMetric:
+        return static_cast<int64_t>(metrics.ByteSizeLong());
+      case RecordKind::kLog:
+        return static_cast<int64_t>(logs.ByteSizeLong());
+      case RecordKind::kEvent:
+        return static_cast<int64_t>(events.ByteSizeLong());
+    }
+    return 0;
+  }
 };
 
 SyncManager::SyncManager(Storage* storage, SyncTransport* transport,
@@ -104,10 +169,12 @@ SyncManager::SyncManager(Storage* storage, SyncTransport* transport,
                    ? options.seed
                    : static_cast<uint64_t>(absl::ToUnixNanos(clock->Now()))),
       breaker_(options.breaker, clock),
-      bucket_(options.max_records_per_second > 0
-                  ? options.max_records_per_second
-                  : 1e12,
-              std::max<double>(options.batch_size, 1), clock) {
+      bucket_(RateOrUnlimited(options.max_records_per_second),
+              std::max<double>(options.batch_size, 1), clock),
+      metrics_bucket_(kUnlimitedRate, std::max<double>(options.batch_size, 1),
+                      clock),
+      logs_bucket_(kUnlimitedRate, std::max<double>(options.batch_size, 1),
+                   clock) {
   stats_.state = "idle";
 }
 
@@ -125,20 +192,57 @@ void SyncManager::SetState(const std::string& state) {
 
 void SyncManager::ApplyConfig(const v1::SyncConfig& c) {
   absl::MutexLock lock(&mu_);
-  if (!options_.interval_pinned && c.sync_interval_seconds() > 0) {
-    options_.interval = absl::Seconds(c.sync_interval_seconds());
+  SyncOptions& o = options_;
+  if (!o.interval_pinned && c.sync_interval_seconds() > 0) {
+    o.interval = absl::Seconds(c.sync_interval_seconds());
   }
-  if (!options_.batch_size_pinned && c.batch_size() > 0) {
-    options_.batch_size = c.batch_size();
+  if (!o.batch_size_pinned && c.batch_size() > 0) {
+    o.batch_size = c.batch_size();
   }
-  if (!options_.compression_pinned && !c.compression_type().empty()) {
+  if (!o.compression_pinned && !c.compression_type().empty()) {
     auto codec = ParseCompression(c.compression_enabled() ? c.compression_type()
                                                           : "none");
-    if (codec.ok()) options_.compression = *codec;
+    if (codec.ok()) o.compression = *codec;
   }
-  // max_metrics_per_second caps collection, not sync: throttling the sync to
-  // the collection rate would keep a backlog from ever draining after an
-  // outage.
+  if (!o.max_retries_pinned && c.max_retries() > 0) {
+    o.max_retries = c.max_retries();
+  }
+  if (!o.backoff_pinned) {
+    BackoffOptions b = o.backoff;
+    if (c.initial_backoff_seconds() > 0) {
+      b.initial = absl::Seconds(c.initial_backoff_seconds());
+    }
+    if (c.max_backoff_seconds() > 0) {
+      b.max = absl::Seconds(c.max_backoff_seconds());
+    }
+    if (c.backoff_multiplier() >= 1) b.multiplier = c.backoff_multiplier();
+    if (ValidateBackoffOptions(b).ok()) {
+      o.backoff = b;  // the cycle picks it up before its next wait
+    } else {
+      LOG(WARNING) << "ignoring the server's backoff settings (initial "
+                   << c.initial_backoff_seconds() << " s, max "
+                   << c.max_backoff_seconds() << " s, multiplier "
+                   << c.backoff_multiplier() << "): not a valid backoff";
+    }
+  }
+  if (!o.retention_pinned && c.retention_hours() > 0) {
+    o.retention = absl::Hours(c.retention_hours());
+  }
+  double burst = std::max<double>(o.batch_size, 1);
+  bucket_.SetRate(RateOrUnlimited(o.max_records_per_second), burst);
+  if (!o.rate_limits_pinned) {
+    metrics_rate_ = std::max(0, c.max_metrics_per_second());
+    logs_rate_ = std::max(0, c.max_logs_per_second());
+    metrics_bucket_.SetRate(RateOrUnlimited(metrics_rate_), burst);
+    logs_bucket_.SetRate(RateOrUnlimited(logs_rate_), burst);
+  }
+  if (!o.storage_limits_pinned && c.max_local_storage_bytes() > 0) {
+    absl::Status s = storage_->SetMaxBytes(c.max_local_storage_bytes());
+    if (!s.ok()) {
+      LOG(WARNING) << "cannot apply the server's storage quota of "
+                   << c.max_local_storage_bytes() << " bytes: " << s;
+    }
+  }
 }
 
 absl::Status SyncManager::FetchConfig() {
@@ -165,6 +269,7 @@ void SyncManager::Start() {
 
 void SyncManager::Stop() {
   stopping_ = true;
+  stop_wakeup_.Notify();
   wakeup_.Notify();
   if (thread_.joinable()) thread_.join();
 }
@@ -173,16 +278,26 @@ void SyncManager::TriggerSync() { wakeup_.Notify(); }
 
 bool SyncManager::WaitFor(absl::Duration d) {
   if (stopping_) return false;
-  clock_->SleepFor(d, &wakeup_);
+  clock_->SleepFor(d, &stop_wakeup_);
   return !stopping_;
 }
 
 void SyncManager::Loop() {
   while (!stopping_) {
+    // A trigger that arrived before this point is served by this cycle.
     wakeup_.Reset();
-    absl::Status s = Cycle();
+    int set_aside = 0;
+    absl::Status s = Cycle(&set_aside);
     if (stopping_) break;
-    clock_->SleepFor(DelayAfter(s), &wakeup_);
+    if (s.ok()) {
+      // Between cycles a trigger (new data, a flush command) starts the next
+      // one early.
+      clock_->SleepFor(DelayAfter(s), &wakeup_);
+    } else {
+      // After a failure, wait out the backoff: a flush command from the
+      // server must not turn it into a tight loop.
+      WaitFor(DelayAfter(s));
+    }
   }
 }
 
@@ -199,7 +314,17 @@ absl::Duration SyncManager::DelayAfter(const absl::Status& s) {
   return std::min(interval, retry);
 }
 
-absl::Status SyncManager::SyncNow() { return Cycle(); }
+absl::Status SyncManager::SyncNow() {
+  int set_aside = 0;
+  absl::Status s = Cycle(&set_aside);
+  if (s.ok() && set_aside > 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the server rejected ", set_aside,
+        " batch(es) as invalid; they are set aside (see `fleetd quarantine "
+        "list`)"));
+  }
+  return s;
+}
 
 void SyncManager::PublishMetrics() {
   if (registry_ == nullptr) return;
@@ -225,19 +350,24 @@ void SyncManager::PublishMetrics() {
   gauge("last_sync_duration_seconds",
         "Duration of the last successful batch exchange.",
         absl::ToDoubleSeconds(m.last_sync_duration));
-  gauge("quarantined_records",
-        "Records in batches the server rejected as invalid.",
-        m.quarantined_records);
+  gauge("set_aside_batches_total",
+        "Batches the server rejected as invalid and this agent set aside "
+        "since it started.",
+        m.set_aside_batches);
+  gauge("set_aside_records_total",
+        "Records in batches set aside since the agent started.",
+        m.set_aside_records);
   gauge("circuit_open", "1 while the circuit breaker is open.",
         m.state == "circuit_open" ? 1 : 0);
 }
 
-absl::Status SyncManager::Cycle() {
+absl::Status SyncManager::Cycle(int* set_aside) {
   absl::MutexLock cycle(&cycle_mu_);
   if (unauthenticated_ && clock_->MonotonicNow() < auth_retry_at_) {
     return absl::UnauthenticatedError(
         "the server refused the API key; not sending");
   }
+  RemoveExpiredHistory();
   if (absl::Status s = PrepareStream(); !s.ok()) {
     SetState("paused");
     return s;
@@ -246,7 +376,15 @@ absl::Status SyncManager::Cycle() {
   Stream streams[] = {{"metrics", RecordKind::kMetric},
                       {"logs", RecordKind::kLog},
                       {"events", RecordKind::kEvent}};
-  absl::Status last_error;
+  int64_t set_aside_before;
+  {
+    absl::MutexLock lock(&mu_);
+    set_aside_before = stats_.set_aside_batches;
+  }
+  auto count_set_aside = [&] {
+    absl::MutexLock lock(&mu_);
+    *set_aside = static_cast<int>(stats_.set_aside_batches - set_aside_before);
+  };
   int max_batches = options().max_batches_per_cycle;
   bool active[3] = {true, true, true};
   // Round-robin: one batch per stream in turn, so no stream starves another.
@@ -264,24 +402,39 @@ absl::Status SyncManager::Cycle() {
           active[i] = false;
           break;
         case Outcome::kRetryLater:
-        case Outcome::kStopped:
-          last_error = error.ok() ? absl::UnavailableError("stopped") : error;
+        case Outcome::kStopped: {
+          absl::Status last_error =
+              error.ok() ? absl::UnavailableError("stopped") : error;
           SetState(unauthenticated_ ? "unauthenticated"
                    : breaker_.state() == CircuitBreaker::State::kOpen
                        ? "circuit_open"
                        : "backoff");
+          count_set_aside();
           PublishMetrics();
           return last_error;
+        }
       }
     }
     if (!any) break;
   }
-  {
-    absl::MutexLock lock(&mu_);
-    stats_.state = "idle";
-  }
+  SetState("idle");
+  count_set_aside();
   PublishMetrics();
   return absl::OkStatus();
+}
+
+void SyncManager::RemoveExpiredHistory() {
+  absl::Duration retention = options().retention;
+  if (retention <= absl::ZeroDuration()) return;
+  absl::StatusOr<int64_t> removed =
+      storage_->CleanOlderThan(retention, CleanScope::kSyncedOnly);
+  if (!removed.ok()) {
+    LOG(WARNING) << "cannot remove synced records older than "
+                 << absl::FormatDuration(retention) << ": " << removed.status();
+  } else if (*removed > 0) {
+    VLOG(1) << "removed " << *removed << " synced records older than "
+            << absl::FormatDuration(retention);
+  }
 }
 
 absl::StatusOr<int64_t> SyncManager::NextSequence(const Stream& stream) {
@@ -300,172 +453,163 @@ absl::StatusOr<int64_t> SyncManager::NextSequence(const Stream& stream) {
   return next;
 }
 
-absl::StatusOr<std::optional<PendingBatch>> SyncManager::NextBatch(
+absl::StatusOr<std::optional<SyncManager::Batch>> SyncManager::NextBatch(
     Stream& stream) {
-  ASSIGN_OR_RETURN(std::optional<PendingBatch> pending,
+  SyncOptions o = options();
+  ASSIGN_OR_RETURN(std::optional<PendingBatch> saved,
                    storage_->LoadPendingBatch(stream.name));
-  if (pending.has_value()) return pending;  // resend under the same number
-
-  int32_t batch_size = options().batch_size;
   ReadOptions read;
-  read.max_records = batch_size;
-  // While a backlog drains, every other batch carries the newest records.
-  if (stream.fresh_turn) {
-    ASSIGN_OR_RETURN(StorageInfo info, storage_->Info());
-    const KindInfo& k = info.of(stream.kind);
-    if (k.unsynced > batch_size) {
-      read.after_id = std::max<int64_t>(0, k.next_id - 1 - batch_size);
+  if (saved.has_value()) {
+    // Resend under the same number: exactly the unsynced records of its range.
+    read.after_id = saved->ids.first - 1;
+    read.until_id = saved->ids.last;
+    read.max_records =
+        static_cast<int32_t>(std::max<int64_t>(saved->ids.size(), 1));
+  } else {
+    read.max_records = std::max(o.batch_size, 1);
+    // While a backlog drains, every other batch carries the newest records.
+    if (stream.fresh_turn) {
+      ASSIGN_OR_RETURN(StorageInfo info, storage_->Info());
+      const KindInfo& k = info.of(stream.kind);
+      if (k.unsynced > read.max_records) {
+        read.after_id = std::max<int64_t>(0, k.next_id - 1 - read.max_records);
+      }
     }
+    stream.fresh_turn = !stream.fresh_turn;
   }
-  stream.fresh_turn = !stream.fresh_turn;
+
+  Batch batch;
   IdRange ids;
   int32_t count = 0;
+  std::string raw;
   // Reads with `read`; an empty fresh read (the newest are already synced)
   // falls back to the oldest records.
   for (int pass = 0; pass < 2 && count == 0; ++pass) {
     if (pass == 1) {
-      if (read.after_id == 0) break;
+      if (saved.has_value() || read.after_id == 0) break;
       read.after_id = 0;
     }
     switch (stream.kind) {
-      case RecordKind::kMetric: {
-        ASSIGN_OR_RETURN(auto records, storage_->ReadMetrics(read));
-        if (records.empty()) break;
-        ids = {records.front().id, records.back().id};
-        count = static_cast<int32_t>(records.size());
+      case RecordKind::kMetric:
+        RETURN_IF_ERROR(ReadInto(
+            [this](const ReadOptions& r) { return storage_->ReadMetrics(r); },
+            read, batch.metrics.mutable_batch(), &ids, &count));
         break;
-      }
-      case RecordKind::kLog: {
-        ASSIGN_OR_RETURN(auto records, storage_->ReadLogs(read));
-        if (records.empty()) break;
-        ids = {records.front().id, records.back().id};
-        count = static_cast<int32_t>(records.size());
+      case RecordKind::kLog:
+        RETURN_IF_ERROR(ReadInto(
+            [this](const ReadOptions& r) { return storage_->ReadLogs(r); },
+            read, batch.logs.mutable_batch(), &ids, &count));
         break;
-      }
-      case RecordKind::kEvent: {
-        ASSIGN_OR_RETURN(auto records, storage_->ReadEvents(read));
-        if (records.empty()) break;
-        ids = {records.front().id, records.back().id};
-        count = static_cast<int32_t>(records.size());
+      case RecordKind::kEvent:
+        RETURN_IF_ERROR(ReadInto(
+            [this](const ReadOptions& r) { return storage_->ReadEvents(r); },
+            read, batch.events.mutable_batch(), &ids, &count));
         break;
-      }
     }
   }
-  if (count == 0) return std::nullopt;
-  PendingBatch batch;
-  batch.stream = stream.name;
-  batch.kind = stream.kind;
-  ASSIGN_OR_RETURN(batch.sequence_number, NextSequence(stream));
-  batch.ids = ids;
-  batch.record_count = count;
-  RETURN_IF_ERROR(storage_->SavePendingBatch(batch));
+  if (count == 0) {
+    // A saved batch whose records were all evicted or cleaned meanwhile.
+    if (saved.has_value()) {
+      RETURN_IF_ERROR(storage_->ClearPendingBatch(stream.name));
+    }
+    return std::nullopt;
+  }
+  if (saved.has_value()) {
+    batch.pending = *saved;
+  } else {
+    batch.pending.stream = stream.name;
+    batch.pending.kind = stream.kind;
+    ASSIGN_OR_RETURN(batch.pending.sequence_number, NextSequence(stream));
+    batch.pending.ids = ids;
+  }
+  batch.pending.record_count = count;
+  if (!saved.has_value()) {
+    RETURN_IF_ERROR(storage_->SavePendingBatch(batch.pending));
+  }
+
+  // The one serialization of the records: for the checksum (SHA-256 of the
+  // uncompressed batch, as upstream) and, when it pays, compression.
+  absl::StatusOr<bool> packed = false;
+  switch (stream.kind) {
+    case RecordKind::kMetric:
+      raw = batch.metrics.batch().SerializeAsString();
+      packed = Pack(o.compression, raw, batch.metrics.mutable_batch());
+      break;
+    case RecordKind::kLog:
+      raw = batch.logs.batch().SerializeAsString();
+      packed = Pack(o.compression, raw, batch.logs.mutable_batch());
+      break;
+    case RecordKind::kEvent:
+      raw = batch.events.batch().SerializeAsString();
+      packed = Pack(o.compression, raw, batch.events.mutable_batch());
+      break;
+  }
+  if (!packed.ok()) return packed.status();
+  batch.compressed = *packed;
+  batch.raw_bytes = static_cast<int64_t>(raw.size());
+
+  v1::SyncMetadata* md = batch.metadata(stream.kind);
+  md->set_device_id(o.device_id);
+  md->set_org_id(o.org_id);
+  md->set_sequence_number(batch.pending.sequence_number);
+  md->set_checksum(Sha256(raw));
+  *md->mutable_capability() = o.capability;
+  md->set_stream(stream.name);
+  md->set_record_count(batch.pending.record_count);
   return batch;
 }
 
-// Serializes the records of `pending` (re-read from the store by id range) as
-// the stream's batch message. `records` is how many are still unsynced.
-absl::Status SyncManager::BuildRequest(const Stream& stream,
-                                       const PendingBatch& pending,
-                                       std::string* serialized, int* records) {
-  ReadOptions read;
-  read.after_id = pending.ids.first - 1;
-  read.until_id = pending.ids.last;
-  read.max_records =
-      static_cast<int32_t>(std::max<int64_t>(pending.ids.size(), 1));
-  switch (stream.kind) {
-    case RecordKind::kMetric: {
-      ASSIGN_OR_RETURN(auto stored, storage_->ReadMetrics(read));
-      v1::MetricsBatch batch;
-      for (auto& r : stored) *batch.add_metrics() = std::move(r.record);
-      *records = batch.metrics_size();
-      *serialized = batch.SerializeAsString();
-      break;
+absl::Status SyncManager::Transmit(const Stream& stream, Batch& batch) {
+  v1::SyncMetadata* md = batch.metadata(stream.kind);
+  SetTimestamp(md->mutable_client_time(), clock_->Now());
+  md->set_retry_count(batch.pending.retry_count);
+  if (stream_ != nullptr) {
+    v1::StreamSyncRequest sr;
+    *sr.mutable_metadata() = *md;
+    // Lend the batch to the stream request and take it back afterwards.
+    auto lend = [&](auto* b) { SwapOntoStream(b, &sr); };
+    switch (stream.kind) {
+      case RecordKind::kMetric:
+        lend(batch.metrics.mutable_batch());
+        break;
+      case RecordKind::kLog:
+        lend(batch.logs.mutable_batch());
+        break;
+      case RecordKind::kEvent:
+        lend(batch.events.mutable_batch());
+        break;
     }
-    case RecordKind::kLog: {
-      ASSIGN_OR_RETURN(auto stored, storage_->ReadLogs(read));
-      v1::LogsBatch batch;
-      for (auto& r : stored) *batch.add_logs() = std::move(r.record);
-      *records = batch.logs_size();
-      *serialized = batch.SerializeAsString();
-      break;
+    absl::Status s = ExchangeOnStream(sr, md->sequence_number());
+    switch (stream.kind) {
+      case RecordKind::kMetric:
+        lend(batch.metrics.mutable_batch());
+        break;
+      case RecordKind::kLog:
+        lend(batch.logs.mutable_batch());
+        break;
+      case RecordKind::kEvent:
+        lend(batch.events.mutable_batch());
+        break;
     }
-    case RecordKind::kEvent: {
-      ASSIGN_OR_RETURN(auto stored, storage_->ReadEvents(read));
-      v1::EventsBatch batch;
-      for (auto& r : stored) *batch.add_events() = std::move(r.record);
-      *records = batch.events_size();
-      *serialized = batch.SerializeAsString();
-      break;
-    }
+    return s;
   }
-  return absl::OkStatus();
-}
-
-absl::Status SyncManager::Transmit(const Stream& stream,
-                                   const PendingBatch& pending,
-                                   const std::string& serialized,
-                                   int64_t* wire_bytes) {
-  SyncOptions o = options();
-  v1::SyncMetadata md;
-  md.set_device_id(o.device_id);
-  md.set_org_id(o.org_id);
-  md.set_sequence_number(pending.sequence_number);
-  SetTimestamp(md.mutable_client_time(), clock_->Now());
-  md.set_retry_count(pending.retry_count);
-  md.set_checksum(Sha256(serialized));
-  *md.mutable_capability() = o.capability;
-  md.set_stream(stream.name);
-  md.set_record_count(pending.record_count);
-  bool compressed = false;
-  absl::Status sent;
   switch (stream.kind) {
     case RecordKind::kMetric:
-      sent = SendBatch<v1::SyncMetricsRequest>(md, serialized, o, wire_bytes,
-                                               &compressed);
-      break;
+      return SendUnary(batch.metrics);
     case RecordKind::kLog:
-      sent = SendBatch<v1::SyncLogsRequest>(md, serialized, o, wire_bytes,
-                                            &compressed);
-      break;
+      return SendUnary(batch.logs);
     case RecordKind::kEvent:
-      sent = SendBatch<v1::SyncEventsRequest>(md, serialized, o, wire_bytes,
-                                              &compressed);
-      break;
+      return SendUnary(batch.events);
   }
-  RETURN_IF_ERROR(sent);
-  if (compressed) {
-    absl::MutexLock lock(&mu_);
-    stats_.bytes_compressed += static_cast<int64_t>(serialized.size());
-    compressed_in_ += static_cast<double>(serialized.size());
-    compressed_out_ += static_cast<double>(*wire_bytes);
-    stats_.compression_ratio =
-        compressed_out_ > 0 ? compressed_in_ / compressed_out_ : 0;
-  }
-  return absl::OkStatus();
+  return absl::InternalError("unknown record kind");
 }
 
 template <typename Request>
-absl::Status SyncManager::SendBatch(const v1::SyncMetadata& md,
-                                    const std::string& serialized,
-                                    const SyncOptions& o, int64_t* wire_bytes,
-                                    bool* compressed) {
-  Request r;
-  *r.mutable_metadata() = md;
-  if (!r.mutable_batch()->ParseFromString(serialized)) {
-    return absl::InternalError("cannot re-parse batch");
-  }
-  RETURN_IF_ERROR(
-      Pack(o.compression, serialized, r.mutable_batch(), compressed));
-  *wire_bytes = static_cast<int64_t>(r.ByteSizeLong());
-  if (stream_ != nullptr) {
-    v1::StreamSyncRequest sr;
-    *sr.mutable_metadata() = md;
-    PutOnStream(r.batch(), &sr);
-    return ExchangeOnStream(sr, md.sequence_number());
-  }
-  auto resp = CallUnary(*transport_, r, o.call_timeout);
+absl::Status SyncManager::SendUnary(const Request& request) {
+  auto resp = CallUnary(*transport_, request, options().call_timeout);
   if (!resp.ok()) return resp.status();
   if (!resp->success()) {
+    // An answer without a verdict: retried (class "retry").
     return absl::UnavailableError(absl::StrCat(
         "server did not accept the batch: ", resp->error_message()));
   }
@@ -479,24 +623,51 @@ absl::Status SyncManager::SendBatch(const v1::SyncMetadata& md,
   return absl::OkStatus();
 }
 
-void SyncManager::Quarantine(const Stream& stream, const PendingBatch& pending,
-                             const std::string& serialized,
-                             const absl::Status& why) {
+absl::Status SyncManager::SetAside(const Stream& stream, const Batch& batch,
+                                   const absl::Status& why) {
+  SetAsideBatch entry;
+  entry.stream = stream.name;
+  entry.kind = stream.kind;
+  entry.sequence_number = batch.pending.sequence_number;
+  entry.ids = batch.pending.ids;
+  entry.record_count = batch.pending.record_count;
+  entry.reason = std::string(why.message());
+  RETURN_IF_ERROR(storage_->SetAside(entry));
   LOG(ERROR) << "server rejected " << stream.name << " batch "
-             << pending.sequence_number << " (" << pending.record_count
-             << " records) as invalid: " << why
-             << "; quarantining it so it does not block the queue";
-  std::string dir = options().quarantine_dir;
-  if (!dir.empty()) {
-    std::string path = absl::StrCat(dir, "/", stream.name, "-",
-                                    pending.sequence_number, ".pb");
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << serialized;
-    if (!out) LOG(ERROR) << "could not write quarantined batch to " << path;
-  }
+             << batch.pending.sequence_number << " ("
+             << batch.pending.record_count << " records) as invalid: " << why
+             << "; set aside in the store (`fleetd quarantine list`)";
   absl::MutexLock lock(&mu_);
-  stats_.quarantined_records += pending.record_count;
-  stats_.last_error = std::string(why.message());
+  ++stats_.set_aside_batches;
+  stats_.set_aside_records += batch.pending.record_count;
+  stats_.last_error = why.ToString();
+  return absl::OkStatus();
+}
+
+bool SyncManager::AwaitRateLimit(const Stream& stream, int records) {
+  TokenBucket* limits[2] = {nullptr, nullptr};
+  {
+    absl::MutexLock lock(&mu_);
+    if (options_.max_records_per_second > 0) limits[0] = &bucket_;
+    if (stream.kind == RecordKind::kMetric && metrics_rate_ > 0) {
+      limits[1] = &metrics_bucket_;
+    } else if (stream.kind == RecordKind::kLog && logs_rate_ > 0) {
+      limits[1] = &logs_bucket_;
+    }
+  }
+  double want = std::max(records, 1);
+  for (TokenBucket* bucket : limits) {
+    if (bucket == nullptr) continue;
+    // The burst follows the batch size: a batch larger than the burst (saved
+    // under a larger setting) raises it, so every batch is admitted in time.
+    bucket->RaiseBurst(want);
+    if (!bucket->TryConsume(want)) {
+      if (!WaitFor(bucket->TimeUntilAvailable(want))) return false;
+      // The wait was served; rounding may leave the bucket a hair short.
+      bucket->TryConsume(want);
+    }
+  }
+  return true;
 }
 
 void SyncManager::RecordFailure(const absl::Status& s) {
@@ -508,7 +679,7 @@ void SyncManager::RecordFailure(const absl::Status& s) {
 }
 
 SyncManager::Outcome SyncManager::SendOne(Stream& stream, absl::Status* error) {
-  absl::StatusOr<std::optional<PendingBatch>> next = NextBatch(stream);
+  absl::StatusOr<std::optional<Batch>> next = NextBatch(stream);
   if (!next.ok()) {
     *error = next.status();
     LOG(WARNING) << "cannot read " << stream.name
@@ -516,110 +687,116 @@ SyncManager::Outcome SyncManager::SendOne(Stream& stream, absl::Status* error) {
     return Outcome::kRetryLater;
   }
   if (!next->has_value()) return Outcome::kDone;
-  PendingBatch pending = **next;
-  std::string serialized;
-  int records = 0;
-  if (absl::Status s = BuildRequest(stream, pending, &serialized, &records);
-      !s.ok()) {
-    *error = s;
-    return Outcome::kRetryLater;
-  }
-  if (records == 0) {
-    // Everything in the batch was evicted or cleaned meanwhile; nothing to
-    // send.
-    storage_->ClearPendingBatch(stream.name).IgnoreError();
-    return Outcome::kMore;
-  }
-  pending.record_count = records;
+  Batch& batch = **next;
+  const int records = batch.pending.record_count;
   int32_t max_retries = std::max(1, options().max_retries);
   for (int attempt = 0; attempt < max_retries; ++attempt) {
     if (stopping_) return Outcome::kStopped;
+    if (!AwaitRateLimit(stream, records)) return Outcome::kStopped;
+    // Asked right before sending, so a half-open probe always reports back.
     if (!breaker_.Allow()) {
       *error = WithRetryAfter(
           absl::UnavailableError("circuit open: server keeps failing"),
           breaker_.RetryAfter());
       return Outcome::kRetryLater;
     }
-    // Rate limit: wait for tokens (a whole batch may exceed a tiny burst: then
-    // wait for one burst's worth).
-    double want =
-        std::min<double>(records, std::max<double>(options().batch_size, 1));
-    absl::Duration wait = bucket_.TimeUntilAvailable(want);
-    if (wait > absl::ZeroDuration() && wait != absl::InfiniteDuration() &&
-        !WaitFor(wait)) {
-      return Outcome::kStopped;
-    }
-    bucket_.TryConsume(want);
 
-    int64_t wire_bytes = 0;
+    int64_t wire_bytes = batch.wire_bytes(stream.kind);
     absl::Time sent_at = clock_->MonotonicNow();
-    absl::Status s = Transmit(stream, pending, serialized, &wire_bytes);
+    absl::Status s = Transmit(stream, batch);
     {
       absl::MutexLock lock(&mu_);
       stats_.bytes_sent += wire_bytes;
     }
-    if (s.ok()) {
-      breaker_.RecordSuccess();
-      backoff_.Reset();
-      unauthenticated_ = false;
-      absl::StatusOr<int64_t> marked =
-          storage_->MarkSynced(stream.kind, pending.ids);
-      if (!marked.ok()) {
-        // Acknowledged but not marked: it will be resent under the same number
-        // and the server will answer "duplicate"; nothing is lost or doubled.
-        LOG(WARNING) << "could not mark batch synced: " << marked.status();
-        *error = marked.status();
+    switch (ClassifyError(s)) {
+      case ErrorClass::kOk: {
+        breaker_.RecordSuccess();
+        backoff_.Reset();
+        unauthenticated_ = false;
+        absl::StatusOr<int64_t> marked =
+            storage_->MarkSynced(stream.kind, batch.pending.ids);
+        if (!marked.ok()) {
+          // Acknowledged but not marked: it will be resent under the same
+          // number and the server will answer "duplicate"; nothing is lost or
+          // doubled.
+          LOG(WARNING) << "could not mark batch synced: " << marked.status();
+          *error = marked.status();
+          return Outcome::kRetryLater;
+        }
+        storage_->ClearPendingBatch(stream.name).IgnoreError();
+        Note(stream, batch.pending,
+             absl::StrCat("acknowledged bytes=", wire_bytes));
+        absl::MutexLock lock(&mu_);
+        ++stats_.successful_syncs;
+        stats_.consecutive_failures = 0;
+        stats_.last_success = clock_->Now();
+        stats_.last_sync_duration = clock_->MonotonicNow() - sent_at;
+        latencies_.push_back(stats_.last_sync_duration);
+        if (latencies_.size() > 1024) latencies_.pop_front();
+        switch (stream.kind) {
+          case RecordKind::kMetric:
+            stats_.metrics_synced += records;
+            break;
+          case RecordKind::kLog:
+            stats_.logs_synced += records;
+            break;
+          case RecordKind::kEvent:
+            stats_.events_synced += records;
+            break;
+        }
+        if (batch.compressed) {
+          stats_.bytes_compressed += batch.raw_bytes;
+          compressed_in_ += static_cast<double>(batch.raw_bytes);
+          compressed_out_ += static_cast<double>(wire_bytes);
+          stats_.compression_ratio =
+              compressed_out_ > 0 ? compressed_in_ / compressed_out_ : 0;
+        }
+        return Outcome::kMore;
+      }
+      case ErrorClass::kCredentials:
+        LOG(ERROR) << "the server refused this device's credentials (" << s
+                   << "): not sending until the key is fixed; data stays "
+                      "stored";
+        RecordFailure(s);
+        Note(stream, batch.pending,
+             absl::StrCat("refused credentials: ", s.ToString()));
+        unauthenticated_ = true;
+        auth_retry_at_ = clock_->MonotonicNow() + options().backoff.max;
+        *error = s;
         return Outcome::kRetryLater;
+      case ErrorClass::kSetAside: {
+        // The server is healthy: it answered with a verdict.
+        breaker_.RecordSuccess();
+        if (absl::Status kept = SetAside(stream, batch, s); !kept.ok()) {
+          LOG(WARNING) << "cannot set aside the rejected " << stream.name
+                       << " batch " << batch.pending.sequence_number
+                       << ", keeping it pending: " << kept;
+          *error = kept;
+          return Outcome::kRetryLater;
+        }
+        Note(stream, batch.pending, absl::StrCat("set aside: ", s.ToString()));
+        return Outcome::kMore;
       }
-      storage_->ClearPendingBatch(stream.name).IgnoreError();
-      Note(stream, pending, absl::StrCat("acknowledged bytes=", wire_bytes));
-      absl::MutexLock lock(&mu_);
-      ++stats_.successful_syncs;
-      stats_.consecutive_failures = 0;
-      stats_.last_success = clock_->Now();
-      stats_.last_sync_duration = clock_->MonotonicNow() - sent_at;
-      latencies_.push_back(stats_.last_sync_duration);
-      if (latencies_.size() > 1024) latencies_.pop_front();
-      switch (stream.kind) {
-        case RecordKind::kMetric:
-          stats_.metrics_synced += records;
-          break;
-        case RecordKind::kLog:
-          stats_.logs_synced += records;
-          break;
-        case RecordKind::kEvent:
-          stats_.events_synced += records;
-          break;
-      }
-      return Outcome::kMore;
-    }
-    if (absl::IsUnauthenticated(s) || absl::IsPermissionDenied(s)) {
-      LOG(ERROR) << "the server refused this device's credentials (" << s
-                 << "): not sending until the key is fixed; data stays stored";
-      RecordFailure(s);
-      Note(stream, pending,
-           absl::StrCat("refused credentials: ", s.ToString()));
-      unauthenticated_ = true;
-      auth_retry_at_ = clock_->MonotonicNow() + options().backoff.max;
-      *error = s;
-      return Outcome::kRetryLater;
-    }
-    if (!IsRetryable(s.code())) {
-      Quarantine(stream, pending, serialized, s);
-      Note(stream, pending, absl::StrCat("quarantined: ", s.ToString()));
-      storage_->MarkSynced(stream.kind, pending.ids).IgnoreError();
-      storage_->ClearPendingBatch(stream.name).IgnoreError();
-      return Outcome::kMore;
+      case ErrorClass::kRetry:
+        break;
     }
     RecordFailure(s);
-    Note(stream, pending, absl::StrCat("failed: ", s.ToString()));
+    Note(stream, batch.pending, absl::StrCat("failed: ", s.ToString()));
     LOG(WARNING) << "sync of " << stream.name << " batch "
-                 << pending.sequence_number << " failed (attempt "
-                 << attempt + 1 << "/" << max_retries << "): " << s;
-    pending.retry_count++;
-    storage_->SavePendingBatch(pending).IgnoreError();
+                 << batch.pending.sequence_number << " failed (attempt "
+                 << attempt + 1 << "/" << max_retries
+                 << ", kept for retry): " << s;
+    batch.pending.retry_count++;
+    storage_->SavePendingBatch(batch.pending).IgnoreError();
     *error = s;
     if (attempt + 1 >= max_retries) break;
+    // Settings from the server apply from the next wait on.
+    if (BackoffOptions b = options().backoff;
+        b.initial != backoff_.options().initial ||
+        b.max != backoff_.options().max ||
+        b.multiplier != backoff_.options().multiplier) {
+      backoff_.SetOptions(b);
+    }
     absl::Duration delay = backoff_.Next();
     if (auto hint = GetRetryAfter(s); hint.has_value())
       delay = std::max(delay, *hint);
@@ -654,6 +831,15 @@ absl::Status SyncManager::PrepareStream() {
     beat->set_unsynced_metrics(info->of(RecordKind::kMetric).unsynced);
     beat->set_unsynced_logs(info->of(RecordKind::kLog).unsynced);
     beat->set_storage_used_bytes(info->bytes_used);
+    beat->set_set_aside_batches(info->set_aside_batches);
+    int64_t set_aside_records = 0;
+    int64_t evicted = 0;
+    for (const KindInfo& k : info->kinds) {
+      set_aside_records += k.set_aside;
+      evicted += k.dropped_unsynced + k.set_aside_dropped;
+    }
+    beat->set_set_aside_records(set_aside_records);
+    beat->set_evicted_records(evicted);
   }
   if (!stream_->Write(hb).ok()) {
     stream_.reset();  // reopened next cycle; this one uses unary calls
@@ -688,7 +874,9 @@ void SyncManager::HandleCommand(const v1::StreamSyncResponse& r) {
       ApplyConfig(r.config_update());
       break;
     case v1::StreamSyncResponse::kFlush:
-      wakeup_.Notify();  // the background loop syncs again right away
+      // The background loop syncs again once this cycle ends (never cutting a
+      // backoff short).
+      wakeup_.Notify();
       break;
     case v1::StreamSyncResponse::kPause:
       LOG(WARNING) << "server asked to pause for "
@@ -735,8 +923,11 @@ absl::Status SyncManager::ExchangeOnStream(const v1::StreamSyncRequest& request,
     if (ack.sequence_number() != sequence)
       continue;  // a late ack of an older attempt
     if (ack.success()) return absl::OkStatus();
-    if (!ack.retryable())
-      return absl::InvalidArgumentError(ack.error_message());
+    if (!ack.retryable()) {
+      // Only our server acks on the stream: a refusal that may not be retried
+      // is its verdict on this batch.
+      return MarkBatchRejected(absl::InvalidArgumentError(ack.error_message()));
+    }
     absl::Status s = absl::UnavailableError(ack.error_message());
     if (ack.retry_after_ms() > 0)
       s = WithRetryAfter(s, absl::Milliseconds(ack.retry_after_ms()));

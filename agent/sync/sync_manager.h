@@ -8,20 +8,22 @@
 // recognises a retry and writes it once). Records are marked synced only after
 // the server acknowledged their batch.
 //
-// Failures are classed by status code:
-//   - retryable (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED):
-//   back off
-//     exponentially with jitter (or the server's retry hint, if longer) and
-//     retry the same batch; after `max_retries` the cycle ends and the data
-//     waits in the store (the offline queue); a circuit breaker stops attempts
-//     entirely while the server keeps failing, and probes again after a
-//     cool-down;
-//   - UNAUTHENTICATED / PERMISSION_DENIED: stop sending, log loudly, and only
-//   probe
-//     again after the maximum backoff (the key may be fixed server-side);
-//   - any other error (the server refused the batch as invalid): the batch is
-//     quarantined (written to the quarantine directory if one is set, counted,
-//     logged) and marked synced, so it never blocks the queue.
+// Failures are classed by common/status/error_class.h (ClassifyError):
+//   - retry: anything that is not a definite verdict of our server on the batch
+//     (timeouts, resets, UNAVAILABLE, UNKNOWN, INTERNAL, a proxy's bare HTTP
+//     status, an unmarked INVALID_ARGUMENT, ...): back off exponentially with
+//     jitter (or the server's retry hint, if longer) and retry the same batch
+//     under the same number. `max_retries` bounds the attempts of one cycle,
+//     never what is kept: the batch waits in the store (the offline queue)
+//     until it is acknowledged or the store's quota evicts it (counted). A
+//     circuit breaker stops attempts while the server keeps failing and
+//     probes again after a cool-down;
+//   - credentials (UNAUTHENTICATED / PERMISSION_DENIED): stop sending, log
+//     loudly, keep the data, probe again after the maximum backoff;
+//   - set aside: our server rejected the batch itself as invalid (the verdict
+//     marker): the batch moves into the store's set-aside area (still stored,
+//     encrypted and within the quota; `fleetd quarantine` lists, retries or
+//     drops it), is counted and logged once, and no longer blocks the queue.
 // Fresh data is not starved while a backlog drains: when the backlog of a
 // stream exceeds one batch, every other batch is taken from the newest records
 // instead of the oldest.
@@ -60,19 +62,21 @@ struct SyncOptions {
   // In-message compression; skipped for a batch when it saves under 10 %.
   Compression compression = Compression::kGzip;
   BackoffOptions backoff;
-  // Attempts of one batch within a cycle before the cycle gives up.
+  // Attempts of one batch within a cycle before the cycle ends (the batch is
+  // kept and retried in the next cycle).
   int32_t max_retries = 5;
   CircuitBreakerOptions breaker = {.failure_threshold = 5,
                                    .open_duration = absl::Seconds(30)};
-  // Records per second sent, at most (token bucket; burst = one batch). 0:
-  // unlimited.
+  // Records per second sent over all streams, at most (token bucket; the burst
+  // follows the batch size). 0: unlimited. The server's per-stream limits
+  // (SyncConfig max_metrics_per_second, max_logs_per_second) apply as well.
   double max_records_per_second = 0;
   absl::Duration call_timeout = absl::Seconds(30);
   // Most batches one cycle sends per stream; the rest waits for the next cycle.
   int32_t max_batches_per_cycle = 1000;
-  // Where rejected batches are written (one file per batch); empty: only
-  // logged.
-  std::string quarantine_dir;
+  // Synced records older than this are removed from the store once per cycle
+  // (SyncConfig retention_hours). Zero: kept until the quota needs the room.
+  absl::Duration retention = absl::ZeroDuration();
   // Sent with every batch.
   v1::SyncDeviceCapability capability;
   // Send batches over the StreamSync bidi stream (acks, heartbeats, and the
@@ -85,6 +89,11 @@ struct SyncOptions {
   bool interval_pinned = false;
   bool batch_size_pinned = false;
   bool compression_pinned = false;
+  bool max_retries_pinned = false;
+  bool backoff_pinned = false;
+  bool rate_limits_pinned = false;
+  bool retention_pinned = false;
+  bool storage_limits_pinned = false;
   uint64_t seed = 0;  // jitter; 0 picks one from the clock
 };
 
@@ -102,7 +111,9 @@ struct SyncMetricsSnapshot {
   int64_t failed_syncs = 0;      // failed attempts
   int64_t consecutive_failures = 0;
   absl::Duration last_sync_duration = absl::ZeroDuration();
-  int64_t quarantined_records = 0;
+  // Batches (and their records) this manager set aside since it started.
+  int64_t set_aside_batches = 0;
+  int64_t set_aside_records = 0;
   // Round trip of acknowledged batch exchanges (send to ack), over the last
   // 1024.
   absl::Duration latency_p50 = absl::ZeroDuration();
@@ -140,43 +151,52 @@ class SyncManager {
   // Makes the background thread start a cycle now.
   void TriggerSync();
   // Runs one cycle on the calling thread (tests, `fleetd sync now`). Returns OK
-  // when everything that was stored at the start was acknowledged, else the
-  // last error.
+  // when everything that was stored at the start was acknowledged; the last
+  // error when something is still waiting; FAILED_PRECONDITION naming the
+  // batches when the server rejected some of them and they were set aside.
   absl::Status SyncNow();
 
   SyncMetricsSnapshot GetMetrics();
   // The most recent batch outcomes, oldest first (at most 200 lines), for
   // `fleetd logs sync`.
   std::vector<std::string> RecentActivity();
-  // Applies a configuration from the server (except pinned settings).
+  // Applies a configuration from the server, every field except the settings
+  // the operator pinned: interval, batch size, compression, max retries,
+  // backoff (initial, max, multiplier), per-stream rate limits, retention of
+  // synced data and the store's byte quota.
   void ApplyConfig(const v1::SyncConfig& config);
   SyncOptions options();
 
  private:
   enum class Outcome { kDone, kMore, kRetryLater, kStopped };
   struct Stream;
+  struct Batch;
 
   void Loop();
-  absl::Status Cycle();
+  // One cycle; `set_aside` counts the batches it set aside.
+  absl::Status Cycle(int* set_aside);
   // How long the background loop waits after a cycle that ended with `s`.
   absl::Duration DelayAfter(const absl::Status& s);
   void PublishMetrics();
   // Sends at most one batch of `stream`. kDone: nothing (more) to send.
   Outcome SendOne(Stream& stream, absl::Status* error);
-  absl::StatusOr<std::optional<PendingBatch>> NextBatch(Stream& stream);
-  absl::Status BuildRequest(const Stream& stream, const PendingBatch& pending,
-                            std::string* serialized, int* records);
-  // Packs and sends one batch of `Request`'s kind, unary or on the stream.
+  // The next batch of `stream`, read from the store once: the saved pending
+  // batch (resent under its number) or a new one. nullopt: nothing to send.
+  absl::StatusOr<std::optional<Batch>> NextBatch(Stream& stream);
+  // Sends `batch` once, unary or on the stream.
+  absl::Status Transmit(const Stream& stream, Batch& batch);
   template <typename Request>
-  absl::Status SendBatch(const v1::SyncMetadata& md,
-                         const std::string& serialized, const SyncOptions& o,
-                         int64_t* wire_bytes, bool* compressed);
-  absl::Status Transmit(const Stream& stream, const PendingBatch& pending,
-                        const std::string& serialized, int64_t* wire_bytes);
-  void Quarantine(const Stream& stream, const PendingBatch& pending,
-                  const std::string& serialized, const absl::Status& why);
+  absl::Status SendUnary(const Request& request);
+  // Moves a batch the server rejected into the store's set-aside area.
+  absl::Status SetAside(const Stream& stream, const Batch& batch,
+                        const absl::Status& why);
+  // Waits for the rate limiters to admit `records`; false when stopping.
+  bool AwaitRateLimit(const Stream& stream, int records);
+  void RemoveExpiredHistory();
   absl::StatusOr<int64_t> NextSequence(const Stream& stream);
-  bool WaitFor(absl::Duration d);  // false when stopping
+  // Sleeps for `d`, woken early only by Stop() (not by TriggerSync or a flush
+  // command, which must not cut a backoff short). False when stopping.
+  bool WaitFor(absl::Duration d);
   void RecordFailure(const absl::Status& s);
   void SetState(const std::string& state);
   // StreamSync: opens the stream if needed, sends a heartbeat and handles
@@ -203,19 +223,29 @@ class SyncManager {
   double compressed_out_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<std::string> recent_ ABSL_GUARDED_BY(mu_);
   std::deque<absl::Duration> latencies_ ABSL_GUARDED_BY(mu_);
+  // The server's per-stream limits (records per second; 0: none).
+  double metrics_rate_ ABSL_GUARDED_BY(mu_) = 0;
+  double logs_rate_ ABSL_GUARDED_BY(mu_) = 0;
 
   // Used only by the thread running a cycle (cycles never overlap: cycle_mu_).
   absl::Mutex cycle_mu_;
   ExponentialBackoff backoff_;
   CircuitBreaker breaker_;
+  // Operator's limit over all streams, and the server's per-stream limits.
   TokenBucket bucket_;
+  TokenBucket metrics_bucket_;
+  TokenBucket logs_bucket_;
   bool unauthenticated_ = false;
   std::unique_ptr<SyncStream> stream_;
   bool stream_unsupported_ = false;
   std::optional<absl::Time> paused_until_;
   absl::Time auth_retry_at_;
 
+  // Notified by TriggerSync, the server's flush command and Stop(); wakes the
+  // wait between cycles only, and is consumed by the cycle it starts.
   Wakeup wakeup_;
+  // Notified only by Stop(); wakes backoff and rate-limit waits.
+  Wakeup stop_wakeup_;
   std::atomic<bool> stopping_{false};
   std::thread thread_;
 };

@@ -6,6 +6,7 @@
 
 #include "agent/storage/memory_storage.h"
 #include "common/codec/codec.h"
+#include "common/status/error_class.h"
 #include "common/status/retry_after.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/wait.h"
@@ -151,6 +152,7 @@ class FakeStream : public SyncStream {
     std::vector<v1::StreamSyncRequest> received;
     std::deque<v1::StreamSyncResponse> on_heartbeat;
     bool refuse_next_batch = false;
+    bool refusal_retryable = false;
   };
   explicit FakeStream(std::shared_ptr<Shared> shared)
       : shared_(std::move(shared)) {}
@@ -167,8 +169,10 @@ class FakeStream : public SyncStream {
     ack.mutable_ack()->set_sequence_number(
         request.metadata().sequence_number());
     ack.mutable_ack()->set_success(!shared_->refuse_next_batch);
-    if (shared_->refuse_next_batch)
+    if (shared_->refuse_next_batch) {
       ack.mutable_ack()->set_error_message("bad batch");
+      ack.mutable_ack()->set_retryable(shared_->refusal_retryable);
+    }
     shared_->refuse_next_batch = false;
     shared_->outbox.push_back(ack);
     return absl::OkStatus();
@@ -383,18 +387,81 @@ TEST_F(SyncManagerTest, UnacknowledgedBatchKeepsItsNumberAcrossRestart) {
   EXPECT_EQ(Unsynced(), 0);
 }
 
-TEST_F(SyncManagerTest, InvalidBatchIsQuarantinedAndDoesNotBlockTheQueue) {
+TEST_F(SyncManagerTest, RejectedBatchIsSetAsideInTheStoreAndDoesNotBlock) {
   StoreMetrics(15);
-  transport_.Script({absl::InvalidArgumentError("bad metric name")});
+  transport_.Script(
+      {MarkBatchRejected(absl::InvalidArgumentError("bad metric name"))});
   SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, Options());
-  ASSERT_THAT(manager.SyncNow(), IsOk());
+  EXPECT_THAT(manager.SyncNow(),
+              StatusIs(absl::StatusCode::kFailedPrecondition))
+      << "`fleetd sync now` reports set-aside batches as a failure";
   auto calls = transport_.calls();
   ASSERT_EQ(calls.size(), 2u);
   EXPECT_NE(calls[0].sequence_number, calls[1].sequence_number);
-  EXPECT_EQ(manager.GetMetrics().quarantined_records, 10);
-  EXPECT_EQ(manager.GetMetrics().metrics_synced, 5);
+  SyncMetricsSnapshot m = manager.GetMetrics();
+  EXPECT_EQ(m.set_aside_batches, 1);
+  EXPECT_EQ(m.set_aside_records, 10);
+  EXPECT_EQ(m.metrics_synced, 5);
   EXPECT_EQ(Unsynced(), 0);
+  // Kept inside the store, with the server's reason, not dropped.
+  auto info = storage_->Info();
+  ASSERT_THAT(info, IsOk());
+  EXPECT_EQ(info->set_aside_batches, 1);
+  EXPECT_EQ(info->of(RecordKind::kMetric).set_aside, 10);
+  auto listed = storage_->ListSetAside();
+  ASSERT_THAT(listed, IsOk());
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ((*listed)[0].sequence_number, calls[0].sequence_number);
+  EXPECT_EQ((*listed)[0].record_count, 10);
+  EXPECT_THAT((*listed)[0].reason, ::testing::HasSubstr("bad metric name"));
+  // Re-sendable: retried, it goes out again under a new number.
+  ASSERT_THAT(storage_->RetrySetAside("metrics", calls[0].sequence_number),
+              IsOk());
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  ASSERT_EQ(transport_.calls().size(), 3u);
+  EXPECT_GT(transport_.calls()[2].sequence_number, calls[1].sequence_number);
+  EXPECT_EQ(transport_.calls()[2].names, calls[0].names);
+  EXPECT_EQ(manager.GetMetrics().metrics_synced, 15);
 }
+
+// Every failure that is not our server's verdict on the batch is retried under
+// the same number until it lands: nothing is set aside or lost.
+class NoVerdictTest : public SyncManagerTest,
+                      public ::testing::WithParamInterface<absl::Status> {};
+
+TEST_P(NoVerdictTest, IsRetriedUntilDeliveredAndNeverSetAside) {
+  StoreMetrics(5);
+  transport_.Script({GetParam(), GetParam()});
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, Options());
+  absl::Status result;
+  std::vector<absl::Duration> slept = SyncDrivingClock(manager, &result);
+  ASSERT_THAT(result, IsOk());
+  EXPECT_EQ(slept.size(), 2u) << "backed off before each retry";
+  auto calls = transport_.calls();
+  ASSERT_EQ(calls.size(), 3u);
+  EXPECT_EQ(calls[0].sequence_number, calls[2].sequence_number);
+  EXPECT_EQ(manager.GetMetrics().set_aside_batches, 0);
+  EXPECT_EQ(manager.GetMetrics().metrics_synced, 5);
+  EXPECT_EQ(storage_->Info()->set_aside_batches, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    ProxyAndTransportFaults, NoVerdictTest,
+    ::testing::Values(
+        // A proxy's bare HTTP 500 / 400 (Connect fallback codes).
+        absl::UnknownError("HTTP 500 without a Connect error"),
+        absl::InternalError("HTTP 400 without a Connect error"),
+        // Codes that look final but carry no verdict of our server.
+        absl::InvalidArgumentError("from a proxy"),
+        absl::FailedPreconditionError("no verdict"),
+        absl::DataLossError("no verdict"),
+        absl::UnimplementedError("no backend configured"),
+        absl::OutOfRangeError("no verdict"),
+        // Transport faults.
+        absl::UnavailableError("connection reset"),
+        absl::DeadlineExceededError("timeout"),
+        // A verdict with a retryable code is still retried.
+        MarkBatchRejected(absl::UnavailableError("backend down"))));
 
 TEST_F(SyncManagerTest, UnauthenticatedStopsSendingAndKeepsTheData) {
   StoreMetrics(5);
@@ -495,9 +562,8 @@ TEST_F(SyncManagerTest, BackgroundLoopSyncsOnTriggerAndStopsCleanly) {
       clock_.AwaitSleepers(1, kRealTimeout));  // first (empty) cycle done
   StoreMetrics(3);
   manager.TriggerSync();
-  for (int i = 0; i < 30000 && Unsynced() != 0; ++i)
-    absl::SleepFor(absl::Milliseconds(1));
-  EXPECT_EQ(Unsynced(), 0);
+  EXPECT_TRUE(
+      fleetd::testing::WaitFor([&] { return Unsynced() == 0; }, kRealTimeout));
   manager.Stop();
   EXPECT_EQ(transport_.calls().size(), 1u);
 }
@@ -538,7 +604,7 @@ TEST_F(SyncManagerTest, ServerPauseStopsSendingUntilItEnds) {
   EXPECT_EQ(Unsynced(), 0);
 }
 
-TEST_F(SyncManagerTest, StreamRefusalIsQuarantinedAndConfigUpdatesApply) {
+TEST_F(SyncManagerTest, StreamRefusalIsSetAsideAndConfigUpdatesApply) {
   StoreMetrics(15);
   StreamingTransport transport;
   v1::StreamSyncResponse update;
@@ -548,11 +614,291 @@ TEST_F(SyncManagerTest, StreamRefusalIsQuarantinedAndConfigUpdatesApply) {
   SyncOptions o = Options();
   o.use_stream = true;
   SyncManager manager(storage_.get(), &transport, &clock_, nullptr, o);
-  ASSERT_THAT(manager.SyncNow(), IsOk());
+  EXPECT_THAT(manager.SyncNow(),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
   EXPECT_EQ(manager.options().interval, absl::Seconds(77));
-  EXPECT_EQ(manager.GetMetrics().quarantined_records, 10);
+  EXPECT_EQ(manager.GetMetrics().set_aside_records, 10);
   EXPECT_EQ(manager.GetMetrics().metrics_synced, 5);
   EXPECT_EQ(Unsynced(), 0);
+}
+
+TEST_F(SyncManagerTest, RetryableStreamRefusalIsRetried) {
+  StoreMetrics(5);
+  StreamingTransport transport;
+  transport.shared->refuse_next_batch = true;
+  transport.shared->refusal_retryable = true;
+  SyncOptions o = Options();
+  o.use_stream = true;
+  SyncManager manager(storage_.get(), &transport, &clock_, nullptr, o);
+  absl::Status result;
+  SyncDrivingClock(manager, &result);
+  ASSERT_THAT(result, IsOk());
+  EXPECT_EQ(manager.GetMetrics().set_aside_batches, 0);
+  EXPECT_EQ(manager.GetMetrics().metrics_synced, 5);
+}
+
+TEST_F(SyncManagerTest, HeartbeatReportsSetAsideBatches) {
+  StoreMetrics(10);
+  transport_.Script({MarkBatchRejected(absl::InvalidArgumentError("bad"))});
+  SyncManager unary(storage_.get(), &transport_, &clock_, nullptr, Options());
+  EXPECT_THAT(unary.SyncNow(), StatusIs(absl::StatusCode::kFailedPrecondition));
+  StreamingTransport transport;
+  SyncOptions o = Options();
+  o.use_stream = true;
+  SyncManager manager(storage_.get(), &transport, &clock_, nullptr, o);
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  absl::MutexLock lock(&transport.shared->mu);
+  ASSERT_FALSE(transport.shared->received.empty());
+  const v1::SyncHeartbeat& beat = transport.shared->received[0].heartbeat();
+  EXPECT_EQ(beat.set_aside_batches(), 1);
+  EXPECT_EQ(beat.set_aside_records(), 10);
+}
+
+TEST_F(SyncManagerTest, TriggerDoesNotCutBackoffShort) {
+  StoreMetrics(5);
+  transport_.Script(
+      {absl::UnavailableError("down"), absl::UnavailableError("down")});
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, Options());
+  // A trigger (or the server's flush command) pending while the cycle backs
+  // off: the backoff still waits its full 1 s and 2 s.
+  manager.TriggerSync();
+  absl::Status result;
+  std::vector<absl::Duration> slept = SyncDrivingClock(manager, &result);
+  ASSERT_THAT(result, IsOk());
+  EXPECT_THAT(slept,
+              ::testing::ElementsAre(absl::Seconds(1), absl::Seconds(2)));
+  EXPECT_EQ(transport_.calls().size(), 3u);
+}
+
+TEST_F(SyncManagerTest, FlushCommandDoesNotCutBackoffShort) {
+  StoreMetrics(5);
+  StreamingTransport transport;
+  v1::StreamSyncResponse flush;
+  flush.mutable_flush()->set_reason("backlog");
+  transport.shared->on_heartbeat.push_back(flush);
+  transport.shared->refuse_next_batch = true;
+  transport.shared->refusal_retryable = true;
+  SyncOptions o = Options();
+  o.use_stream = true;
+  SyncManager manager(storage_.get(), &transport, &clock_, nullptr, o);
+  absl::Status result;
+  std::vector<absl::Duration> slept = SyncDrivingClock(manager, &result);
+  ASSERT_THAT(result, IsOk());
+  EXPECT_THAT(slept, ::testing::ElementsAre(absl::Seconds(1)));
+}
+
+TEST_F(SyncManagerTest, HalfOpenProbeAnsweredWithAVerdictClosesTheBreaker) {
+  StoreMetrics(15);
+  SyncOptions o = Options();
+  o.max_retries = 1;
+  o.breaker = {.failure_threshold = 1, .open_duration = absl::Seconds(30)};
+  transport_.Script({absl::UnavailableError("down"),
+                     MarkBatchRejected(absl::InvalidArgumentError("poison"))});
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, o);
+  EXPECT_THAT(manager.SyncNow(), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(manager.GetMetrics().state, "circuit_open");
+  clock_.Advance(absl::Seconds(30));
+  // The probe is answered with a verdict: the server is healthy, the rest of
+  // the queue follows in the same cycle.
+  EXPECT_THAT(manager.SyncNow(),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_EQ(manager.GetMetrics().metrics_synced, 5);
+  StoreMetrics(3, "later");
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  EXPECT_EQ(Unsynced(), 0);
+  EXPECT_EQ(transport_.calls().size(), 4u);
+}
+
+TEST_F(SyncManagerTest, RateLimitBurstFollowsTheBatchSize) {
+  StoreMetrics(60);
+  SyncOptions o = Options();
+  o.max_records_per_second = 10;
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, o);
+  v1::SyncConfig bigger;
+  bigger.set_batch_size(20);  // larger batches than the initial burst
+  manager.ApplyConfig(bigger);
+  absl::Status result;
+  std::vector<absl::Duration> slept = SyncDrivingClock(manager, &result);
+  ASSERT_THAT(result, IsOk());
+  // 20 records per batch at 10/s: 2 s between batches (the first finds the
+  // 10 tokens of the initial burst and waits for 10 more).
+  EXPECT_THAT(slept, ::testing::ElementsAre(absl::Seconds(1), absl::Seconds(2),
+                                            absl::Seconds(2)));
+  EXPECT_EQ(transport_.calls().size(), 3u);
+}
+
+TEST_F(SyncManagerTest, ServerPerStreamRateLimitsApply) {
+  StoreMetrics(30);
+  v1::LogEntry l;
+  l.set_message("x");
+  for (int i = 0; i < 10; ++i) ASSERT_THAT(storage_->AppendLog(l), IsOk());
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, Options());
+  v1::SyncConfig c;
+  c.set_max_metrics_per_second(5);
+  c.set_max_logs_per_second(1000);
+  manager.ApplyConfig(c);
+  absl::Status result;
+  std::vector<absl::Duration> slept = SyncDrivingClock(manager, &result);
+  ASSERT_THAT(result, IsOk());
+  // Metrics: 10 per batch at 5/s; logs go unthrottled in between.
+  EXPECT_THAT(slept,
+              ::testing::ElementsAre(absl::Seconds(2), absl::Seconds(2)));
+  EXPECT_EQ(Unsynced(RecordKind::kLog), 0);
+  EXPECT_EQ(Unsynced(), 0);
+}
+
+TEST_F(SyncManagerTest, ServerRetryAndBackoffSettingsApply) {
+  StoreMetrics(5);
+  SyncManager manager(storage_.get(), &transport_, &clock_, nullptr, Options());
+  v1::SyncConfig c;
+  c.set_max_retries(2);
+  c.set_initial_backoff_seconds(3);
+  c.set_max_backoff_seconds(60);
+  c.set_backoff_multiplier(3.0);
+  manager.ApplyConfig(c);
+  EXPECT_EQ(manager.options().max_retries, 2);
+  EXPECT_EQ(manager.options().backoff.max, absl::Seconds(60));
+  transport_.Script({absl::UnavailableError("1"), absl::UnavailableError("2"),
+                     absl::UnavailableError("3")});
+  absl::Status result;
+  std::vector<absl::Duration> slept = SyncDrivingClock(manager, &result);
+  EXPECT_THAT(result, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(slept, ::testing::ElementsAre(absl::Seconds(3)))
+      << "two attempts this cycle, 3 s apart";
+  EXPECT_EQ(transport_.calls().size(), 2u);
+  EXPECT_EQ(Unsynced(), 5) << "max_retries never drops data";
+  slept = SyncDrivingClock(manager, &result);
+  EXPECT_THAT(slept, ::testing::ElementsAre(absl::Seconds(9)))
+      << "the backoff keeps growing by the server's multiplier";
+  ASSERT_THAT(result, IsOk());
+  EXPECT_EQ(Unsynced(), 0);
+}
+
+// Forwards to a real store and records what the manager asks of it.
+class RecordingStorage : public Storage {
+ public:
+  explicit RecordingStorage(Storage* base) : base_(base) {}
+  absl::StatusOr<IdRange> AppendMetrics(
+      absl::Span<const v1::Metric> m) override {
+    return base_->AppendMetrics(m);
+  }
+  absl::StatusOr<IdRange> AppendLogs(
+      absl::Span<const v1::LogEntry> l) override {
+    return base_->AppendLogs(l);
+  }
+  absl::StatusOr<IdRange> AppendEvents(absl::Span<const v1::Event> e) override {
+    return base_->AppendEvents(e);
+  }
+  absl::StatusOr<std::vector<StoredMetric>> ReadMetrics(
+      const ReadOptions& o) override {
+    ++reads;
+    return base_->ReadMetrics(o);
+  }
+  absl::StatusOr<std::vector<StoredLog>> ReadLogs(
+      const ReadOptions& o) override {
+    ++reads;
+    return base_->ReadLogs(o);
+  }
+  absl::StatusOr<std::vector<StoredEvent>> ReadEvents(
+      const ReadOptions& o) override {
+    ++reads;
+    return base_->ReadEvents(o);
+  }
+  absl::StatusOr<int64_t> MarkSynced(RecordKind k, IdRange ids) override {
+    return base_->MarkSynced(k, ids);
+  }
+  absl::StatusOr<StorageInfo> Info() override { return base_->Info(); }
+  absl::StatusOr<int64_t> CleanOlderThan(absl::Duration age,
+                                         CleanScope scope) override {
+    cleaned_older_than.push_back(age);
+    return base_->CleanOlderThan(age, scope);
+  }
+  absl::Status SavePendingBatch(const PendingBatch& b) override {
+    return base_->SavePendingBatch(b);
+  }
+  absl::StatusOr<std::optional<PendingBatch>> LoadPendingBatch(
+      absl::string_view stream) override {
+    return base_->LoadPendingBatch(stream);
+  }
+  absl::Status ClearPendingBatch(absl::string_view stream) override {
+    return base_->ClearPendingBatch(stream);
+  }
+  absl::Status SetMaxBytes(int64_t max_bytes) override {
+    max_bytes_set.push_back(max_bytes);
+    return absl::OkStatus();
+  }
+  absl::Status SetAside(const SetAsideBatch& b) override {
+    return base_->SetAside(b);
+  }
+  absl::StatusOr<std::vector<SetAsideBatch>> ListSetAside() override {
+    return base_->ListSetAside();
+  }
+  absl::StatusOr<int64_t> RetrySetAside(absl::string_view stream,
+                                        int64_t seq) override {
+    return base_->RetrySetAside(stream, seq);
+  }
+  absl::StatusOr<int64_t> DropSetAside(absl::string_view stream,
+                                       int64_t seq) override {
+    return base_->DropSetAside(stream, seq);
+  }
+
+  int reads = 0;
+  std::vector<absl::Duration> cleaned_older_than;
+  std::vector<int64_t> max_bytes_set;
+
+ private:
+  Storage* const base_;
+};
+
+TEST_F(SyncManagerTest, ServerRetentionAndStorageQuotaApply) {
+  RecordingStorage recording(storage_.get());
+  SyncOptions o = Options();
+  SyncManager manager(&recording, &transport_, &clock_, nullptr, o);
+  v1::SyncConfig c;
+  c.set_retention_hours(2);
+  c.set_max_local_storage_bytes(5'000'000);
+  manager.ApplyConfig(c);
+  EXPECT_THAT(recording.max_bytes_set, ::testing::ElementsAre(5'000'000));
+  StoreMetrics(3);
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  EXPECT_THAT(recording.cleaned_older_than,
+              ::testing::ElementsAre(absl::Hours(2)));
+  // Synced history older than the retention goes at the next cycle.
+  clock_.Advance(absl::Hours(3));
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  EXPECT_EQ(storage_->Info()->of(RecordKind::kMetric).synced, 0);
+}
+
+TEST_F(SyncManagerTest, PinnedSettingsIgnoreTheServer) {
+  RecordingStorage recording(storage_.get());
+  SyncOptions o = Options();
+  o.max_retries_pinned = true;
+  o.backoff_pinned = true;
+  o.retention_pinned = true;
+  o.storage_limits_pinned = true;
+  SyncManager manager(&recording, &transport_, &clock_, nullptr, o);
+  v1::SyncConfig c;
+  c.set_max_retries(9);
+  c.set_initial_backoff_seconds(7);
+  c.set_retention_hours(2);
+  c.set_max_local_storage_bytes(5'000'000);
+  manager.ApplyConfig(c);
+  EXPECT_EQ(manager.options().max_retries, 3);
+  EXPECT_EQ(manager.options().backoff.initial, absl::Seconds(1));
+  EXPECT_EQ(manager.options().retention, absl::ZeroDuration());
+  EXPECT_TRUE(recording.max_bytes_set.empty());
+}
+
+TEST_F(SyncManagerTest, EachBatchIsReadFromTheStoreOnce) {
+  RecordingStorage recording(storage_.get());
+  StoreMetrics(25);
+  SyncOptions o = Options();
+  o.compression = Compression::kZstd;
+  SyncManager manager(&recording, &transport_, &clock_, nullptr, o);
+  ASSERT_THAT(manager.SyncNow(), IsOk());
+  int metric_batches = 3;
+  // One read per batch, plus the empty read of each stream that ends it.
+  EXPECT_EQ(recording.reads, metric_batches + 3);
 }
 
 TEST_F(SyncManagerTest, StreamModeFallsBackToUnaryWithoutStreams) {

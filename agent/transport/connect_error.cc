@@ -98,7 +98,9 @@ absl::StatusCode CodeFromHttpStatus(int http_status) {
 
 absl::Status StatusFromConnectError(int http_status,
                                     absl::string_view content_type,
-                                    absl::string_view body) {
+                                    absl::string_view body,
+                                    bool* connect_body) {
+  if (connect_body != nullptr) *connect_body = false;
   if (IsJsonContentType(content_type)) {
     nlohmann::json json = nlohmann::json::parse(body.begin(), body.end(),
                                                 /*cb=*/nullptr,
@@ -112,6 +114,7 @@ absl::Status StatusFromConnectError(int http_status,
         if (message_it != json.end() && message_it->is_string()) {
           message = message_it->get<std::string>();
         }
+        if (connect_body != nullptr) *connect_body = true;
         std::optional<absl::StatusCode> code = ConnectCodeFromName(name);
         if (!code.has_value()) {
           return absl::UnknownError(

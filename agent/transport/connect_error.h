@@ -35,9 +35,13 @@ absl::StatusCode CodeFromHttpStatus(int http_status);
 // its code and message verbatim; an unknown code name is UNKNOWN. Anything
 // else falls back to CodeFromHttpStatus with a message naming the HTTP status
 // and the start of the body.
+// `connect_body` (may be null) is set to whether the body was a Connect error
+// JSON, i.e. whether the answer came from a Connect server rather than from a
+// proxy in the way.
 absl::Status StatusFromConnectError(int http_status,
                                     absl::string_view content_type,
-                                    absl::string_view body);
+                                    absl::string_view body,
+                                    bool* connect_body = nullptr);
 
 // Parses an HTTP Retry-After value: delta-seconds ("120") or an IMF-fixdate
 // ("Wed, 21 Oct 2015 07:28:00 GMT"), relative to `now` (never negative).

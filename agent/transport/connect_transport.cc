@@ -13,6 +13,7 @@
 #include "agent/transport/connect_error.h"
 #include "agent/transport/transport_stats.h"
 #include "common/codec/codec.h"
+#include "common/status/error_class.h"
 #include "common/status/retry_after.h"
 #include "glog/logging.h"
 #include "google/protobuf/message.h"
@@ -22,6 +23,8 @@ namespace {
 
 constexpr char kServicePath[] = "/fleetd.v1.SyncService/";
 constexpr char kProtoContentType[] = "application/proto";
+// Connect sends unary trailers as headers with this prefix.
+constexpr char kVerdictHeader[] = "Trailer-Fleetd-Verdict";
 // Connect-Timeout-Ms holds at most 10 digits.
 constexpr int64_t kMaxConnectTimeoutMs = 9'999'999'999;
 // A compressed body can be a little larger than what it holds
@@ -156,9 +159,17 @@ class ConnectTransport final : public SyncTransport {
 
     absl::StatusOr<std::string> payload = DecodeBody(*answer);
     if (answer->status_code != 200) {
+      bool connect_body = false;
       absl::Status error = StatusFromConnectError(
           answer->status_code, answer->Header("Content-Type").value_or(""),
-          payload.ok() ? *payload : "");
+          payload.ok() ? *payload : "", &connect_body);
+      // Our server's verdict that the batch itself is invalid
+      // (error_class.h): only with a Connect error body, never on a proxy's
+      // own answer.
+      if (connect_body && Lower(answer->Header(kVerdictHeader).value_or("")) ==
+                              kVerdictRejected) {
+        error = MarkBatchRejected(std::move(error));
+      }
       return WithServerRetryHint(std::move(error), *answer);
     }
     if (!payload.ok()) {

@@ -19,6 +19,7 @@
 #include "agent/transport/transport.h"
 #include "common/clock/clock.h"
 #include "common/codec/codec.h"
+#include "common/status/error_class.h"
 #include "common/status/retry_after.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/wait.h"
@@ -311,6 +312,43 @@ TEST_F(ConnectTransportTest, CompressedErrorBodyIsDecoded) {
               StatusIs(absl::StatusCode::kInvalidArgument, message));
   EXPECT_LT(transport->stats().bytes_received,
             static_cast<int64_t>(json.size()) / 10);
+}
+
+TEST_F(ConnectTransportTest, VerdictHeaderWithAConnectErrorMarksTheRejection) {
+  auto transport = MakeTransport();
+  server_.Answer(ErrorAnswer(
+      400, "application/json",
+      R"({"code":"invalid_argument","message":"invalid UTF-8 in a label"})",
+      {{"Trailer-Fleetd-Verdict", "rejected"}}));
+  absl::StatusOr<v1::SyncMetricsResponse> response =
+      transport->SyncMetrics({}, kTimeout);
+  EXPECT_THAT(response, StatusIs(absl::StatusCode::kInvalidArgument,
+                                 "invalid UTF-8 in a label"));
+  EXPECT_EQ(ClassifyError(response.status()), ErrorClass::kSetAside);
+}
+
+TEST_F(ConnectTransportTest, ProxyAnswersNeverCarryAVerdict) {
+  auto transport = MakeTransport();
+  // A Connect error without the verdict header (another Connect server, or
+  // ours before this change): retried.
+  server_.Answer(
+      ErrorAnswer(400, "application/json",
+                  R"({"code":"invalid_argument","message":"something"})"));
+  EXPECT_EQ(ClassifyError(transport->SyncMetrics({}, kTimeout).status()),
+            ErrorClass::kRetry);
+  // The header on a body that is not a Connect error (a proxy's page that
+  // passed a header through): no verdict.
+  for (int http_status : {400, 500, 502}) {
+    server_.Answer(ErrorAnswer(http_status, "text/html", "<h1>error</h1>",
+                               {{"Trailer-Fleetd-Verdict", "rejected"}}));
+    absl::Status s = transport->SyncMetrics({}, kTimeout).status();
+    EXPECT_FALSE(IsBatchRejected(s)) << http_status;
+    EXPECT_EQ(ClassifyError(s), ErrorClass::kRetry) << http_status;
+  }
+  // A bare 500 with an empty body, as the issue's proxy answered.
+  server_.Answer(ErrorAnswer(500, "", ""));
+  EXPECT_EQ(ClassifyError(transport->SyncMetrics({}, kTimeout).status()),
+            ErrorClass::kRetry);
 }
 
 TEST_F(ConnectTransportTest, RetryAfterSecondsBecomesRetryHint) {

@@ -16,6 +16,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "agent/transport/transport_stats.h"
+#include "common/status/error_class.h"
 #include "common/status/grpc_status.h"
 #include "common/status/retry_after.h"
 #include "glog/logging.h"
@@ -61,6 +62,14 @@ absl::Status StatusFromCall(const grpc::Status& status,
         ms >= 0) {
       result = WithRetryAfter(std::move(result), absl::Milliseconds(ms));
     }
+  }
+  // Our server's verdict that the batch itself is invalid (error_class.h).
+  // Statuses a proxy or the gRPC library makes up never carry it.
+  auto verdict = trailers.find(kVerdictMetadataKey);
+  if (verdict != trailers.end() &&
+      absl::string_view(verdict->second.data(), verdict->second.size()) ==
+          kVerdictRejected) {
+    result = MarkBatchRejected(std::move(result));
   }
   return result;
 }

@@ -16,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "agent/transport/transport.h"
+#include "common/status/error_class.h"
 #include "common/status/retry_after.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/wait.h"
@@ -227,10 +228,12 @@ TEST(GrpcChannelArgumentsTest, KeepaliveAndLimitsFromOptions) {
 // scripted status and trailers, and acks stream messages.
 class ScriptedService final : public v1::SyncService::Service {
  public:
-  void FailWith(grpc::Status status, std::string retry_after_ms = "") {
+  void FailWith(grpc::Status status, std::string retry_after_ms = "",
+                std::string verdict = "") {
     absl::MutexLock lock(&mu_);
     status_ = std::move(status);
     retry_after_ms_ = std::move(retry_after_ms);
+    verdict_ = std::move(verdict);
   }
   // Unary calls block until Release() (or the client gives up).
   void HoldCalls() {
@@ -338,12 +341,16 @@ class ScriptedService final : public v1::SyncService::Service {
     if (!retry_after_ms_.empty()) {
       context->AddTrailingMetadata("retry-after-ms", retry_after_ms_);
     }
+    if (!verdict_.empty()) {
+      context->AddTrailingMetadata("fleetd-verdict", verdict_);
+    }
     return status_;
   }
 
   mutable absl::Mutex mu_;
   grpc::Status status_ ABSL_GUARDED_BY(mu_);
   std::string retry_after_ms_ ABSL_GUARDED_BY(mu_);
+  std::string verdict_ ABSL_GUARDED_BY(mu_);
   bool hold_ ABSL_GUARDED_BY(mu_) = false;
   int end_after_ ABSL_GUARDED_BY(mu_) = 0;
   bool ignore_half_close_ ABSL_GUARDED_BY(mu_) = false;
@@ -402,6 +409,34 @@ TEST_F(GrpcTransportInProcessTest, RetryAfterTrailerBecomesRetryHint) {
   EXPECT_THAT(GetRetryAfter(response.status()),
               Optional(absl::Milliseconds(1500)));
   EXPECT_EQ(transport_->stats().failures, 1);
+}
+
+TEST_F(GrpcTransportInProcessTest, VerdictTrailerMarksTheRejection) {
+  service_.FailWith(
+      grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad metric name"), "",
+      "rejected");
+  absl::StatusOr<v1::SyncMetricsResponse> response =
+      transport_->SyncMetrics(MetricsRequest(1), kTimeout);
+  EXPECT_THAT(response,
+              StatusIs(absl::StatusCode::kInvalidArgument, "bad metric name"));
+  EXPECT_TRUE(IsBatchRejected(response.status()));
+  EXPECT_EQ(ClassifyError(response.status()), ErrorClass::kSetAside);
+}
+
+TEST_F(GrpcTransportInProcessTest, InvalidArgumentWithoutVerdictIsRetried) {
+  // What a proxy or another server might answer: no verdict of ours.
+  service_.FailWith(
+      grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad request"));
+  absl::StatusOr<v1::SyncMetricsResponse> response =
+      transport_->SyncMetrics(MetricsRequest(1), kTimeout);
+  EXPECT_THAT(response, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_FALSE(IsBatchRejected(response.status()));
+  EXPECT_EQ(ClassifyError(response.status()), ErrorClass::kRetry);
+  // An unknown verdict value is no verdict either.
+  service_.FailWith(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "x"), "",
+                    "maybe");
+  response = transport_->SyncMetrics(MetricsRequest(1), kTimeout);
+  EXPECT_FALSE(IsBatchRejected(response.status()));
 }
 
 TEST_F(GrpcTransportInProcessTest, MalformedRetryAfterTrailerIsIgnored) {

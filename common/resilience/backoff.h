@@ -41,6 +41,9 @@ class ExponentialBackoff {
   // The delay before jitter for a 0-based attempt number.
   absl::Duration BaseDelay(int attempt) const;
   const BackoffOptions& options() const { return options_; }
+  // Replaces the options (e.g. from the server's configuration), keeping the
+  // count of failures. REQUIRES: ValidateBackoffOptions(options).ok().
+  void SetOptions(const BackoffOptions& options) { options_ = options; }
 
  private:
   BackoffOptions options_;

@@ -50,4 +50,10 @@ void TokenBucket::SetRate(double rate_per_second, double burst) {
   tokens_ = std::min(tokens_, burst_);
 }
 
+void TokenBucket::RaiseBurst(double burst) {
+  absl::MutexLock lock(&mu_);
+  RefillLocked();
+  burst_ = std::max(burst_, burst);
+}
+
 }  // namespace fleetd

@@ -28,6 +28,8 @@ class TokenBucket {
   // Changes the rate and burst, keeping the tokens already earned (capped at
   // the new burst).
   void SetRate(double rate_per_second, double burst);
+  // Raises the burst to at least `burst` (the rate stays).
+  void RaiseBurst(double burst);
 
  private:
   void RefillLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
