@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "agent/storage/memory_storage.h"
 #include "agent/storage/sqlite_storage.h"
@@ -52,8 +53,51 @@ absl::Status EnsureDir(const std::string& dir) {
   return absl::OkStatus();
 }
 
+// Totals over the record kinds of what delivery could not do: set-aside
+// batches and their records, set-aside records dropped, unsynced records
+// evicted to stay within the quota.
+struct DeliveryHealth {
+  int64_t set_aside_batches = 0;
+  int64_t set_aside_records = 0;
+  int64_t set_aside_dropped = 0;
+  int64_t evicted_unsynced = 0;
+};
+
+DeliveryHealth HealthOf(const agent::StorageInfo& info) {
+  DeliveryHealth h;
+  h.set_aside_batches = info.set_aside_batches;
+  for (const agent::KindInfo& k : info.kinds) {
+    h.set_aside_records += k.set_aside;
+    h.set_aside_dropped += k.set_aside_dropped;
+    h.evicted_unsynced += k.dropped_unsynced;
+  }
+  return h;
+}
+
+// RFC 3339 in UTC, to the second, with a "Z".
+std::string Rfc3339(absl::Time t) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone());
+}
+
+nlohmann::json SetAsideJson(const agent::SetAsideBatch& b) {
+  nlohmann::json j;
+  j["stream"] = b.stream;
+  j["kind"] = std::string(agent::RecordKindName(b.kind));
+  j["sequence_number"] = b.sequence_number;
+  j["first_id"] = b.ids.first;
+  j["last_id"] = b.ids.last;
+  j["records"] = b.record_count;
+  j["reason"] = b.reason;
+  j["set_aside_at"] = Rfc3339(b.set_aside_at);
+  return j;
+}
+
 nlohmann::json InfoJson(const agent::StorageInfo& info) {
   nlohmann::json j;
+  const DeliveryHealth health = HealthOf(info);
+  j["set_aside_batches"] = health.set_aside_batches;
+  j["set_aside_records"] = health.set_aside_records;
+  j["set_aside_dropped"] = health.set_aside_dropped;
   j["backend"] = info.backend;
   j["bytes_used"] = info.bytes_used;
   j["max_bytes"] = info.max_bytes;
@@ -72,6 +116,8 @@ nlohmann::json InfoJson(const agent::StorageInfo& info) {
     kj["dropped_unsynced"] = ki.dropped_unsynced;
     kj["evicted_synced"] = ki.evicted_synced;
     kj["cleaned"] = ki.cleaned;
+    kj["set_aside"] = ki.set_aside;
+    kj["set_aside_dropped"] = ki.set_aside_dropped;
     if (ki.oldest_unsynced_time.has_value()) {
       kj["oldest_unsynced"] = absl::FormatTime(
           absl::RFC3339_sec, *ki.oldest_unsynced_time, absl::UTCTimeZone());
@@ -94,7 +140,8 @@ nlohmann::json MetricsJson(const agent::SyncMetricsSnapshot& m) {
   j["failed_syncs"] = m.failed_syncs;
   j["consecutive_failures"] = m.consecutive_failures;
   j["last_sync_duration_ms"] = absl::ToInt64Milliseconds(m.last_sync_duration);
-  j["quarantined_records"] = m.quarantined_records;
+  j["set_aside_batches_since_start"] = m.set_aside_batches;
+  j["set_aside_records_since_start"] = m.set_aside_records;
   j["sync_latency_p50_ms"] = absl::ToDoubleMilliseconds(m.latency_p50);
   j["sync_latency_p95_ms"] = absl::ToDoubleMilliseconds(m.latency_p95);
   j["sync_latency_p99_ms"] = absl::ToDoubleMilliseconds(m.latency_p99);
@@ -181,9 +228,8 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(AgentOptions options) {
   sync.interval_pinned = env("SYNC_INTERVAL").has_value();
   sync.batch_size_pinned = env("BATCH_SIZE").has_value();
   sync.compression_pinned = env("COMPRESSION_TYPE").has_value();
-  std::string quarantine = options.data_dir + "/quarantine";
-  if (mkdir(quarantine.c_str(), 0700) == 0 || errno == EEXIST)
-    sync.quarantine_dir = quarantine;
+  sync.max_retries_pinned = env("MAX_RETRIES").has_value();
+  sync.rate_limits_pinned = options.sync_max_records_per_second > 0;
   a->sync_ = std::make_unique<agent::SyncManager>(
       a->storage_.get(), a->transport_.get(), a->clock_, &a->metrics_, sync);
   a->options_ = std::move(options);
@@ -223,6 +269,12 @@ absl::Status Agent::Start() {
     r.mutable_info()->set_os(profile_.system.os);
     r.mutable_info()->set_architecture(profile_.system.architecture);
     r.mutable_info()->set_kernel_version(profile_.system.kernel_release);
+    if (absl::StatusOr<agent::StorageInfo> info = storage_->Info(); info.ok()) {
+      const DeliveryHealth health = HealthOf(*info);
+      r.mutable_info()->set_set_aside_batches(health.set_aside_batches);
+      r.mutable_info()->set_set_aside_records(health.set_aside_records);
+      r.mutable_info()->set_evicted_records(health.evicted_unsynced);
+    }
     auto resp = transport_->UpdateDeviceInfo(r, absl::Seconds(10));
     if (!resp.ok())
       LOG(WARNING) << "could not report device info: " << resp.status();
@@ -306,6 +358,26 @@ std::string Agent::RenderMetrics() {
     }
     metrics_.GetGauge("fleetd_agent_storage_bytes", "Bytes the store occupies.")
         .Set(static_cast<double>(info->bytes_used));
+    const DeliveryHealth health = HealthOf(*info);
+    metrics_
+        .GetGauge("fleetd_agent_set_aside_batches",
+                  "Batches the server rejected as invalid, kept in the store "
+                  "(fleetd quarantine list).")
+        .Set(static_cast<double>(health.set_aside_batches));
+    metrics_
+        .GetGauge("fleetd_agent_set_aside_records",
+                  "Records in set-aside batches.")
+        .Set(static_cast<double>(health.set_aside_records));
+    metrics_
+        .GetGauge("fleetd_agent_set_aside_dropped_records",
+                  "Set-aside records dropped by the operator or evicted to "
+                  "make room.")
+        .Set(static_cast<double>(health.set_aside_dropped));
+    metrics_
+        .GetGauge("fleetd_agent_evicted_unsynced_records",
+                  "Unsynced records evicted (or overwritten) to stay within "
+                  "the storage quota: data lost before it was delivered.")
+        .Set(static_cast<double>(health.evicted_unsynced));
   }
   return metrics_.Render();
 }
@@ -322,7 +394,14 @@ std::string Agent::HandleCommand(const std::vector<std::string>& args) {
     j["transport"] = options_.transport;
     j["sync"] = MetricsJson(GetMetrics());
     auto info = storage_->Info();
-    if (info.ok()) j["storage"] = InfoJson(*info);
+    if (info.ok()) {
+      j["storage"] = InfoJson(*info);
+      const DeliveryHealth health = HealthOf(*info);
+      j["set_aside_batches"] = health.set_aside_batches;
+      j["set_aside_records"] = health.set_aside_records;
+      j["set_aside_dropped"] = health.set_aside_dropped;
+      j["evicted_unsynced_records"] = health.evicted_unsynced;
+    }
     return j.dump();
   }
   if (cmd == "sync-now") {
@@ -381,6 +460,58 @@ std::string Agent::HandleCommand(const std::vector<std::string>& args) {
   }
   if (cmd == "metrics") {
     j["text"] = RenderMetrics();
+    return j.dump();
+  }
+  if (cmd == "quarantine-list") {
+    auto batches = storage_->ListSetAside();
+    if (!batches.ok()) return Error(batches.status());
+    j["batches"] = nlohmann::json::array();
+    for (const agent::SetAsideBatch& b : *batches) {
+      j["batches"].push_back(SetAsideJson(b));
+    }
+    return j.dump();
+  }
+  if ((cmd == "quarantine-retry" || cmd == "quarantine-drop") &&
+      (args.size() == 2 || args.size() == 3)) {
+    const bool retry = cmd == "quarantine-retry";
+    // Which batches: one (stream, sequence number), or every one ("all").
+    std::vector<std::pair<std::string, int64_t>> targets;
+    if (args.size() == 2) {
+      if (args[1] != "all") {
+        return Error(absl::InvalidArgumentError(
+            absl::StrCat(cmd, " takes <stream> <sequence> or all")));
+      }
+      auto batches = storage_->ListSetAside();
+      if (!batches.ok()) return Error(batches.status());
+      for (const agent::SetAsideBatch& b : *batches) {
+        targets.emplace_back(b.stream, b.sequence_number);
+      }
+    } else {
+      int64_t seq = 0;
+      if (!absl::SimpleAtoi(args[2], &seq)) {
+        return Error(absl::InvalidArgumentError(
+            absl::StrCat("not a sequence number: \"", args[2], "\"")));
+      }
+      targets.emplace_back(args[1], seq);
+    }
+    int64_t records = 0;
+    nlohmann::json done = nlohmann::json::array();
+    for (const auto& [stream, seq] : targets) {
+      absl::StatusOr<int64_t> n = retry ? storage_->RetrySetAside(stream, seq)
+                                        : storage_->DropSetAside(stream, seq);
+      // With "all", a batch the quota evicted meanwhile is no error.
+      if (absl::IsNotFound(n.status()) && args.size() == 2) continue;
+      if (!n.ok()) return Error(n.status());
+      records += *n;
+      nlohmann::json b;
+      b["stream"] = stream;
+      b["sequence_number"] = seq;
+      b["records"] = *n;
+      done.push_back(b);
+    }
+    j["batches"] = done;
+    j["records"] = records;
+    if (retry && records > 0) sync_->TriggerSync();
     return j.dump();
   }
   return Error(

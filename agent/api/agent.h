@@ -42,8 +42,9 @@
 namespace fleetd {
 
 struct AgentOptions {
-  // Holds the store (fleetd.db), the control socket (fleetd.sock), collector
-  // state and quarantined batches. Created if missing; must be writable.
+  // Holds the store (fleetd.db, set-aside batches included), the control
+  // socket (fleetd.sock) and collector state. Created if missing; must be
+  // writable.
   std::string data_dir = "/var/lib/fleetd";
   std::string server_url;  // https://host:port, or http:// for plaintext
   std::string transport = "grpc";  // "grpc" or "connect"
@@ -120,12 +121,16 @@ class Agent {
   agent::SyncManager* sync() { return sync_.get(); }
   metrics::Registry* metrics() { return &metrics_; }
   Clock* clock() { return clock_; }
-  // Prometheus text of the agent's metrics, with backlog and dropped counts.
+  // Prometheus text of the agent's metrics, with backlog, dropped and
+  // set-aside counts (refreshed from the store's Info() on every call).
   std::string RenderMetrics();
   // Runs a control command ("status", "sync-now", "storage-info",
   // "storage-clean AGE synced|all", "debug-storage", "logs-sync", "metrics",
-  // "ping") and returns its JSON answer; this is what the control socket
-  // serves.
+  // "quarantine-list", "quarantine-retry STREAM SEQ|all",
+  // "quarantine-drop STREAM SEQ|all", "ping") and returns its JSON answer;
+  // this is what the control socket serves. A retry triggers a sync; "all"
+  // skips batches the quota evicted meanwhile, a named batch that is gone is
+  // an error (NOT_FOUND).
   std::string HandleCommand(const std::vector<std::string>& args);
 
  private:

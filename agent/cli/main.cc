@@ -1,21 +1,27 @@
 // fleetd: the FleetD Sync device agent and its command-line tools.
 //
-//   fleetd run                         run the agent (collect, store, sync)
-//   fleetd sync now                    make the running agent sync now, wait
-//   for it fleetd status                      the running agent's sync state
-//   and backlog fleetd storage info                what the store holds (works
-//   without the agent) fleetd storage clean --older-than 7d [--all] fleetd
-//   debug storage               store internals and the oldest unsynced records
-//   fleetd debug ping                  check the server is reachable with this
-//   key fleetd logs sync                   the running agent's recent batch
-//   outcomes
+//   fleetd run             run the agent (collect, store, sync)
+//   fleetd sync now        make the running agent sync now, wait for it
+//   fleetd status          the running agent's sync state and backlog
+//   fleetd storage info    what the store holds (works without the agent)
+//   fleetd storage clean --older-than 7d [--all]
+//   fleetd quarantine list|retry|drop
+//                          batches the server rejected as invalid, kept in
+//                          the store (works without the agent)
+//   fleetd debug storage   store internals and the oldest unsynced records
+//   fleetd debug ping      check the server is reachable with this key
+//   fleetd logs sync       the running agent's recent batch outcomes
 //
 // Every setting is an environment variable and a flag (see `fleetd --help`).
+#include <algorithm>
 #include <csignal>
+#include <iomanip>
 #include <iostream>
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
@@ -72,10 +78,60 @@ void PrintStorage(const nlohmann::json& st) {
               << k.value("dropped_unsynced", int64_t{0}) << ", evicted "
               << k.value("evicted_synced", int64_t{0}) << ", cleaned "
               << k.value("cleaned", int64_t{0});
+    if (k.value("set_aside", int64_t{0}) > 0 ||
+        k.value("set_aside_dropped", int64_t{0}) > 0) {
+      std::cout << ", set aside " << k.value("set_aside", int64_t{0})
+                << " (dropped " << k.value("set_aside_dropped", int64_t{0})
+                << ")";
+    }
     if (k.contains("oldest_unsynced"))
       std::cout << ", oldest unsynced " << k["oldest_unsynced"];
     std::cout << "\n";
   }
+}
+
+// Set-aside batches and lost records, from a storage-info JSON.
+void PrintDeliveryHealth(const nlohmann::json& st) {
+  int64_t evicted = 0;
+  if (st.contains("kinds")) {
+    for (const auto& [kind, k] : st["kinds"].items())
+      evicted += k.value("dropped_unsynced", int64_t{0});
+  }
+  std::cout << "set aside: " << st.value("set_aside_batches", int64_t{0})
+            << " batches, " << st.value("set_aside_records", int64_t{0})
+            << " records (dropped " << st.value("set_aside_dropped", int64_t{0})
+            << ")";
+  if (st.value("set_aside_batches", int64_t{0}) > 0)
+    std::cout << "; see fleetd quarantine list";
+  std::cout << "\nevicted unsynced records: " << evicted << "\n";
+}
+
+void PrintSetAside(const nlohmann::json& batches) {
+  if (batches.empty()) {
+    std::cout << "no set-aside batches\n";
+    return;
+  }
+  size_t stream_w = 6;
+  for (const auto& b : batches)
+    stream_w = std::max(stream_w, b.value("stream", std::string()).size());
+  std::cout << std::left << std::setw(static_cast<int>(stream_w) + 2)
+            << "STREAM" << std::setw(21) << "SEQUENCE" << std::setw(9)
+            << "RECORDS" << std::setw(22) << "SET ASIDE AT"
+            << "REASON\n";
+  int64_t records = 0;
+  for (const auto& b : batches) {
+    records += b.value("records", int64_t{0});
+    std::cout << std::setw(static_cast<int>(stream_w) + 2)
+              << b.value("stream", std::string()) << std::setw(21)
+              << b.value("sequence_number", int64_t{0}) << std::setw(9)
+              << b.value("records", int64_t{0}) << std::setw(22)
+              << b.value("set_aside_at", std::string())
+              << b.value("reason", std::string()) << "\n";
+  }
+  std::cout << batches.size() << " batches, " << records
+            << " records. Send again: fleetd quarantine retry <stream> "
+               "<sequence> (or --all); delete: fleetd quarantine drop "
+               "<stream> <sequence> (or --all)\n";
 }
 
 void PrintSync(const nlohmann::json& s) {
@@ -84,8 +140,9 @@ void PrintSync(const nlohmann::json& s) {
        {"metrics_synced", "logs_synced", "events_synced", "bytes_sent",
         "bytes_compressed", "compression_ratio", "successful_syncs",
         "failed_syncs", "consecutive_failures", "last_sync_duration_ms",
-        "quarantined_records", "duplicates_acknowledged", "sync_latency_p50_ms",
-        "sync_latency_p95_ms", "sync_latency_p99_ms"}) {
+        "set_aside_batches_since_start", "set_aside_records_since_start",
+        "duplicates_acknowledged", "sync_latency_p50_ms", "sync_latency_p95_ms",
+        "sync_latency_p99_ms"}) {
     std::cout << "  " << key << ": " << s[key] << "\n";
   }
   if (s.contains("last_success"))
@@ -154,6 +211,26 @@ int Main(int argc, char** argv) {
   CLI::App* debug_storage = debug->add_subcommand("storage", "Store internals");
   CLI::App* debug_ping =
       debug->add_subcommand("ping", "Check the server with this key");
+  CLI::App* quarantine = cli.add_subcommand(
+      "quarantine",
+      "Batches the server rejected as invalid, kept set aside in the store");
+  quarantine->require_subcommand(1);
+  CLI::App* quarantine_list =
+      quarantine->add_subcommand("list", "List the set-aside batches");
+  CLI::App* quarantine_retry = quarantine->add_subcommand(
+      "retry", "Put set-aside batches back in the sync queue");
+  CLI::App* quarantine_drop = quarantine->add_subcommand(
+      "drop", "Delete set-aside batches and their records");
+  std::string quarantine_stream;
+  std::string quarantine_sequence;
+  bool quarantine_all = false;
+  for (CLI::App* c : {quarantine_retry, quarantine_drop}) {
+    c->add_option("stream", quarantine_stream,
+                  "stream of the batch (as listed: metrics, logs, events)");
+    c->add_option("sequence", quarantine_sequence,
+                  "sequence number of the batch (as listed)");
+    c->add_flag("--all", quarantine_all, "every set-aside batch");
+  }
   CLI::App* logs = cli.add_subcommand("logs", "Logs of the running agent");
   logs->require_subcommand(1);
   CLI::App* logs_sync = logs->add_subcommand("sync", "Recent batch outcomes");
@@ -181,7 +258,10 @@ int Main(int argc, char** argv) {
               << (*j)["server_url"].get<std::string>() << " over "
               << (*j)["transport"].get<std::string>() << "\n";
     PrintSync((*j)["sync"]);
-    if (j->contains("storage")) PrintStorage((*j)["storage"]);
+    if (j->contains("storage")) {
+      PrintDeliveryHealth((*j)["storage"]);
+      PrintStorage((*j)["storage"]);
+    }
     return 0;
   }
   if (logs_sync->parsed()) {
@@ -191,14 +271,35 @@ int Main(int argc, char** argv) {
       std::cout << line.get<std::string>() << "\n";
     return 0;
   }
+  if (quarantine_retry->parsed() || quarantine_drop->parsed()) {
+    const bool one = !quarantine_stream.empty() && !quarantine_sequence.empty();
+    if (quarantine_all == one) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          "quarantine ", quarantine_retry->parsed() ? "retry" : "drop",
+          ": give <stream> <sequence> (see fleetd quarantine list), or "
+          "--all")));
+    }
+  }
   if (storage_info->parsed() || storage_clean->parsed() ||
-      debug_storage->parsed()) {
+      debug_storage->parsed() || quarantine->parsed()) {
     // Through the running agent when there is one, else on the store directly.
     std::vector<std::string> args;
     if (storage_info->parsed()) args = {"storage-info"};
     if (debug_storage->parsed()) args = {"debug-storage"};
     if (storage_clean->parsed()) {
       args = {"storage-clean", older_than, clean_all ? "all" : "synced"};
+    }
+    if (quarantine_list->parsed()) args = {"quarantine-list"};
+    for (auto [sub, cmd] : {std::pair(quarantine_retry, "quarantine-retry"),
+                            std::pair(quarantine_drop, "quarantine-drop")}) {
+      if (!sub->parsed()) continue;
+      args = {cmd};
+      if (quarantine_all) {
+        args.push_back("all");
+      } else {
+        args.push_back(quarantine_stream);
+        args.push_back(quarantine_sequence);
+      }
     }
     nlohmann::json j;
     auto live = Control(settings, args);
@@ -218,6 +319,21 @@ int Main(int argc, char** argv) {
                 << older_than << "\n";
       return 0;
     }
+    if (quarantine_list->parsed()) {
+      PrintSetAside(j["batches"]);
+      return 0;
+    }
+    if (quarantine_retry->parsed() || quarantine_drop->parsed()) {
+      std::cout << (quarantine_retry->parsed() ? "requeued " : "dropped ")
+                << j.value("records", int64_t{0}) << " records of "
+                << j["batches"].size() << " set-aside batches";
+      if (quarantine_retry->parsed()) {
+        std::cout << "; they go out again in new batches";
+      }
+      std::cout << "\n";
+      return 0;
+    }
+    PrintDeliveryHealth(j["storage"]);
     PrintStorage(j["storage"]);
     if (j.contains("peek")) {
       std::cout << "oldest unsynced records:\n";
