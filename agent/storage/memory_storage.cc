@@ -269,12 +269,6 @@ class MemoryStorage final : public Storage {
     kinds_[k].set_aside += moved;
     batches_.push_back(std::move(b));
     pending_.erase(batch.stream);
-    log_(
-        absl::LogSeverity::kWarning,
-        absl::StrCat("set aside batch ", batch.sequence_number, " of stream ",
-                     batch.stream, " (", moved, " ", RecordKindName(batch.kind),
-                     ", ids ", batch.ids.first, "-", batch.ids.last,
-                     ") in the memory ring: ", batch.reason));
     return absl::OkStatus();
   }
 

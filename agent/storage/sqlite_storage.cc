@@ -652,11 +652,6 @@ class SqliteStorage final : public Storage {
       }
       return absl::OkStatus();
     }));
-    log_(absl::LogSeverity::kWarning,
-         absl::StrCat("set aside batch ", batch.sequence_number, " of stream ",
-                      batch.stream, " (", moved, " ", kTables[k], ", ids ",
-                      batch.ids.first, "-", batch.ids.last, ") in ", path_,
-                      ": ", batch.reason));
     return absl::OkStatus();
   }
 
