@@ -8,6 +8,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "agent/api/legacy_quarantine.h"
 #include "agent/storage/memory_storage.h"
 #include "agent/storage/sqlite_storage.h"
 #include "common/status/status_macros.h"
@@ -211,6 +212,15 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(AgentOptions options) {
   ASSIGN_OR_RETURN(std::string key, agent::ResolveStorageKey(env));
   ASSIGN_OR_RETURN(a->storage_, CreateStorage(a->profile_, options.data_dir,
                                               key, a->clock_));
+  // Batches an earlier version set aside as plaintext files come back into
+  // the (encrypted, quota-bound) store.
+  if (absl::StatusOr<agent::LegacyImport> imported =
+          agent::ImportLegacyQuarantine(options.data_dir + "/quarantine",
+                                        a->storage_.get());
+      !imported.ok()) {
+    LOG(WARNING) << "could not import the old quarantine directory: "
+                 << imported.status();
+  }
   ASSIGN_OR_RETURN(
       a->transport_,
       CreateSyncClient(options.transport, options.server_url, options.api_key,
