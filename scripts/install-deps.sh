@@ -6,6 +6,8 @@ set -euo pipefail
 PACKAGES=(
   # Toolchain.
   build-essential cmake ninja-build pkg-config clang-format git curl ca-certificates
+  # clang and its libFuzzer/sanitizer runtimes (libclang-rt-dev) for the fuzz build.
+  clang libclang-rt-dev
   # Libraries.
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libzstd-dev zlib1g-dev libsqlite3-dev libsqlcipher-dev sqlcipher sqlite3 libpqxx-dev
