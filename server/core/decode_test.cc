@@ -1,6 +1,7 @@
 #include "server/core/decode.h"
 
 #include <openssl/sha.h>
+#include <zstd.h>
 
 #include "common/codec/codec.h"
 #include "common/status/error_class.h"
@@ -68,6 +69,43 @@ TEST(DecodeTest, CompressedBatchesOfEveryCodecDecode) {
     EXPECT_EQ(b->metrics.metrics_size(), 50);
     EXPECT_EQ(b->metrics.metrics(49).labels().at("core"), "49");
   }
+}
+
+// What a streaming encoder (e.g. Go's zstd writer) produces: no content size in
+// the frame header and a window larger than the batch.
+std::string StreamingZstd(const std::string& raw) {
+  std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> cctx(ZSTD_createCCtx(),
+                                                          ZSTD_freeCCtx);
+  ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_windowLog, 23);
+  ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_contentSizeFlag, 0);
+  std::string out(ZSTD_compressBound(raw.size()) + 64, '\0');
+  ZSTD_inBuffer in{raw.data(), raw.size(), 0};
+  ZSTD_outBuffer ob{out.data(), out.size(), 0};
+  size_t left = ZSTD_compressStream2(cctx.get(), &ob, &in, ZSTD_e_end);
+  EXPECT_EQ(left, 0u);
+  out.resize(ob.pos);
+  return out;
+}
+
+TEST(DecodeTest, StreamingZstdFrameWithExactOriginalSizeDecodes) {
+  v1::SyncMetricsRequest r = Request(100);
+  std::string raw = r.batch().SerializeAsString();
+  std::string frame = StreamingZstd(raw);
+  ASSERT_EQ(ZSTD_getFrameContentSize(frame.data(), frame.size()),
+            ZSTD_CONTENTSIZE_UNKNOWN);
+  r.mutable_batch()->clear_metrics();
+  r.mutable_batch()->set_compression("zstd");
+  r.mutable_batch()->set_compressed_data(frame);
+  r.mutable_batch()->set_original_size(static_cast<int>(raw.size()));
+  r.mutable_metadata()->set_checksum(Sha256(raw));
+  auto b = DecodeMetrics(r, kDevice, {}, kNow);
+  ASSERT_THAT(b, IsOk());
+  EXPECT_EQ(b->metrics.metrics_size(), 100);
+  // One byte less declared than the frame holds is still refused, marked.
+  r.mutable_batch()->set_original_size(static_cast<int>(raw.size()) - 1);
+  auto lie = DecodeMetrics(r, kDevice, {}, kNow);
+  EXPECT_THAT(lie, StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_TRUE(IsBatchRejected(lie.status()));
 }
 
 TEST(DecodeTest, ChecksumMismatchIsRejected) {
