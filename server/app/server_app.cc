@@ -35,7 +35,7 @@ namespace {
 
 // Creates the writers every route names, once each.
 absl::Status MakeWriters(
-    const ServerConfig& c,
+    const ServerConfig& c, metrics::Registry* metrics,
     std::map<std::string, std::unique_ptr<Writer>>* writers) {
   for (const auto& [setting, value] :
        {std::pair<const char*, const std::string*>{"FLEET_ROUTE_METRICS",
@@ -48,7 +48,10 @@ absl::Status MakeWriters(
       if (writers->count(name) > 0) continue;
       absl::StatusOr<std::unique_ptr<Writer>> w;
       if (name == "victoriametrics") {
-        w = NewVictoriaMetricsWriter({.url = c.victoriametrics_url});
+        w = NewVictoriaMetricsWriter(
+            {.url = c.victoriametrics_url,
+             .flush_on_write = c.victoriametrics_flush_on_write,
+             .metrics = metrics});
       } else if (name == "loki") {
         w = NewLokiWriter({.url = c.loki_url, .format = c.loki_format});
       } else {
@@ -80,7 +83,7 @@ absl::Status MigrateAll(const ServerConfig& config) {
   PgStore store(pool.get());
   RETURN_IF_ERROR(store.Migrate());
   std::map<std::string, std::unique_ptr<Writer>> writers;
-  RETURN_IF_ERROR(MakeWriters(config, &writers));
+  RETURN_IF_ERROR(MakeWriters(config, /*metrics=*/nullptr, &writers));
   for (auto& [name, w] : writers) {
     absl::Status s = w->Migrate();
     if (!s.ok())
@@ -105,7 +108,7 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(
   ASSIGN_OR_RETURN(p.pool, ConnectPostgres(c));
   p.store = std::make_unique<PgStore>(p.pool.get());
   RETURN_IF_ERROR(p.store->Migrate());
-  RETURN_IF_ERROR(MakeWriters(c, &p.writers));
+  RETURN_IF_ERROR(MakeWriters(c, &p.metrics, &p.writers));
   for (auto& [name, w] : p.writers) {
     absl::Status s = w->Migrate();
     if (!s.ok()) {

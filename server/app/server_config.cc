@@ -25,6 +25,10 @@ void DeclareServerSettings(Settings& s, ServerConfig& c) {
           &c.postgres_dsn)
       .String("FLEET_VICTORIAMETRICS_URL", "victoriametrics-url",
               "VictoriaMetrics base URL for metrics", &c.victoriametrics_url)
+      .Bool("FLEET_VICTORIAMETRICS_FLUSH_ON_WRITE", "vm-flush-on-write",
+            "write each import to VictoriaMetrics' disk before acknowledging "
+            "it (a crash loses nothing acknowledged)",
+            &c.victoriametrics_flush_on_write)
       .String("FLEET_LOKI_URL", "loki-url", "Loki base URL for logs",
               &c.loki_url)
       .Choice("FLEET_LOKI_FORMAT", "loki-format", "Loki push encoding",

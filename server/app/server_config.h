@@ -22,6 +22,7 @@ struct ServerConfig {
   bool insecure = false;
   std::string postgres_dsn;
   std::string victoriametrics_url;
+  bool victoriametrics_flush_on_write = true;
   std::string loki_url;
   std::string loki_format = "protobuf";
   std::string clickhouse_url;

@@ -9,7 +9,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/clock/clock.h"
 #include "common/http/http_client.h"
+#include "common/metrics/metrics.h"
 #include "server/store/pg_pool.h"
 #include "server/writers/writer.h"
 
@@ -18,14 +20,51 @@ namespace fleetd::server {
 // Metrics → VictoriaMetrics via `POST {url}/api/v1/import` (JSON lines). Every
 // sample gets the labels device_id and org_id from the batch identity; label
 // values are JSON-escaped. Accepts metrics batches (others are ignored).
-// Idempotent with VictoriaMetrics' deduplication (-dedup.minScrapeInterval),
-// since a retried sample has the same series and timestamp.
+//
+// Exactly once needs VictoriaMetrics' deduplication: a retried sample has the
+// same series and timestamp, and VictoriaMetrics started with
+// -dedup.minScrapeInterval=1ms keeps one of them (without it, readers see
+// both). Migrate() and Ping() read `GET {url}/flags` and log a warning and set
+// the gauge fleetd_victoriametrics_dedup_enabled to 0 when it is off (1 on, -1
+// unknown); /readyz does not fail for it.
+//
+// Write returns OK only when VictoriaMetrics will keep the samples:
+//   - with flush_on_write, after the import it calls `/snapshot/create` (and
+//     `/snapshot/delete`), which writes VictoriaMetrics' in-memory parts to
+//     disk; an import alone is acknowledged while its rows are still in memory
+//     and lost on a crash. A failed snapshot is UNAVAILABLE (the devices
+//     retry; the re-import is deduplicated), a failed delete only a warning
+//     and fleetd_victoriametrics_flush_failures_total{step="delete"}.
+//   - samples VictoriaMetrics would drop while answering 204 (older than its
+//     -retentionPeriod, read from /flags, 31 days when unknown; or more than 2
+//     days ahead; each with 1 h of margin) are refused with INVALID_ARGUMENT
+//     naming the sample, so the batch carrying them is set aside on its device
+//     instead of vanishing (fleetd_victoriametrics_refused_samples_total).
 struct VictoriaMetricsOptions {
   std::string url;  // e.g. http://127.0.0.1:8428
   absl::Duration timeout = absl::Seconds(10);
+  bool flush_on_write = true;
+  Clock* clock = nullptr;                // wall time; null: Clock::Real()
+  metrics::Registry* metrics = nullptr;  // null: no metrics
 };
 absl::StatusOr<std::unique_ptr<Writer>> NewVictoriaMetricsWriter(
     const VictoriaMetricsOptions& options);
+
+// What the writer needs from VictoriaMetrics' command line.
+struct VictoriaMetricsFlags {
+  absl::Duration dedup_interval;  // zero: deduplication off
+  absl::Duration retention;
+};
+// Parses the body of `GET /flags` (lines `-name="value"`, only flags set on
+// the command line); absent flags take VictoriaMetrics' defaults (no dedup,
+// retention one month = 31 days). InvalidArgument for a retention it cannot
+// parse.
+absl::StatusOr<VictoriaMetricsFlags> ParseVictoriaMetricsFlags(
+    absl::string_view body);
+// A -retentionPeriod value: a number with suffix h, d, w or y, or without
+// suffix in months of 31 days ("1", "100y", "2w", "0.5d").
+absl::StatusOr<absl::Duration> ParseVictoriaMetricsRetention(
+    absl::string_view value);
 
 // Logs → Loki push API `POST {url}/loki/api/v1/push` (snappy-compressed
 // protobuf by default, or JSON), one push per flush with entries grouped by

@@ -1,7 +1,9 @@
 #include <memory>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/metrics/metrics.h"
 #include "common/testing/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -13,9 +15,24 @@ namespace fleetd::server {
 namespace {
 
 using ::fleetd::testing::IsOk;
+using ::fleetd::testing::IsOkAndHolds;
 using ::fleetd::testing::StatusIs;
 using ::testing::HasSubstr;
 using ::testing::SizeIs;
+
+// One sample of metric vmw_crash for `device` at `t`.
+DecodedBatch OneSample(const std::string& device, absl::Time t) {
+  DecodedBatch b;
+  b.device = {device, "org-a", "k"};
+  b.kind = DataKind::kMetrics;
+  b.stream = "metrics";
+  b.sequence_number = 1;
+  v1::Metric* m = b.metrics.add_metrics();
+  m->set_name("vmw_crash");
+  m->set_value(1);
+  m->mutable_timestamp()->set_seconds(absl::ToUnixSeconds(t));
+  return b;
+}
 
 class VictoriaMetricsWriterTest : public ::testing::Test {
  protected:
@@ -89,6 +106,172 @@ TEST_F(VictoriaMetricsWriterTest, HostileLabelValuesAreStoredVerbatim) {
   nlohmann::json j = nlohmann::json::parse((*lines)[0]);
   EXPECT_EQ(j["metric"]["site"], hostile);
   EXPECT_EQ(j["metric"].size(), 5u);  // __name__, core, site, device_id, org_id
+}
+
+// Samples of all batches, by the `core` label's series, as exported.
+size_t ExportedSamples(const std::vector<std::string>& lines) {
+  size_t samples = 0;
+  for (const std::string& line : lines) {
+    samples += nlohmann::json::parse(line)["values"].size();
+  }
+  return samples;
+}
+
+// The server writes a batch again when the answer to the first write was lost:
+// with VictoriaMetrics' deduplication on (the fixture runs it as fleetd-server
+// requires), readers see each sample once.
+TEST_F(VictoriaMetricsWriterTest, WritingTheSameBatchesAgainDoesNotDuplicate) {
+  absl::Time t0 = absl::FromUnixSeconds(absl::ToUnixSeconds(absl::Now()) - 120);
+  DecodedBatch a = Batch("dev-a", 1, "vmw_retried", 4, t0);
+  DecodedBatch b = Batch("dev-b", 7, "vmw_retried", 2, t0);
+  std::vector<const DecodedBatch*> first = {&a};
+  std::vector<const DecodedBatch*> coalesced = {&b, &a};
+  ASSERT_THAT(writer_->Write(first), IsOk());
+  ASSERT_THAT(writer_->Write(first), IsOk());
+  ASSERT_THAT(writer_->Write(coalesced), IsOk());
+  auto lines =
+      vm_->WaitForSeries("{__name__=\"vmw_retried\"}", 4, absl::Seconds(30));
+  ASSERT_THAT(lines, IsOk());
+  EXPECT_EQ(ExportedSamples(*lines), 6u);
+}
+
+// What VictoriaMetrics would drop while answering 204 is refused instead, so
+// the batch is set aside on its device rather than lost without a trace.
+TEST_F(VictoriaMetricsWriterTest, SamplesVictoriaMetricsWouldDropAreRefused) {
+  const absl::Time now = absl::Now();
+  DecodedBatch ahead_3d =
+      Batch("dev-w", 1, "vmw_window", 1, now + absl::Hours(72));
+  DecodedBatch before_1970 =
+      Batch("dev-w", 2, "vmw_window", 1, absl::FromUnixSeconds(-3600));
+  for (DecodedBatch* bad : {&ahead_3d, &before_1970}) {
+    std::vector<const DecodedBatch*> one = {bad};
+    EXPECT_THAT(writer_->Write(one),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         HasSubstr("would be dropped silently")));
+  }
+  // An hour ahead and an hour back (a device clock that steps) are stored.
+  DecodedBatch ahead_1h =
+      Batch("dev-w", 3, "vmw_window", 1, now + absl::Hours(1));
+  DecodedBatch back_1h =
+      Batch("dev-x", 4, "vmw_window", 1, now - absl::Hours(1));
+  std::vector<const DecodedBatch*> fine = {&ahead_1h, &back_1h};
+  ASSERT_THAT(writer_->Write(fine), IsOk());
+  auto lines =
+      vm_->WaitForSeries("{__name__=\"vmw_window\"}", 2, absl::Seconds(30));
+  ASSERT_THAT(lines, IsOk());
+  EXPECT_EQ(ExportedSamples(*lines), 2u);
+}
+
+TEST(VictoriaMetricsWriterRetentionTest, OldSamplesAreRefusedByRetention) {
+  fleetd::testing::VictoriaMetricsFixture::Options o;
+  o.retention_period = "2d";
+  auto vm = fleetd::testing::VictoriaMetricsFixture::Start(o);
+  ASSERT_THAT(vm, IsOk());
+  auto w = NewVictoriaMetricsWriter({.url = (*vm)->url()});
+  ASSERT_THAT(w, IsOk());
+  ASSERT_THAT((*w)->Migrate(), IsOk());  // reads the retention from /flags
+  const absl::Time now = absl::Now();
+  DecodedBatch old = OneSample("dev-r", now - absl::Hours(72));
+  std::vector<const DecodedBatch*> one = {&old};
+  EXPECT_THAT((*w)->Write(one),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("would be dropped silently")));
+  DecodedBatch recent = OneSample("dev-r", now - absl::Hours(24));
+  one = {&recent};
+  EXPECT_THAT((*w)->Write(one), IsOk());
+}
+
+// Acknowledged means on disk: VictoriaMetrics SIGKILLed right after the write
+// returned still has every sample after its restart.
+TEST(VictoriaMetricsWriterDurabilityTest, AcknowledgedSamplesSurviveACrash) {
+  auto vm = fleetd::testing::VictoriaMetricsFixture::Start();
+  ASSERT_THAT(vm, IsOk());
+  auto w = NewVictoriaMetricsWriter({.url = (*vm)->url()});
+  ASSERT_THAT(w, IsOk());
+  const absl::Time now = absl::Now();
+  std::vector<DecodedBatch> batches;
+  for (int i = 0; i < 20; ++i) {
+    batches.push_back(
+        OneSample(absl::StrCat("dev-crash-", i), now - absl::Seconds(30)));
+  }
+  std::vector<const DecodedBatch*> all;
+  for (const DecodedBatch& b : batches) all.push_back(&b);
+  ASSERT_THAT((*w)->Write(all), IsOk());
+
+  (*vm)->Kill();
+  ASSERT_THAT((*vm)->Restart(), IsOk());
+
+  auto lines =
+      (*vm)->WaitForSeries("{__name__=\"vmw_crash\"}", 20, absl::Seconds(30));
+  ASSERT_THAT(lines, IsOk())
+      << "samples acknowledged before the crash are gone";
+  EXPECT_EQ(ExportedSamples(*lines), 20u);
+}
+
+// A VictoriaMetrics that refuses snapshots (-snapshotAuthKey, which the server
+// does not send) cannot make writes durable: retryable, and marked as the
+// server's misconfiguration rather than the devices' data.
+TEST(VictoriaMetricsWriterDurabilityTest, RefusedSnapshotIsMisconfiguration) {
+  fleetd::testing::VictoriaMetricsFixture::Options o;
+  o.extra_flags = {"-snapshotAuthKey=fleetd-test-secret"};
+  auto vm = fleetd::testing::VictoriaMetricsFixture::Start(o);
+  ASSERT_THAT(vm, IsOk());
+  auto w = NewVictoriaMetricsWriter({.url = (*vm)->url()});
+  ASSERT_THAT(w, IsOk());
+  DecodedBatch b = OneSample("dev-snap", absl::Now());
+  std::vector<const DecodedBatch*> one = {&b};
+  absl::Status s = (*w)->Write(one);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kUnavailable,
+                          HasSubstr("not made durable")));
+  EXPECT_EQ(MisconfigurationReason(s), "snapshot");
+}
+
+TEST(VictoriaMetricsWriterFlagsTest, ReportsWhetherDeduplicationIsOn) {
+  for (const std::string dedup : {"", "1ms"}) {
+    SCOPED_TRACE(dedup);
+    fleetd::testing::VictoriaMetricsFixture::Options o;
+    o.dedup_min_scrape_interval = dedup;
+    auto vm = fleetd::testing::VictoriaMetricsFixture::Start(o);
+    ASSERT_THAT(vm, IsOk());
+    metrics::Registry registry;
+    auto w =
+        NewVictoriaMetricsWriter({.url = (*vm)->url(), .metrics = &registry});
+    ASSERT_THAT(w, IsOk());
+    metrics::Gauge& gauge =
+        registry.GetGauge("fleetd_victoriametrics_dedup_enabled", "");
+    EXPECT_EQ(gauge.Value(), -1);
+    ASSERT_THAT((*w)->Ping(), IsOk());  // a warning, never a failed /readyz
+    EXPECT_EQ(gauge.Value(), dedup.empty() ? 0 : 1);
+  }
+}
+
+TEST(VictoriaMetricsFlagsTest, ParsesDedupAndRetention) {
+  auto flags = ParseVictoriaMetricsFlags(
+      "-dedup.minScrapeInterval=\"1ms\"\n-httpListenAddr=\"127.0.0.1:1\"\n"
+      "-retentionPeriod=\"100y\"\n");
+  ASSERT_THAT(flags, IsOk());
+  EXPECT_EQ(flags->dedup_interval, absl::Milliseconds(1));
+  EXPECT_EQ(flags->retention, absl::Hours(24 * 365 * 100));
+  flags = ParseVictoriaMetricsFlags("-storageDataPath=\"/x\"\n");
+  ASSERT_THAT(flags, IsOk());
+  EXPECT_EQ(flags->dedup_interval, absl::ZeroDuration());  // default: off
+  EXPECT_EQ(flags->retention, absl::Hours(24 * 31));       // default: 1 month
+  flags = ParseVictoriaMetricsFlags("-dedup.minScrapeInterval=\"0s\"\n");
+  ASSERT_THAT(flags, IsOk());
+  EXPECT_EQ(flags->dedup_interval, absl::ZeroDuration());
+  EXPECT_THAT(ParseVictoriaMetricsFlags("-retentionPeriod=\"soon\"\n"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+
+  EXPECT_THAT(ParseVictoriaMetricsRetention("1"),
+              IsOkAndHolds(absl::Hours(24 * 31)));
+  EXPECT_THAT(ParseVictoriaMetricsRetention("12h"),
+              IsOkAndHolds(absl::Hours(12)));
+  EXPECT_THAT(ParseVictoriaMetricsRetention("2w"),
+              IsOkAndHolds(absl::Hours(24 * 14)));
+  EXPECT_THAT(ParseVictoriaMetricsRetention("0.5d"),
+              IsOkAndHolds(absl::Hours(12)));
+  EXPECT_THAT(ParseVictoriaMetricsRetention("0"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST_F(VictoriaMetricsWriterTest, UnreachableBackendIsUnavailable) {
