@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -59,69 +58,6 @@ bool InProtoTimestampRange(absl::Time t) {
   static const absl::Time kMin = absl::FromUnixSeconds(-62135596800);
   static const absl::Time kMax = absl::FromUnixSeconds(253402300800);
   return t >= kMin && t < kMax;
-}
-
-namespace {
-
-// Length of the valid UTF-8 sequence at s[i], or 0 when it is invalid.
-size_t Utf8SequenceLength(absl::string_view s, size_t i) {
-  const auto byte = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  unsigned char c = byte(i);
-  if (c < 0x80) return 1;
-  size_t len;
-  unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-  if (c >= 0xC2 && c <= 0xDF) {
-    len = 2;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    len = 3;
-    if (c == 0xE0) lo = 0xA0;  // no overlongs
-    if (c == 0xED) hi = 0x9F;  // no surrogates
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    len = 4;
-    if (c == 0xF0) lo = 0x90;  // no overlongs
-    if (c == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
-  } else {
-    return 0;
-  }
-  if (i + len > s.size()) return 0;
-  if (byte(i + 1) < lo || byte(i + 1) > hi) return 0;
-  for (size_t k = 2; k < len; ++k) {
-    if (byte(i + k) < 0x80 || byte(i + k) > 0xBF) return 0;
-  }
-  return len;
-}
-
-}  // namespace
-
-bool IsValidUtf8(absl::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    size_t len = Utf8SequenceLength(s, i);
-    if (len == 0) return false;
-    i += len;
-  }
-  return true;
-}
-
-std::string SanitizeUtf8(absl::string_view s, size_t max_bytes,
-                         bool* truncated) {
-  static constexpr absl::string_view kReplacement = "\xEF\xBF\xBD";
-  std::string out;
-  out.reserve(std::min(s.size(), max_bytes));
-  bool cut = false;
-  size_t i = 0;
-  while (i < s.size()) {
-    size_t len = Utf8SequenceLength(s, i);
-    absl::string_view piece = len == 0 ? kReplacement : s.substr(i, len);
-    if (out.size() + piece.size() > max_bytes) {
-      cut = true;
-      break;
-    }
-    out.append(piece.data(), piece.size());
-    i += len == 0 ? 1 : len;
-  }
-  if (truncated != nullptr) *truncated = cut;
-  return out;
 }
 
 absl::Status SplitHostPort(absl::string_view address, absl::string_view setting,

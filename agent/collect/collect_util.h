@@ -27,17 +27,6 @@ google::protobuf::Timestamp ToProtoTimestamp(absl::Time t);
 // Whether `t` fits google.protobuf.Timestamp (years 0001 to 9999).
 bool InProtoTimestampRange(absl::Time t);
 
-// Whether `s` is well-formed UTF-8 (no overlongs, surrogates or code points
-// above U+10FFFF).
-bool IsValidUtf8(absl::string_view s);
-
-// A copy of `s` that is valid UTF-8 (every invalid byte replaced by U+FFFD) and
-// at most `max_bytes` long, cut on a character boundary. Proto3 string fields
-// must hold valid UTF-8, or the receiver fails to parse the whole batch.
-// `*truncated` (may be null) says whether anything was cut off.
-std::string SanitizeUtf8(absl::string_view s, size_t max_bytes,
-                         bool* truncated);
-
 // Splits "host:port" (IPv6 hosts in brackets, port 0..65535).
 // InvalidArgument naming `setting` otherwise.
 absl::Status SplitHostPort(absl::string_view address, absl::string_view setting,

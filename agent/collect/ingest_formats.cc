@@ -13,14 +13,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "agent/collect/collect_util.h"
+#include "common/text/utf8.h"
 #include "nlohmann/json.hpp"
 
 namespace fleetd::agent {
 namespace {
 
 using collect_internal::InProtoTimestampRange;
-using collect_internal::IsValidUtf8;
 using collect_internal::ToProtoTimestamp;
+using ::fleetd::IsValidUtf8;
 
 absl::Status LineError(size_t line, absl::string_view reason) {
   return absl::InvalidArgumentError(absl::StrCat("line ", line, ": ", reason));

@@ -20,14 +20,15 @@
 #include "agent/collect/collect_util.h"
 #include "agent/collect/periodic.h"
 #include "common/status/status_macros.h"
+#include "common/text/utf8.h"
 #include "glog/logging.h"
 
 namespace fleetd::agent {
 namespace {
 
 using collect_internal::ReadSmallFile;
-using collect_internal::SanitizeUtf8;
 using collect_internal::ToProtoTimestamp;
+using ::fleetd::SanitizeUtf8;
 
 constexpr absl::string_view kStateHeader = "fleetd-log-tailer-state 1";
 constexpr size_t kReadChunk = 64 * 1024;

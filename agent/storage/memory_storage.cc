@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "agent/storage/record_codec.h"
+#include "agent/storage/record_validation.h"
 #include "common/status/status_macros.h"
 
 namespace fleetd::agent {
@@ -514,6 +515,7 @@ class MemoryStorage final : public Storage {
     const uint64_t max_slot = capacity_ / 4;
     for (size_t i = 0; i < records.size(); ++i) {
       const T& r = records[i];
+      RETURN_IF_ERROR(ValidateBatchRecordText(r, what, i));
       int64_t ts = now;
       if (r.has_timestamp()) {
         absl::StatusOr<int64_t> nanos = TimestampToNanos(r.timestamp());

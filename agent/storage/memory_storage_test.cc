@@ -181,6 +181,13 @@ TEST_F(MemoryStorageTest, RejectsRecordsLargerThanAQuarterOfTheRing) {
   EXPECT_THAT(Ids(*left), ElementsAre(1));
 }
 
+TEST_F(MemoryStorageTest, HasAFixedSize) {
+  std::unique_ptr<Storage> store = Open(8192);
+  EXPECT_THAT(store->SetMaxBytes(1 << 20),
+              StatusIs(absl::StatusCode::kUnimplemented));
+  EXPECT_EQ(InfoOf(*store).max_bytes, 8192);
+}
+
 TEST_F(MemoryStorageTest, RejectsATinyRing) {
   MemoryStorageOptions options;
   options.capacity_bytes = 100;

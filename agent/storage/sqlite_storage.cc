@@ -25,6 +25,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "agent/storage/record_codec.h"
+#include "agent/storage/record_validation.h"
 #include "agent/storage/sqlite_api.h"
 #include "agent/storage/sqlite_schema.h"
 #include "common/status/status_macros.h"
@@ -46,6 +47,7 @@ using storage_internal::TimestampToNanos;
 
 constexpr const char* kTables[kRecordKindCount] = {"metrics", "logs", "events"};
 constexpr int64_t kMinQuotaBytes = 64 << 10;
+constexpr int64_t kMaxQuotaBytes = int64_t{1} << 60;
 // Interned series kept in memory, in each direction; the caches are cleared
 // when they grow past this (the table stays the source of truth).
 constexpr size_t kSeriesCacheLimit = 1 << 16;
@@ -89,6 +91,17 @@ absl::Status SqliteStatus(sqlite3* db, int rc, absl::string_view what) {
 absl::Status WithContext(const absl::Status& s, absl::string_view context) {
   if (s.ok()) return s;
   return absl::Status(s.code(), absl::StrCat(context, ": ", s.message()));
+}
+
+// A quota the store can work with (the file limit derived from it must not
+// overflow).
+absl::Status CheckQuota(int64_t max_bytes) {
+  if (max_bytes < kMinQuotaBytes || max_bytes > kMaxQuotaBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("storage quota must be from ", kMinQuotaBytes, " to ",
+                     kMaxQuotaBytes, " bytes, got ", max_bytes));
+  }
+  return absl::OkStatus();
 }
 
 // A prepared statement. Bound blobs and texts are not copied: they must stay
@@ -291,7 +304,8 @@ class SqliteStorage final : public Storage {
       : options_(options),
         path_(std::move(path)),
         clock_(options.clock),
-        log_(options.log) {}
+        log_(options.log),
+        max_bytes_(options.max_bytes) {}
 
   ~SqliteStorage() override {
     absl::MutexLock lock(&mu_);
@@ -324,6 +338,7 @@ class SqliteStorage final : public Storage {
     const int64_t now = NowNanos();
     for (size_t i = 0; i < metrics.size(); ++i) {
       const v1::Metric& m = metrics[i];
+      RETURN_IF_ERROR(ValidateBatchRecordText(m, "metric", i));
       ASSIGN_OR_RETURN(int64_t ts, RecordTime(m.has_timestamp(), m.timestamp(),
                                               now, "metric", i));
       size_t offset = payload_.size();
@@ -341,6 +356,7 @@ class SqliteStorage final : public Storage {
     const int64_t now = NowNanos();
     for (size_t i = 0; i < logs.size(); ++i) {
       const v1::LogEntry& l = logs[i];
+      RETURN_IF_ERROR(ValidateBatchRecordText(l, "log entry", i));
       ASSIGN_OR_RETURN(int64_t ts, RecordTime(l.has_timestamp(), l.timestamp(),
                                               now, "log entry", i));
       size_t offset = payload_.size();
@@ -357,6 +373,7 @@ class SqliteStorage final : public Storage {
     const int64_t now = NowNanos();
     for (size_t i = 0; i < events.size(); ++i) {
       const v1::Event& e = events[i];
+      RETURN_IF_ERROR(ValidateBatchRecordText(e, "event", i));
       ASSIGN_OR_RETURN(int64_t ts, RecordTime(e.has_timestamp(), e.timestamp(),
                                               now, "event", i));
       size_t offset = payload_.size();
@@ -485,7 +502,7 @@ class SqliteStorage final : public Storage {
       }
     }
     ASSIGN_OR_RETURN(info.bytes_used, MeasureUsedBytes());
-    info.max_bytes = options_.max_bytes;
+    info.max_bytes = max_bytes_;
     info.full_events = full_events_;
     ASSIGN_OR_RETURN(info.set_aside_batches,
                      QueryInt(db_, "SELECT count(*) FROM set_aside"));
@@ -510,6 +527,9 @@ class SqliteStorage final : public Storage {
     info.details["file_bytes"] = absl::StrCat(pages * page_size_);
     info.details["file_limit_bytes"] =
         absl::StrCat(file_limit_pages_ * page_size_);
+    ASSIGN_OR_RETURN(int64_t checkpoint,
+                     QueryInt(db_, "PRAGMA wal_autocheckpoint"));
+    info.details["wal_autocheckpoint"] = absl::StrCat(checkpoint);
     info.details["series"] = absl::StrCat(series);
     if (!recovered_from_.empty()) {
       info.details["recovered_from"] = recovered_from_;
@@ -602,6 +622,31 @@ class SqliteStorage final : public Storage {
     absl::MutexLock lock(&mu_);
     RETURN_IF_ERROR(CheckOpen());
     return st_->pending_clear.Text(1, stream).Run();
+  }
+
+  absl::Status SetMaxBytes(int64_t max_bytes) override {
+    absl::MutexLock lock(&mu_);
+    RETURN_IF_ERROR(CheckQuota(max_bytes));
+    RETURN_IF_ERROR(CheckOpen());
+    if (max_bytes == max_bytes_) return absl::OkStatus();
+    const int64_t old = max_bytes_;
+    absl::Status s = ApplyQuotaSettings(max_bytes);
+    if (!s.ok()) {
+      // Back to the settings of the quota still in force.
+      ApplyQuotaSettings(old).IgnoreError();
+      return WithContext(
+          s, absl::StrCat("changing the storage quota to ", max_bytes));
+    }
+    max_bytes_ = max_bytes;
+    // A smaller quota is enforced by the next append (EnsureRoom), through the
+    // full-storage policy. Start it from a measurement, not the running
+    // estimate (which only matters when far below the quota).
+    absl::StatusOr<int64_t> used = MeasureUsedBytes();
+    if (used.ok()) approx_used_ = *used;
+    log_(absl::LogSeverity::kInfo,
+         absl::StrCat("storage quota of ", path_, " changed from ", old, " to ",
+                      max_bytes, " bytes (", approx_used_, " in use)"));
+    return absl::OkStatus();
   }
 
   absl::Status SetAside(const SetAsideBatch& batch) override {
@@ -929,10 +974,23 @@ class SqliteStorage final : public Storage {
 
     ASSIGN_OR_RETURN(page_size_, QueryInt(db_, "PRAGMA page_size"));
     if (page_size_ <= 0) page_size_ = 4096;
+    RETURN_IF_ERROR(ApplyQuotaSettings(max_bytes_));
+
+    st_ = std::make_unique<Statements>();
+    RETURN_IF_ERROR(PrepareStatements());
+    return LoadState();
+  }
+
+  // The settings Open derives from the quota: the file limit (when
+  // file_limit_bytes is 0) and the WAL's checkpoint interval and size limit.
+  // SQLite never sets max_page_count below the pages the file has, so after a
+  // smaller quota the file limit stays at the file's size; the file does not
+  // shrink, its freed pages are reused.
+  absl::Status ApplyQuotaSettings(int64_t quota)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     int64_t limit_bytes = options_.file_limit_bytes;
     if (limit_bytes == 0) {
-      limit_bytes = options_.max_bytes +
-                    std::max<int64_t>(options_.max_bytes / 8, 1 << 20);
+      limit_bytes = quota + std::max<int64_t>(quota / 8, 1 << 20);
     }
     ASSIGN_OR_RETURN(
         file_limit_pages_,
@@ -941,17 +999,13 @@ class SqliteStorage final : public Storage {
                               std::max<int64_t>(limit_bytes / page_size_, 8))));
     // Keep the WAL small relative to the quota: a 5 MB store must not carry a
     // 4 MB WAL beside it.
-    const int64_t quota_pages = options_.max_bytes / page_size_;
+    const int64_t quota_pages = quota / page_size_;
     const int64_t checkpoint_pages =
         std::clamp<int64_t>(quota_pages / 16, 16, 1000);
     RETURN_IF_ERROR(Exec(
         db_, absl::StrCat("PRAGMA wal_autocheckpoint=", checkpoint_pages)));
-    RETURN_IF_ERROR(Exec(db_, absl::StrCat("PRAGMA journal_size_limit=",
-                                           2 * checkpoint_pages * page_size_)));
-
-    st_ = std::make_unique<Statements>();
-    RETURN_IF_ERROR(PrepareStatements());
-    return LoadState();
+    return Exec(db_, absl::StrCat("PRAGMA journal_size_limit=",
+                                  2 * checkpoint_pages * page_size_));
   }
 
   void CloseDatabase() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -1241,11 +1295,11 @@ class SqliteStorage final : public Storage {
     const int k = static_cast<int>(kind);
     if (rows_.empty()) return IdRange{kinds_[k].next_id, kinds_[k].next_id - 1};
     const int64_t estimate = EstimateBatchBytes(kind);
-    if (estimate > options_.max_bytes / 2) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "a batch of about ", estimate, " bytes of ", kTables[k],
-          " does not fit the store's quota of ", options_.max_bytes,
-          " bytes; append it in smaller batches"));
+    if (estimate > max_bytes_ / 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("a batch of about ", estimate, " bytes of ", kTables[k],
+                       " does not fit the store's quota of ", max_bytes_,
+                       " bytes; append it in smaller batches"));
     }
     IdRange range;
     absl::Status s;
@@ -1401,7 +1455,7 @@ class SqliteStorage final : public Storage {
 
   // Quota check before an append of `incoming` bytes, inside its transaction.
   absl::Status EnsureRoom(int64_t incoming) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const int64_t quota = options_.max_bytes;
+    const int64_t quota = max_bytes_;
     // Measuring costs two page-count queries; far below the quota the running
     // estimate is enough.
     if (approx_used_ + incoming <= quota - quota / 8) return absl::OkStatus();
@@ -1555,12 +1609,16 @@ class SqliteStorage final : public Storage {
     suppressed_warnings_ = 0;
   }
 
+  // options_.max_bytes is the quota at open only; max_bytes_ is the one in
+  // force.
   const SqliteStorageOptions options_;
   const std::string path_;
   Clock* const clock_;
   const StorageLogFn log_;
 
   absl::Mutex mu_;
+  // The byte quota (SetMaxBytes changes it).
+  int64_t max_bytes_ ABSL_GUARDED_BY(mu_);
   sqlite3* db_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::unique_ptr<Statements> st_ ABSL_GUARDED_BY(mu_);
   std::array<KindState, kRecordKindCount> kinds_ ABSL_GUARDED_BY(mu_);
@@ -1609,11 +1667,7 @@ absl::StatusOr<std::unique_ptr<Storage>> OpenSqliteStorage(
     return absl::InvalidArgumentError(
         absl::StrCat("invalid database file name \"", options.file_name, "\""));
   }
-  if (options.max_bytes < kMinQuotaBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("storage quota must be at least ", kMinQuotaBytes,
-                     " bytes, got ", options.max_bytes));
-  }
+  RETURN_IF_ERROR(CheckQuota(options.max_bytes));
   if (options.file_limit_bytes < 0) {
     return absl::InvalidArgumentError("file_limit_bytes must not be negative");
   }

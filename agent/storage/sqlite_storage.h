@@ -51,15 +51,19 @@ struct SqliteStorageOptions {
   // Directory holding the database; created (mode 0700) when missing.
   std::string data_dir;
   std::string file_name = "fleetd.db";
-  // Byte quota for the data (pages in use). At least 64 KiB.
+  // Byte quota for the data (pages in use). At least 64 KiB. Storage::
+  // SetMaxBytes changes it at run time (not persisted: the next open uses this
+  // value again).
   int64_t max_bytes = 100'000'000;
   Durability durability = Durability::kNormal;
   // SQLCipher passphrase (AES-256). Empty: not encrypted. Needs a build with
   // FLEETD_WITH_SQLCIPHER (see SqliteEncryptionAvailable()).
   std::string encryption_key;
   // Hard cap on the database file size (SQLite max_page_count), a backstop
-  // behind the quota. 0: max_bytes plus an eighth (at least 1 MiB). Tests set
-  // it below max_bytes to simulate a full disk.
+  // behind the quota. 0: the quota in force plus an eighth (at least 1 MiB),
+  // following SetMaxBytes (never below the file's current size: the file does
+  // not shrink, freed pages are reused). Tests set it below max_bytes to
+  // simulate a full disk.
   int64_t file_limit_bytes = 0;
   // Run PRAGMA quick_check at open (cost grows with the file size).
   bool verify_on_open = true;

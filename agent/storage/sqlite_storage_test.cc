@@ -4,8 +4,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -457,6 +459,120 @@ TEST_F(SqliteStorageTest, EvictionAlsoReclaimsSeriesNoLongerUsed) {
   ASSERT_THAT(last, IsOk());
   ASSERT_THAT(*last, SizeIs(1));
   EXPECT_EQ(last->front().record.labels().at("request_id"), "29-99-padpadpad");
+}
+
+TEST_F(SqliteStorageTest, QuotaChangesAtRunTime) {
+  SqliteStorageOptions options = Options();
+  options.max_bytes = 1 << 20;
+  std::unique_ptr<Storage> store = Open(options);
+  ASSERT_THAT(store->AppendMetrics(Metrics(100)), IsOk());
+  StorageInfo info = InfoOf(*store);
+  EXPECT_EQ(info.max_bytes, 1 << 20);
+  // The file limit and WAL settings follow the quota (1 MiB + 1 MiB, 16
+  // pages).
+  EXPECT_EQ(info.details["file_limit_bytes"], absl::StrCat(2 << 20));
+  EXPECT_EQ(info.details["wal_autocheckpoint"], "16");
+
+  ASSERT_THAT(store->SetMaxBytes(64 << 20), IsOk());
+  info = InfoOf(*store);
+  EXPECT_EQ(info.max_bytes, 64 << 20);
+  EXPECT_EQ(info.details["file_limit_bytes"], absl::StrCat(72 << 20));
+  EXPECT_EQ(info.details["wal_autocheckpoint"], "1000");
+  EXPECT_EQ(log_.Count(absl::LogSeverity::kInfo, "storage quota"), 1)
+      << log_.All();
+  // Setting the same quota again (every config fetch does) changes nothing.
+  ASSERT_THAT(store->SetMaxBytes(64 << 20), IsOk());
+  EXPECT_EQ(log_.Count(absl::LogSeverity::kInfo, "storage quota"), 1);
+
+  // Below the minimum (or absurdly large): refused, the quota stays.
+  EXPECT_THAT(store->SetMaxBytes(1000),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("quota")));
+  EXPECT_THAT(store->SetMaxBytes(0),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(store->SetMaxBytes(-1),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(store->SetMaxBytes(std::numeric_limits<int64_t>::max()),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(InfoOf(*store).max_bytes, 64 << 20);
+
+  // The smallest quota is accepted.
+  ASSERT_THAT(store->SetMaxBytes(64 << 10), IsOk());
+  EXPECT_EQ(InfoOf(*store).max_bytes, 64 << 10);
+  // The quota is not persisted: a reopen uses the options again.
+  store.reset();
+  store = Open(options);
+  EXPECT_EQ(InfoOf(*store).max_bytes, 1 << 20);
+}
+
+TEST_F(SqliteStorageTest, AnExplicitFileLimitStaysWhenTheQuotaChanges) {
+  SqliteStorageOptions options = Options();
+  options.max_bytes = 1 << 20;
+  options.file_limit_bytes = 8 << 20;
+  std::unique_ptr<Storage> store = Open(options);
+  ASSERT_THAT(store->SetMaxBytes(4 << 20), IsOk());
+  EXPECT_EQ(InfoOf(*store).details["file_limit_bytes"], absl::StrCat(8 << 20));
+}
+
+TEST_F(SqliteStorageTest, SmallerQuotaEvictsSyncedRecordsFirstAtTheNextAppend) {
+  std::unique_ptr<Storage> store = Open();  // 16 MiB
+  constexpr int kTotal = 20000;
+  constexpr int kSynced = 16000;
+  for (int i = 0; i < kTotal; i += 500) {
+    ASSERT_THAT(store->AppendMetrics(Metrics(500, i)), IsOk());
+  }
+  ASSERT_THAT(store->MarkSynced(RecordKind::kMetric, {1, kSynced}),
+              IsOkAndHolds(kSynced));
+  const int64_t used = InfoOf(*store).bytes_used;
+  // Room for the unsynced records, not for the synced history.
+  const int64_t quota = std::max<int64_t>(used / 2, 64 << 10);
+  ASSERT_GT(used, quota);
+  ASSERT_THAT(store->SetMaxBytes(quota), IsOk());
+
+  // Nothing happens until the next append...
+  StorageInfo info = InfoOf(*store);
+  EXPECT_EQ(info.max_bytes, quota);
+  EXPECT_EQ(info.bytes_used, used);
+  EXPECT_EQ(info.of(RecordKind::kMetric).evicted_synced, 0);
+  EXPECT_EQ(info.full_events, 0);
+
+  // ... which makes room by the full-storage policy: synced records only,
+  // oldest first, counted and logged.
+  ASSERT_THAT(store->AppendMetrics(Metrics(10, kTotal)),
+              IsOkAndHolds(IdRange{kTotal + 1, kTotal + 10}));
+  info = InfoOf(*store);
+  const KindInfo& m = info.of(RecordKind::kMetric);
+  EXPECT_LE(info.bytes_used, quota);
+  EXPECT_GT(m.evicted_synced, 0);
+  EXPECT_EQ(m.synced + m.evicted_synced, kSynced);
+  EXPECT_EQ(m.dropped_unsynced, 0);
+  EXPECT_EQ(m.unsynced, kTotal - kSynced + 10);
+  EXPECT_GT(info.full_events, 0);
+  EXPECT_EQ(log_.Count(absl::LogSeverity::kWarning, "evicted"), 1)
+      << log_.All();
+  ReadOptions oldest;
+  oldest.include_synced = true;
+  oldest.max_records = 1;
+  absl::StatusOr<std::vector<StoredMetric>> first = store->ReadMetrics(oldest);
+  ASSERT_THAT(first, IsOk());
+  EXPECT_THAT(Ids(*first), ElementsAre(m.evicted_synced + 1));
+
+  // A batch that fitted the old quota but not half the new one is refused.
+  std::vector<v1::LogEntry> big;
+  for (int64_t i = 0; i < quota / 1000 + 10; ++i) {
+    big.push_back(MakeLog(std::string(1000, 'x'), kStart));
+  }
+  EXPECT_THAT(store->AppendLogs(big),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("smaller batches")));
+
+  // Raising it again: appends go on without evicting.
+  ASSERT_THAT(store->SetMaxBytes(16 << 20), IsOk());
+  const int64_t evicted = m.evicted_synced;
+  ASSERT_THAT(store->AppendLogs(big), IsOk());
+  ASSERT_THAT(store->AppendMetrics(Metrics(2000, kTotal + 10)), IsOk());
+  info = InfoOf(*store);
+  EXPECT_EQ(info.of(RecordKind::kMetric).evicted_synced, evicted);
+  EXPECT_EQ(info.of(RecordKind::kMetric).dropped_unsynced, 0);
 }
 
 TEST_F(SqliteStorageTest, FullDiskEvictsSyncedDataAndKeepsAppending) {

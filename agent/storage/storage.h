@@ -184,9 +184,11 @@ class Storage {
   // order. A record without a timestamp is stamped with the store clock's
   // Now(). When the store is full, the full-storage policy makes room first
   // (see the implementation). Errors: InvalidArgument for a record that cannot
-  // be stored (timestamp out of range, larger than the store), nothing
-  // appended; ResourceExhausted when no room could be made (disk full);
-  // DataLoss on corruption; Unavailable/Internal on I/O errors.
+  // be stored (timestamp out of range, larger than the store, a string field
+  // that is not valid UTF-8: see record_validation.h; the message names the
+  // record and the field), nothing appended; ResourceExhausted when no room
+  // could be made (disk full); DataLoss on corruption; Unavailable/Internal on
+  // I/O errors.
   virtual absl::StatusOr<IdRange> AppendMetrics(
       absl::Span<const v1::Metric> metrics) = 0;
   virtual absl::StatusOr<IdRange> AppendLogs(
@@ -231,8 +233,12 @@ class Storage {
   virtual absl::Status ClearPendingBatch(absl::string_view stream) = 0;
 
   // Changes the byte quota (SQLite) or ring capacity (memory) at run time, e.g.
-  // from the server's configuration; the full-storage policy applies it at the
-  // next append. InvalidArgument for a size the store cannot work with.
+  // from the server's configuration; Info().max_bytes reports it at once. The
+  // full-storage policy applies it at the next append: a smaller quota evicts
+  // nothing by itself, the next append makes room as usual (synced data first,
+  // every eviction counted). InvalidArgument for a size the store cannot work
+  // with (the SQLite store: below its 64 KiB minimum); Unimplemented for a
+  // store of fixed size (the memory ring).
   virtual absl::Status SetMaxBytes(int64_t max_bytes) {
     (void)max_bytes;
     return absl::UnimplementedError("this store has a fixed size");
@@ -254,8 +260,11 @@ class Storage {
   virtual absl::StatusOr<std::vector<SetAsideBatch>> ListSetAside() = 0;
   // Puts the records of a set-aside batch back into the sync queue as unsynced
   // (they go out again in a new batch under a new sequence number, as the
-  // server never applied the rejected one) and forgets the entry. Returns the
-  // number of records requeued; NotFound if there is no such batch.
+  // server never applied the rejected one) and forgets the entry. The requeued
+  // records get fresh ids after every record already stored (next_id moves
+  // past them), so no batch range read or saved as pending before the retry,
+  // in flight or not, can cover them. Returns the number of records requeued;
+  // NotFound if there is no such batch.
   virtual absl::StatusOr<int64_t> RetrySetAside(absl::string_view stream,
                                                 int64_t sequence_number) = 0;
   // Deletes a set-aside batch and its records (counted in set_aside_dropped,

@@ -31,6 +31,7 @@ using ::fleetd::agent::testing::Ts;
 using ::fleetd::testing::IsOk;
 using ::fleetd::testing::IsOkAndHolds;
 using ::fleetd::testing::StatusIs;
+using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -189,6 +190,107 @@ TEST_P(StorageContractTest, OutOfRangeTimestampRejectsTheWholeBatch) {
   EXPECT_EQ(Info().of(RecordKind::kMetric).unsynced, 0);
   EXPECT_THAT(ReadMetrics(), IsEmpty());
   EXPECT_THAT(store_->AppendMetric(Metrics(1)[0]), IsOkAndHolds(1));
+}
+
+// Proto3 strings must be UTF-8: a record that is not would make its whole
+// batch unparseable for the server, so the store refuses it at the door.
+TEST_P(StorageContractTest, InvalidUtf8RejectsTheWholeBatchNamingTheField) {
+  const std::string bad = "ok\xff";
+  struct MetricCase {
+    std::function<void(v1::Metric&)> spoil;
+    std::string field;
+  };
+  const std::vector<MetricCase> metric_cases = {
+      {[&](v1::Metric& m) { m.set_name(bad); }, "name"},
+      {[&](v1::Metric& m) { (*m.mutable_labels())["host"] = bad; },
+       "labels[\"host\"]"},
+      {[&](v1::Metric& m) { (*m.mutable_labels())[bad] = "v"; },
+       "a key of labels"},
+  };
+  for (const MetricCase& c : metric_cases) {
+    std::vector<v1::Metric> in = Metrics(3);
+    c.spoil(in[1]);
+    EXPECT_THAT(store_->AppendMetrics(in),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         AllOf(HasSubstr("metric 1 of the batch"),
+                               HasSubstr(c.field), HasSubstr("UTF-8"))));
+  }
+
+  struct LogCase {
+    std::function<void(v1::LogEntry&)> spoil;
+    std::string field;
+  };
+  const std::vector<LogCase> log_cases = {
+      {[&](v1::LogEntry& l) { l.set_level(bad); }, "level"},
+      {[&](v1::LogEntry& l) { l.set_message(bad); }, "message"},
+      {[&](v1::LogEntry& l) { l.set_source(bad); }, "source"},
+      {[&](v1::LogEntry& l) { (*l.mutable_fields())["path"] = bad; },
+       "fields[\"path\"]"},
+      {[&](v1::LogEntry& l) { (*l.mutable_fields())[bad] = "v"; },
+       "a key of fields"},
+  };
+  for (const LogCase& c : log_cases) {
+    std::vector<v1::LogEntry> in = {MakeLog("a", kStart), MakeLog("b", kStart)};
+    c.spoil(in[1]);
+    EXPECT_THAT(store_->AppendLogs(in),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         AllOf(HasSubstr("log entry 1 of the batch"),
+                               HasSubstr(c.field))));
+  }
+
+  struct EventCase {
+    std::function<void(v1::Event&)> spoil;
+    std::string field;
+  };
+  const std::vector<EventCase> event_cases = {
+      {[&](v1::Event& e) { e.set_name(bad); }, "name"},
+      {[&](v1::Event& e) { e.set_event_id(bad); }, "event_id"},
+      {[&](v1::Event& e) { (*e.mutable_properties())["door"] = bad; },
+       "properties[\"door\"]"},
+      {[&](v1::Event& e) { (*e.mutable_properties())[bad] = "v"; },
+       "a key of properties"},
+      {[&](v1::Event& e) { (*e.mutable_values())[bad] = 1; },
+       "a key of values"},
+  };
+  for (const EventCase& c : event_cases) {
+    std::vector<v1::Event> in = {MakeEvent("a", kStart),
+                                 MakeEvent("b", kStart)};
+    c.spoil(in[0]);
+    EXPECT_THAT(
+        store_->AppendEvents(in),
+        StatusIs(absl::StatusCode::kInvalidArgument,
+                 AllOf(HasSubstr("event 0 of the batch"), HasSubstr(c.field))));
+  }
+
+  // Nothing of any refused batch went in, and ids were not used up.
+  StorageInfo info = Info();
+  for (int k = 0; k < kRecordKindCount; ++k) {
+    EXPECT_EQ(info.kinds[k].unsynced, 0) << RecordKindName(RecordKind(k));
+    EXPECT_EQ(info.kinds[k].next_id, 1) << RecordKindName(RecordKind(k));
+  }
+  EXPECT_THAT(store_->AppendMetric(Metrics(1)[0]), IsOkAndHolds(1));
+  EXPECT_THAT(store_->AppendLog(MakeLog("fine", kStart)), IsOkAndHolds(1));
+  EXPECT_THAT(store_->AppendEvent(MakeEvent("fine", kStart)), IsOkAndHolds(1));
+}
+
+TEST_P(StorageContractTest, MultibyteUtf8IsStoredUnchanged) {
+  v1::Metric m = MakeMetric(
+      "temp\xC2\xB0"
+      "C",
+      21.5, kStart,
+      {{"room",
+        "K\xC3\xBC"
+        "che \xF0\x9F\x8D\xB3"}});
+  ASSERT_THAT(store_->AppendMetric(m), IsOkAndHolds(1));
+  std::vector<StoredMetric> out = ReadMetrics();
+  ASSERT_THAT(out, SizeIs(1));
+  EXPECT_THAT(out[0].record, EqualsProto(m));
+  v1::LogEntry l = MakeLog("\xE2\x9A\xA0 disk \xE2\x80\x94 90 %", kStart);
+  ASSERT_THAT(store_->AppendLog(l), IsOkAndHolds(1));
+  absl::StatusOr<std::vector<StoredLog>> logs = store_->ReadLogs({});
+  ASSERT_THAT(logs, IsOk());
+  ASSERT_THAT(*logs, SizeIs(1));
+  EXPECT_THAT((*logs)[0].record, EqualsProto(l));
 }
 
 TEST_P(StorageContractTest, ReadsAreBoundedByRecordsAndBytes) {
