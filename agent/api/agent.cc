@@ -239,7 +239,12 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(AgentOptions options) {
   sync.batch_size_pinned = env("BATCH_SIZE").has_value();
   sync.compression_pinned = env("COMPRESSION_TYPE").has_value();
   sync.max_retries_pinned = env("MAX_RETRIES").has_value();
-  sync.rate_limits_pinned = options.sync_max_records_per_second > 0;
+  // The operator's own limit (even 0, "unlimited") and quota win over the
+  // server's.
+  sync.rate_limits_pinned =
+      options.sync_max_records_per_second > 0 || options.sync_rate_limit_pinned;
+  sync.storage_limits_pinned = env("FLEET_STORAGE_MAX_BYTES").has_value() ||
+                               env("FLEET_MEMORY_BUFFER_BYTES").has_value();
   a->sync_ = std::make_unique<agent::SyncManager>(
       a->storage_.get(), a->transport_.get(), a->clock_, &a->metrics_, sync);
   a->options_ = std::move(options);

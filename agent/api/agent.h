@@ -61,6 +61,9 @@ struct AgentOptions {
   bool sync_stream = false;
   // Most records per second the sync sends (token bucket); 0: no limit.
   double sync_max_records_per_second = 0;
+  // The operator chose the limit above (even 0): the server's per-stream
+  // limits (SyncConfig max_metrics_per_second, ...) are then not applied.
+  bool sync_rate_limit_pinned = false;
   // Ask the server for the tier's configuration at start (GetSyncConfig).
   bool fetch_server_config = true;
   // Report host name, OS and capability to the server at start

@@ -172,6 +172,7 @@ void AgentSettings::Declare(Settings& s) {
 }
 
 void AgentSettings::Finish(const Settings& s) {
+  sync_rate_limit_set = s.WasSet("FLEET_SYNC_RATE_LIMIT");
   overrides.clear();
   for (const auto& o : kOverrides) {
     if (s.WasSet(o[0])) overrides[o[0]] = raw_overrides_[o[0]];
@@ -189,6 +190,7 @@ AgentOptions AgentSettings::ToOptions() const {
   o.org_id = org_id;
   o.overrides = MapEnv(overrides);
   o.sync_max_records_per_second = static_cast<double>(sync_rate_limit);
+  o.sync_rate_limit_pinned = sync_rate_limit_set;
   o.sync_stream = sync_stream;
   return o;
 }

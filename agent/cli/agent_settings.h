@@ -28,6 +28,9 @@ struct AgentSettings {
   bool collect_system = true;
   std::string log_files;  // comma-separated paths to tail
   int64_t sync_rate_limit = 0;
+  // Whether the operator set FLEET_SYNC_RATE_LIMIT (then the server's
+  // per-stream limits do not apply).
+  bool sync_rate_limit_set = false;
   bool sync_stream = false;
   // Capability overrides, passed to tier detection as given (validated there).
   std::map<std::string, std::string> overrides;

@@ -309,16 +309,13 @@ TEST_F(AgentE2eTest, KilledAgentResumesWithoutLossOrDuplicates) {
     p.argv = {FLEETD_AGENT_BINARY, "run"};
     p.env = {
         absl::StrCat("FLEET_SERVER_URL=http://127.0.0.1:", stack->grpc_port),
-        "FLEET_API_KEY=" + key,
-        "DEVICE_ID=" + device,
-        "FLEET_DATA_DIR=" + data_dir,
-        "FLEET_TIER=2",
-        "FLEET_STORAGE_MAX_BYTES=100MB",
-        "BATCH_SIZE=50",
-        "SYNC_INTERVAL=1s",
-        "FLEET_COLLECT_SYSTEM=0",
-        "FLEET_INGEST_ADDR=",
-        "FLEET_METRICS_ADDR="};
+        "FLEET_API_KEY=" + key, "DEVICE_ID=" + device,
+        "FLEET_DATA_DIR=" + data_dir, "FLEET_TIER=2",
+        "FLEET_STORAGE_MAX_BYTES=100MB", "BATCH_SIZE=50", "SYNC_INTERVAL=1s",
+        // Drain as fast as the server takes it (tier 2's server-side limit is
+        // 100 metrics/s); this test is about the kill, not the rate limit.
+        "FLEET_SYNC_RATE_LIMIT=0", "FLEET_COLLECT_SYSTEM=0",
+        "FLEET_INGEST_ADDR=", "FLEET_METRICS_ADDR="};
     p.log_path = dir_ + "/agent.log";
     p.stop_grace = absl::Seconds(20);
     return testing::ChildProcess::Spawn(p);
