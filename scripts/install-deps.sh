@@ -17,6 +17,8 @@ PACKAGES=(
   postgresql victoria-metrics clickhouse-server
   # Test and report tools.
   docker-compose gnuplot-nox openssl procps util-linux jq python3 python3-yaml
+  # A real load balancer in front of the server in the fault tests.
+  haproxy
 )
 # Node.js runs the independent Connect client test; a machine may already carry a newer
 # Node with its own npm (Debian's npm package conflicts with that), so only add it if absent.
