@@ -41,6 +41,7 @@
 #include "server/store/pg_store.h"
 #include "tests/e2e/backend_stack.h"
 #include "tests/faults/fault_proxy.h"
+#include "tests/fixtures/haproxy_fixture.h"
 #include "tests/fixtures/process.h"
 
 namespace fleetd {
@@ -221,7 +222,8 @@ std::string ServerUrl(const std::string& transport) {
 
 std::unique_ptr<Device> MakeDevice(const std::string& name,
                                    const std::string& transport, Clock* clock,
-                                   int64_t max_bytes) {
+                                   int64_t max_bytes,
+                                   const std::string& server_url = "") {
   auto d = std::make_unique<Device>();
   d->name = name;
   d->transport = transport;
@@ -234,8 +236,9 @@ std::unique_ptr<Device> MakeDevice(const std::string& name,
   EXPECT_THAT(storage, IsOk());
   if (!storage.ok()) return nullptr;
   d->storage = *std::move(storage);
-  auto client =
-      CreateSyncClient(transport, ServerUrl(transport), Key(name), "", clock);
+  auto client = CreateSyncClient(
+      transport, server_url.empty() ? ServerUrl(transport) : server_url,
+      Key(name), "", clock);
   EXPECT_THAT(client, IsOk());
   if (!client.ok()) return nullptr;
   d->client = *std::move(client);
@@ -295,6 +298,9 @@ struct Spec {
   bool poison = false;    // device 0 stores one invalid record
   OffsetClock* clock = nullptr;
   absl::Duration drain_timeout = absl::Seconds(60);
+  // Devices talk to this URL instead of our fault proxy (e.g. a real
+  // HAProxy); empty: the fault proxy.
+  std::string server_url;
 };
 
 struct Result {
@@ -397,7 +403,7 @@ class FaultScenarioTest : public ::testing::Test {
       std::string transport = spec.transport;
       if (transport == "mixed") transport = i % 2 == 0 ? "connect" : "grpc";
       auto d = MakeDevice(absl::StrCat(tag, "-d", i), transport, clock,
-                          spec.max_bytes);
+                          spec.max_bytes, spec.server_url);
       if (d == nullptr) return {};
       devices.push_back(std::move(d));
     }
@@ -930,6 +936,29 @@ TEST_F(FaultScenarioTest, ClockStepsBackwardsAndForwards) {
   };
   spec.heal = [&clock] { clock.Step(absl::ZeroDuration()); };
   Run(spec);
+}
+
+// The original failure, with the load balancer users actually run: a
+// real HAProxy in front of the server answers every third request with a bare
+// HTTP 500 of its own (no Connect error body). 3 devices x 100 metrics, plus
+// logs and events: every record lands once, nothing is set aside.
+TEST_F(FaultScenarioTest, HaproxyAnsweringABare500ToEveryThirdRequest) {
+  ::fleetd::testing::HaproxyFixture::Options o;
+  o.upstream = absl::StrCat("127.0.0.1:", env->http_port);
+  o.bare_500_every = 3;
+  auto haproxy = ::fleetd::testing::HaproxyFixture::Start(o);
+  ASSERT_THAT(haproxy, IsOk());
+  Spec spec;
+  spec.fault = "haproxy_bare_500_every_3rd";
+  spec.target = "agent->server";
+  spec.transport = "connect";
+  spec.steps = 100;
+  spec.server_url = (*haproxy)->url();
+  Run(spec);
+  absl::StatusOr<int64_t> bare_500s = (*haproxy)->Responses5xx();
+  ASSERT_THAT(bare_500s, IsOk());
+  EXPECT_GE(*bare_500s, 10) << "HAProxy answered few 500s: the fault did not "
+                               "happen, so the scenario proves nothing";
 }
 
 TEST_F(FaultScenarioTest, PoisonBatchIsTheOnlyThingSetAside) {
