@@ -971,5 +971,15 @@ TEST_F(FaultScenarioTest, PoisonBatchIsTheOnlyThingSetAside) {
   Run(spec);
 }
 
+TEST_F(FaultScenarioTest, PoisonBatchOverGrpcIsTheOnlyThingSetAside) {
+  Spec spec;
+  spec.fault = "poison_batch";
+  spec.target = "agent->server";
+  spec.transport = "grpc";
+  spec.poison = true;
+  spec.drain_timeout = absl::Seconds(30);
+  Run(spec);
+}
+
 }  // namespace
 }  // namespace fleetd
