@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "agent/storage/memory_storage.h"
 #include "agent/storage/storage.h"
+#include "agent/storage/storage_wrapper.h"
 #include "common/clock/clock.h"
 #include "gtest/gtest.h"
 
@@ -71,9 +72,9 @@ inline std::unique_ptr<Storage> NewTestStorage(Clock* clock) {
 
 // A store that forwards to another one, except that appends fail with
 // `fail_with` while it is set.
-class FlakyStorage final : public Storage {
+class FlakyStorage final : public StorageWrapper {
  public:
-  explicit FlakyStorage(Storage* base) : base_(base) {}
+  explicit FlakyStorage(Storage* base) : StorageWrapper(base) {}
 
   void FailAppends(absl::Status s) {
     absl::MutexLock lock(&mu_);
@@ -87,61 +88,17 @@ class FlakyStorage final : public Storage {
   absl::StatusOr<IdRange> AppendMetrics(
       absl::Span<const v1::Metric> metrics) override {
     if (absl::Status s = Check(); !s.ok()) return s;
-    return base_->AppendMetrics(metrics);
+    return StorageWrapper::AppendMetrics(metrics);
   }
   absl::StatusOr<IdRange> AppendLogs(
       absl::Span<const v1::LogEntry> logs) override {
     if (absl::Status s = Check(); !s.ok()) return s;
-    return base_->AppendLogs(logs);
+    return StorageWrapper::AppendLogs(logs);
   }
   absl::StatusOr<IdRange> AppendEvents(
       absl::Span<const v1::Event> events) override {
     if (absl::Status s = Check(); !s.ok()) return s;
-    return base_->AppendEvents(events);
-  }
-  absl::StatusOr<std::vector<StoredMetric>> ReadMetrics(
-      const ReadOptions& options) override {
-    return base_->ReadMetrics(options);
-  }
-  absl::StatusOr<std::vector<StoredLog>> ReadLogs(
-      const ReadOptions& options) override {
-    return base_->ReadLogs(options);
-  }
-  absl::StatusOr<std::vector<StoredEvent>> ReadEvents(
-      const ReadOptions& options) override {
-    return base_->ReadEvents(options);
-  }
-  absl::StatusOr<int64_t> MarkSynced(RecordKind kind, IdRange ids) override {
-    return base_->MarkSynced(kind, ids);
-  }
-  absl::StatusOr<StorageInfo> Info() override { return base_->Info(); }
-  absl::StatusOr<int64_t> CleanOlderThan(absl::Duration age,
-                                         CleanScope scope) override {
-    return base_->CleanOlderThan(age, scope);
-  }
-  absl::Status SavePendingBatch(const PendingBatch& batch) override {
-    return base_->SavePendingBatch(batch);
-  }
-  absl::StatusOr<std::optional<PendingBatch>> LoadPendingBatch(
-      absl::string_view stream) override {
-    return base_->LoadPendingBatch(stream);
-  }
-  absl::Status ClearPendingBatch(absl::string_view stream) override {
-    return base_->ClearPendingBatch(stream);
-  }
-  absl::Status SetAside(const SetAsideBatch& batch) override {
-    return base_->SetAside(batch);
-  }
-  absl::StatusOr<std::vector<SetAsideBatch>> ListSetAside() override {
-    return base_->ListSetAside();
-  }
-  absl::StatusOr<int64_t> RetrySetAside(absl::string_view stream,
-                                        int64_t sequence_number) override {
-    return base_->RetrySetAside(stream, sequence_number);
-  }
-  absl::StatusOr<int64_t> DropSetAside(absl::string_view stream,
-                                       int64_t sequence_number) override {
-    return base_->DropSetAside(stream, sequence_number);
+    return StorageWrapper::AppendEvents(events);
   }
 
  private:
@@ -151,7 +108,6 @@ class FlakyStorage final : public Storage {
     return fail_with_;
   }
 
-  Storage* const base_;
   absl::Mutex mu_;
   absl::Status fail_with_ ABSL_GUARDED_BY(mu_);
   int appends_ ABSL_GUARDED_BY(mu_) = 0;

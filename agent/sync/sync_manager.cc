@@ -567,30 +567,22 @@ absl::Status SyncManager::Transmit(const Stream& stream, Batch& batch) {
     v1::StreamSyncRequest sr;
     *sr.mutable_metadata() = *md;
     // Lend the batch to the stream request and take it back afterwards.
-    auto lend = [&](auto* b) { SwapOntoStream(b, &sr); };
-    switch (stream.kind) {
-      case RecordKind::kMetric:
-        lend(batch.metrics.mutable_batch());
-        break;
-      case RecordKind::kLog:
-        lend(batch.logs.mutable_batch());
-        break;
-      case RecordKind::kEvent:
-        lend(batch.events.mutable_batch());
-        break;
-    }
+    auto swap = [&] {
+      switch (stream.kind) {
+        case RecordKind::kMetric:
+          SwapOntoStream(batch.metrics.mutable_batch(), &sr);
+          break;
+        case RecordKind::kLog:
+          SwapOntoStream(batch.logs.mutable_batch(), &sr);
+          break;
+        case RecordKind::kEvent:
+          SwapOntoStream(batch.events.mutable_batch(), &sr);
+          break;
+      }
+    };
+    swap();
     absl::Status s = ExchangeOnStream(sr, md->sequence_number());
-    switch (stream.kind) {
-      case RecordKind::kMetric:
-        lend(batch.metrics.mutable_batch());
-        break;
-      case RecordKind::kLog:
-        lend(batch.logs.mutable_batch());
-        break;
-      case RecordKind::kEvent:
-        lend(batch.events.mutable_batch());
-        break;
-    }
+    swap();
     return s;
   }
   switch (stream.kind) {

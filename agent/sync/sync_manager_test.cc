@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "agent/storage/memory_storage.h"
+#include "agent/storage/storage_wrapper.h"
 #include "common/codec/codec.h"
 #include "common/status/error_class.h"
 #include "common/status/retry_after.h"
@@ -775,79 +776,37 @@ TEST_F(SyncManagerTest, ServerRetryAndBackoffSettingsApply) {
 }
 
 // Forwards to a real store and records what the manager asks of it.
-class RecordingStorage : public Storage {
+class RecordingStorage : public StorageWrapper {
  public:
-  explicit RecordingStorage(Storage* base) : base_(base) {}
-  absl::StatusOr<IdRange> AppendMetrics(
-      absl::Span<const v1::Metric> m) override {
-    return base_->AppendMetrics(m);
-  }
-  absl::StatusOr<IdRange> AppendLogs(
-      absl::Span<const v1::LogEntry> l) override {
-    return base_->AppendLogs(l);
-  }
-  absl::StatusOr<IdRange> AppendEvents(absl::Span<const v1::Event> e) override {
-    return base_->AppendEvents(e);
-  }
+  using StorageWrapper::StorageWrapper;
   absl::StatusOr<std::vector<StoredMetric>> ReadMetrics(
       const ReadOptions& o) override {
     ++reads;
-    return base_->ReadMetrics(o);
+    return StorageWrapper::ReadMetrics(o);
   }
   absl::StatusOr<std::vector<StoredLog>> ReadLogs(
       const ReadOptions& o) override {
     ++reads;
-    return base_->ReadLogs(o);
+    return StorageWrapper::ReadLogs(o);
   }
   absl::StatusOr<std::vector<StoredEvent>> ReadEvents(
       const ReadOptions& o) override {
     ++reads;
-    return base_->ReadEvents(o);
+    return StorageWrapper::ReadEvents(o);
   }
-  absl::StatusOr<int64_t> MarkSynced(RecordKind k, IdRange ids) override {
-    return base_->MarkSynced(k, ids);
-  }
-  absl::StatusOr<StorageInfo> Info() override { return base_->Info(); }
   absl::StatusOr<int64_t> CleanOlderThan(absl::Duration age,
                                          CleanScope scope) override {
     cleaned_older_than.push_back(age);
-    return base_->CleanOlderThan(age, scope);
-  }
-  absl::Status SavePendingBatch(const PendingBatch& b) override {
-    return base_->SavePendingBatch(b);
-  }
-  absl::StatusOr<std::optional<PendingBatch>> LoadPendingBatch(
-      absl::string_view stream) override {
-    return base_->LoadPendingBatch(stream);
-  }
-  absl::Status ClearPendingBatch(absl::string_view stream) override {
-    return base_->ClearPendingBatch(stream);
+    return StorageWrapper::CleanOlderThan(age, scope);
   }
   absl::Status SetMaxBytes(int64_t max_bytes) override {
     max_bytes_set.push_back(max_bytes);
     return absl::OkStatus();
   }
-  absl::Status SetAside(const SetAsideBatch& b) override {
-    return base_->SetAside(b);
-  }
-  absl::StatusOr<std::vector<SetAsideBatch>> ListSetAside() override {
-    return base_->ListSetAside();
-  }
-  absl::StatusOr<int64_t> RetrySetAside(absl::string_view stream,
-                                        int64_t seq) override {
-    return base_->RetrySetAside(stream, seq);
-  }
-  absl::StatusOr<int64_t> DropSetAside(absl::string_view stream,
-                                       int64_t seq) override {
-    return base_->DropSetAside(stream, seq);
-  }
 
   int reads = 0;
   std::vector<absl::Duration> cleaned_older_than;
   std::vector<int64_t> max_bytes_set;
-
- private:
-  Storage* const base_;
 };
 
 TEST_F(SyncManagerTest, ServerRetentionAndStorageQuotaApply) {
