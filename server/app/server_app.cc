@@ -120,6 +120,8 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(
     GroupCommitter::Options opts;
     opts.flush_threads = c.flush_threads;
     opts.max_queue_bytes = static_cast<size_t>(c.max_queue_bytes);
+    opts.replay_window = c.replay_window;
+    opts.replay_window_bytes = static_cast<size_t>(c.replay_window_bytes);
     p.committers[name] = std::make_unique<GroupCommitter>(
         w.get(), Clock::Real(), &p.metrics, opts);
   }

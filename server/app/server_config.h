@@ -22,7 +22,7 @@ struct ServerConfig {
   bool insecure = false;
   std::string postgres_dsn;
   std::string victoriametrics_url;
-  bool victoriametrics_flush_on_write = true;
+  bool victoriametrics_flush_on_write = false;
   std::string loki_url;
   std::string loki_format = "protobuf";
   std::string clickhouse_url;
@@ -36,6 +36,10 @@ struct ServerConfig {
   absl::Duration auth_cache_ttl = absl::Seconds(10);
   absl::Duration max_wait = absl::Seconds(30);
   int32_t flush_threads = 2;
+  // Acknowledged batches kept per backend to write again after a restart of
+  // the backend (group_commit.h).
+  absl::Duration replay_window = absl::Seconds(30);
+  int64_t replay_window_bytes = 64 << 20;
   int32_t postgres_pool_size = 8;
 };
 

@@ -1,5 +1,6 @@
 #include "server/router/group_commit.h"
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <utility>
@@ -63,13 +64,57 @@ GroupCommitter::GroupCommitter(Writer* writer, Clock* clock,
                                {"backend"},
                                {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000})
              .WithLabels({backend});
+    restarts_detected_ =
+        &metrics
+             ->CounterFamily("fleetd_backend_restarts_detected_total",
+                             "Backend restarts noticed by a change of its "
+                             "instance identity (the replay window is then "
+                             "written again).",
+                             {"backend"})
+             .WithLabels({backend});
+    replayed_batches_ =
+        &metrics
+             ->CounterFamily("fleetd_backend_replayed_batches_total",
+                             "Acknowledged device batches written again "
+                             "after a backend restart.",
+                             {"backend"})
+             .WithLabels({backend});
+    replay_failures_ =
+        &metrics
+             ->CounterFamily("fleetd_backend_replay_failures_total",
+                             "Replay writes that failed (retried at the next "
+                             "poll).",
+                             {"backend"})
+             .WithLabels({backend});
+    window_evicted_ =
+        &metrics
+             ->CounterFamily("fleetd_backend_replay_window_evicted_total",
+                             "Acknowledged device batches dropped from the "
+                             "replay window before their time because it "
+                             "reached FLEET_REPLAY_WINDOW_BYTES.",
+                             {"backend"})
+             .WithLabels({backend});
+    window_bytes_gauge_ =
+        &metrics
+             ->GaugeFamily("fleetd_backend_replay_window_bytes",
+                           "Bytes of acknowledged batches kept for replay "
+                           "after a backend restart.",
+                           {"backend"})
+             .WithLabels({backend});
+  }
+  {
+    absl::MutexLock lock(&window_mu_);
+    confirmed_at_ = clock_->MonotonicNow();
   }
   for (int i = 0; i < std::max(1, options_.flush_threads); ++i) {
     threads_.emplace_back([this] { FlushLoop(); });
   }
+  if (replay_enabled()) monitor_ = std::thread([this] { MonitorLoop(); });
 }
 
 GroupCommitter::~GroupCommitter() {
+  monitor_stop_.Notify();
+  if (monitor_.joinable()) monitor_.join();
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
@@ -95,6 +140,23 @@ size_t GroupCommitter::queued_bytes() {
 size_t GroupCommitter::queued_batches() {
   absl::MutexLock lock(&mu_);
   return queue_.size();
+}
+
+size_t GroupCommitter::replay_window_batches() {
+  absl::MutexLock lock(&window_mu_);
+  size_t n = 0;
+  for (const WindowEntry& e : window_) n += e.batches.size();
+  return n;
+}
+
+size_t GroupCommitter::replay_window_bytes() {
+  absl::MutexLock lock(&window_mu_);
+  return window_bytes_;
+}
+
+int64_t GroupCommitter::monitor_rounds() {
+  absl::MutexLock lock(&window_mu_);
+  return monitor_rounds_;
 }
 
 absl::StatusOr<GroupCommitter::Ticket> GroupCommitter::Enqueue(
@@ -296,6 +358,11 @@ void GroupCommitter::FlushLoop() {
     }
     int records = 0;
     for (const Pending& p : taken) records += p.batch->record_count();
+    int64_t generation = 0;
+    if (replay_enabled()) {
+      absl::MutexLock lock(&window_mu_);
+      generation = generation_;
+    }
     absl::Time start = clock_->MonotonicNow();
     std::vector<const DecodedBatch*> batches;
     batches.reserve(taken.size());
@@ -330,10 +397,236 @@ void GroupCommitter::FlushLoop() {
     if (flush_seconds_ != nullptr)
       flush_seconds_->Observe(absl::ToDoubleSeconds(took));
     if (flush_batches_ != nullptr) flush_batches_->Observe(batches.size());
+    // Before acknowledging: once a device hears OK it drops the batch, so from
+    // then on the window is what covers a backend crash.
+    if (replay_enabled() && result.records_written > 0) {
+      Remember(absl::MakeConstSpan(taken), generation, clock_->MonotonicNow());
+    }
     // Last, so that a caller who sees its outcome also sees the metrics and
     // health it caused.
     Complete(absl::MakeSpan(taken));
   }
+}
+
+void GroupCommitter::Remember(absl::Span<const Pending> taken,
+                              int64_t generation, absl::Time written_at) {
+  WindowEntry entry;
+  entry.written_at = written_at;
+  entry.generation = generation;
+  for (const Pending& p : taken) {
+    if (!p.outcome.ok()) continue;  // refused: its device keeps it
+    entry.batches.push_back(p.batch);
+    entry.bytes += p.bytes;
+  }
+  if (entry.batches.empty()) return;
+  absl::MutexLock lock(&window_mu_);
+  if (support_ == ReplaySupport::kNo) return;
+  entry.id = next_entry_id_++;
+  // A restart noticed while this write was in flight: it may have reached the
+  // old process, so it is due for replay like the rest of the window.
+  if (generation < generation_) replay_due_ = true;
+  window_bytes_ += entry.bytes;
+  window_.push_back(std::move(entry));
+  EvictLocked();
+}
+
+void GroupCommitter::PopFrontLocked() {
+  window_bytes_ -= window_.front().bytes;
+  window_.pop_front();
+}
+
+void GroupCommitter::EvictLocked() {
+  // By age: only entries written to the current backend process, and measured
+  // back from the last poll that saw that process alive.
+  const absl::Time cutoff = confirmed_at_ - options_.replay_window;
+  while (!window_.empty() && window_.front().generation == generation_ &&
+         window_.front().written_at < cutoff) {
+    PopFrontLocked();
+  }
+  // By bytes, oldest first; always keeps the newest entry.
+  size_t evicted_batches = 0;
+  absl::Time oldest_evicted = absl::InfiniteFuture();
+  while (window_.size() > 1 && window_bytes_ > options_.replay_window_bytes) {
+    evicted_batches += window_.front().batches.size();
+    oldest_evicted = std::min(oldest_evicted, window_.front().written_at);
+    PopFrontLocked();
+  }
+  if (window_bytes_gauge_ != nullptr) window_bytes_gauge_->Set(window_bytes_);
+  if (evicted_batches == 0) return;
+  if (window_evicted_ != nullptr) window_evicted_->Increment(evicted_batches);
+  const absl::Time now = clock_->MonotonicNow();
+  if (now - last_eviction_warning_ >= absl::Minutes(1)) {
+    last_eviction_warning_ = now;
+    LOG(WARNING) << "replay window of " << writer_->name() << " is full ("
+                 << window_bytes_ << " bytes, FLEET_REPLAY_WINDOW_BYTES="
+                 << options_.replay_window_bytes << "): dropped "
+                 << evicted_batches << " acknowledged batches written "
+                 << absl::ToInt64Seconds(now - oldest_evicted)
+                 << " s ago, before their "
+                 << absl::FormatDuration(options_.replay_window)
+                 << "; a crash of " << writer_->name()
+                 << " may now lose them. Raise FLEET_REPLAY_WINDOW_BYTES "
+                    "(its identity was last confirmed "
+                 << absl::ToInt64Seconds(now - confirmed_at_) << " s ago)";
+  }
+}
+
+void GroupCommitter::MonitorLoop() {
+  while (true) {
+    PollInstance();
+    bool due;
+    {
+      absl::MutexLock lock(&window_mu_);
+      due = replay_due_;
+    }
+    if (due && Replay()) {
+      absl::MutexLock lock(&window_mu_);
+      // Set again by Remember when a write from before the restart landed
+      // after Replay looked.
+      bool stale = false;
+      for (const WindowEntry& e : window_) {
+        if (e.generation < generation_) stale = true;
+      }
+      replay_due_ = stale;
+    }
+    {
+      absl::MutexLock lock(&window_mu_);
+      ++monitor_rounds_;
+    }
+    if (clock_->SleepUntil(
+            clock_->MonotonicNow() + options_.replay_poll_interval,
+            &monitor_stop_) ||
+        monitor_stop_.Notified()) {
+      return;
+    }
+  }
+}
+
+void GroupCommitter::PollInstance() {
+  absl::StatusOr<std::string> id = writer_->InstanceId();
+  const absl::Time now = clock_->MonotonicNow();
+  absl::MutexLock lock(&window_mu_);
+  if (absl::IsUnimplemented(id.status())) {
+    if (support_ != ReplaySupport::kNo) {
+      LOG(INFO) << writer_->name()
+                << " does not tell its instance identity: no replay window ("
+                << id.status().message() << ")";
+      support_ = ReplaySupport::kNo;
+      window_.clear();
+      window_bytes_ = 0;
+      replay_due_ = false;
+      if (window_bytes_gauge_ != nullptr) window_bytes_gauge_->Set(0);
+    }
+    return;
+  }
+  // Down or unreachable: ask again at the next round; nothing ages out.
+  if (!id.ok()) return;
+  support_ = ReplaySupport::kYes;
+  if (!instance_.has_value()) {
+    LOG(INFO) << writer_->name() << " instance " << *id
+              << ": acknowledged writes are kept for replay for "
+              << absl::FormatDuration(options_.replay_window) << " (at most "
+              << options_.replay_window_bytes << " bytes)";
+  } else if (*instance_ != *id) {
+    ++generation_;
+    size_t batches = 0;
+    for (const WindowEntry& e : window_) batches += e.batches.size();
+    replay_due_ = true;
+    if (restarts_detected_ != nullptr) restarts_detected_->Increment();
+    LOG(WARNING) << writer_->name() << " restarted (instance " << *instance_
+                 << " -> " << *id << "): writing again the " << batches
+                 << " acknowledged batches (" << window_bytes_
+                 << " bytes) of the replay window, which it may have held "
+                    "only in memory";
+  }
+  instance_ = *id;
+  confirmed_at_ = now;
+  EvictLocked();
+}
+
+bool GroupCommitter::Replay() {
+  size_t replayed = 0;
+  while (true) {
+    // The next flush's worth of entries from before the current generation,
+    // in window order.
+    std::vector<uint64_t> ids;
+    std::vector<std::shared_ptr<const DecodedBatch>> chunk;
+    int64_t generation;
+    {
+      absl::MutexLock lock(&window_mu_);
+      generation = generation_;
+      int records = 0;
+      size_t bytes = 0;
+      for (const WindowEntry& e : window_) {
+        if (e.generation >= generation_) continue;
+        int n = 0;
+        for (const auto& b : e.batches) n += b->record_count();
+        if (!ids.empty() && (records + n > options_.max_records_per_flush ||
+                             bytes + e.bytes > options_.max_bytes_per_flush)) {
+          break;
+        }
+        records += n;
+        bytes += e.bytes;
+        ids.push_back(e.id);
+        chunk.insert(chunk.end(), e.batches.begin(), e.batches.end());
+      }
+    }
+    if (ids.empty()) break;
+    std::vector<const DecodedBatch*> batches;
+    batches.reserve(chunk.size());
+    for (const auto& b : chunk) batches.push_back(b.get());
+    absl::Status status = writer_->Write(batches);
+    if (IsContentRefusal(status)) {
+      // Accepted before, refused now (e.g. it aged out of the backend's
+      // retention meanwhile): write the batches one by one and give up only on
+      // those still refused; their devices were told OK long ago.
+      status = absl::OkStatus();
+      for (const DecodedBatch* b : batches) {
+        absl::Status one = writer_->Write({b});
+        if (IsContentRefusal(one)) {
+          LOG(WARNING) << writer_->name()
+                       << " refuses the replay of the batch of device "
+                       << b->device.device_id << ", stream " << b->stream
+                       << ", sequence " << b->sequence_number
+                       << " it accepted before; not replaying it: " << one;
+          if (replay_failures_ != nullptr) replay_failures_->Increment();
+        } else if (!one.ok()) {
+          status = one;
+          break;
+        }
+      }
+    }
+    if (!status.ok()) {
+      if (replay_failures_ != nullptr) replay_failures_->Increment();
+      LOG(WARNING) << "replay of " << batches.size() << " batches to "
+                   << writer_->name() << " failed (retrying at the next poll, "
+                   << replayed << " replayed so far): " << status;
+      return false;
+    }
+    replayed += batches.size();
+    if (replayed_batches_ != nullptr)
+      replayed_batches_->Increment(chunk.size());
+    const absl::Time now = clock_->MonotonicNow();
+    absl::MutexLock lock(&window_mu_);
+    // Written to the process of `generation` just now: it may hold them in
+    // memory again, so their age starts over. Entries evicted meanwhile are
+    // simply gone.
+    size_t next = 0;
+    for (WindowEntry& e : window_) {
+      while (next < ids.size() && ids[next] < e.id) ++next;
+      if (next == ids.size()) break;
+      if (ids[next] != e.id) continue;
+      if (e.generation < generation) {
+        e.generation = generation;
+        e.written_at = now;
+      }
+    }
+  }
+  if (replayed > 0) {
+    LOG(INFO) << "replayed " << replayed << " acknowledged batches to "
+              << writer_->name();
+  }
+  return true;
 }
 
 }  // namespace fleetd::server

@@ -3,8 +3,10 @@
 #ifndef FLEETD_SERVER_ROUTER_GROUP_COMMIT_H_
 #define FLEETD_SERVER_ROUTER_GROUP_COMMIT_H_
 
+#include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -46,8 +48,36 @@ namespace fleetd::server {
 // Overload is explicit: when the queued bytes would exceed `max_queue_bytes`,
 // Submit returns RESOURCE_EXHAUSTED with a retry hint at once. When the backend
 // keeps failing, a circuit breaker fails submissions fast with UNAVAILABLE (and
-// a retry hint) instead of queueing them behind a dead backend. Safe for
-// concurrent use.
+// a retry hint) instead of queueing them behind a dead backend.
+//
+// Replay window. A backend may acknowledge a write it holds only in memory
+// (VictoriaMetrics 1.79 for about five seconds) and lose it when it crashes.
+// So the committer keeps the batches of its recent successful flushes (the
+// same shared batches, no copy) and a monitor thread asks the writer every
+// `replay_poll_interval` (on the injected clock) which backend process it
+// talks to (Writer::InstanceId). When the identity changes, the backend
+// restarted: the monitor re-writes every batch of the window, in the order
+// they were flushed, alongside new flushes (writers are idempotent), retrying
+// failed writes at every later poll until they land, and logs it
+// (fleetd_backend_restarts_detected_total{backend},
+// fleetd_backend_replayed_batches_total{backend}). A flush that was in flight
+// while the restart was noticed is replayed too.
+//
+// The guarantee: data this committer acknowledged survives a crash of the
+// backend as long as the backend comes back with its disk and this server
+// keeps running (the devices drop what was acknowledged; a crash of both at
+// once needs the writer's own durability, e.g. FLEET_VICTORIAMETRICS_FLUSH_ON_
+// WRITE). The window must cover the backend's in-memory buffering plus one
+// poll. It is measured back from the last poll that saw the backend's current
+// process, not from now: while the backend is down or cannot be asked, nothing
+// ages out, so a long outage does not expire what it may have lost. It is
+// bounded by `replay_window_bytes`: when load outgrows it the oldest batches
+// go first, counted in fleetd_backend_replay_window_evicted_total{backend}
+// with a warning (they are then no longer protected). Writers whose InstanceId
+// is UNIMPLEMENTED get no window. A backend restarting within the same second
+// it started (its identity is its start time) is not noticed.
+//
+// Safe for concurrent use.
 class GroupCommitter {
  public:
   struct Options {
@@ -61,12 +91,18 @@ class GroupCommitter {
     CircuitBreakerOptions breaker = {.failure_threshold = 5,
                                      .open_duration = absl::Seconds(5)};
     absl::Duration overload_retry_after = absl::Seconds(1);
+    // The replay window (above). A zero window or byte bound turns it off (no
+    // monitor thread).
+    absl::Duration replay_window = absl::Seconds(30);
+    size_t replay_window_bytes = 64 << 20;
+    absl::Duration replay_poll_interval = absl::Seconds(1);
   };
 
   // `writer`, `clock` and `metrics` (may be null) must outlive this object.
   GroupCommitter(Writer* writer, Clock* clock, metrics::Registry* metrics,
                  Options options);
-  // Stops the flushers; batches still queued fail with UNAVAILABLE.
+  // Stops the monitor and the flushers; batches still queued fail with
+  // UNAVAILABLE. The replay window is dropped.
   ~GroupCommitter();
   GroupCommitter(const GroupCommitter&) = delete;
   GroupCommitter& operator=(const GroupCommitter&) = delete;
@@ -97,6 +133,13 @@ class GroupCommitter {
   size_t queued_bytes();
   size_t queued_batches();
 
+  // The replay window right now: batches and their approximate bytes.
+  size_t replay_window_batches();
+  size_t replay_window_bytes();
+  // Completed rounds of the monitor (an identity poll and, when due, a
+  // replay); tests advance a simulated clock and wait for the next round.
+  int64_t monitor_rounds();
+
  private:
   struct Result {
     absl::Mutex mu;
@@ -121,7 +164,37 @@ class GroupCommitter {
     int records_written = 0;
   };
 
+  // One successful flush (or its landed part) in the replay window.
+  struct WindowEntry {
+    uint64_t id;  // ascending in window_
+    std::vector<std::shared_ptr<const DecodedBatch>> batches;
+    size_t bytes = 0;
+    // When it was last written, monotonic, and to which backend generation
+    // (generation_ when that write started).
+    absl::Time written_at;
+    int64_t generation = 0;
+  };
+  enum class ReplaySupport { kUnknown, kYes, kNo };
+
   void FlushLoop();
+  // Polls the backend's identity and replays when due, until stopped.
+  void MonitorLoop();
+  void PollInstance();
+  // Writes every window entry of an older generation, in order, in flushes
+  // of the usual limits. Returns false when a write failed (retried at the
+  // next round).
+  bool Replay();
+  // Adds the landed batches of a flush whose write started at `generation`.
+  void Remember(absl::Span<const Pending> taken, int64_t generation,
+                absl::Time written_at);
+  // Drops entries older than the window (measured back from confirmed_at_)
+  // and, oldest first, entries beyond the byte bound (counted).
+  void EvictLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(window_mu_);
+  void PopFrontLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(window_mu_);
+  bool replay_enabled() const {
+    return options_.replay_window > absl::ZeroDuration() &&
+           options_.replay_window_bytes > 0;
+  }
   // Tracks misconfiguration from a flush's backend error (OK: healthy).
   void NoteBackendHealth(const absl::Status& backend_error);
   // Writes `span` (already known to fail with the content refusal `refusal`
@@ -154,6 +227,30 @@ class GroupCommitter {
   std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
   size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+
+  metrics::Counter* restarts_detected_ = nullptr;
+  metrics::Counter* replayed_batches_ = nullptr;
+  metrics::Counter* replay_failures_ = nullptr;
+  metrics::Counter* window_evicted_ = nullptr;
+  metrics::Gauge* window_bytes_gauge_ = nullptr;
+
+  absl::Mutex window_mu_;
+  std::deque<WindowEntry> window_ ABSL_GUARDED_BY(window_mu_);
+  size_t window_bytes_ ABSL_GUARDED_BY(window_mu_) = 0;
+  uint64_t next_entry_id_ ABSL_GUARDED_BY(window_mu_) = 0;
+  // Bumped each time the backend is seen restarted; entries of an older
+  // generation are due for replay.
+  int64_t generation_ ABSL_GUARDED_BY(window_mu_) = 0;
+  bool replay_due_ ABSL_GUARDED_BY(window_mu_) = false;
+  ReplaySupport support_ ABSL_GUARDED_BY(window_mu_) = ReplaySupport::kUnknown;
+  std::optional<std::string> instance_ ABSL_GUARDED_BY(window_mu_);
+  // Last poll that saw the current backend process (monotonic).
+  absl::Time confirmed_at_ ABSL_GUARDED_BY(window_mu_);
+  absl::Time last_eviction_warning_ ABSL_GUARDED_BY(window_mu_) =
+      absl::InfinitePast();
+  int64_t monitor_rounds_ ABSL_GUARDED_BY(window_mu_) = 0;
+  Wakeup monitor_stop_;
+  std::thread monitor_;
 
   absl::Mutex health_mu_;
   // Why the backend refuses this server's writes; OK when it does not.

@@ -42,7 +42,17 @@ class FakeWriter : public Writer {
     return fail_;
   }
   absl::Status Ping() override { return absl::OkStatus(); }
+  // UNIMPLEMENTED until SetInstance.
+  absl::StatusOr<std::string> InstanceId() override {
+    absl::MutexLock lock(&mu_);
+    if (!instance_.ok()) return instance_.status();
+    return *instance_;
+  }
 
+  void SetInstance(absl::StatusOr<std::string> instance) {
+    absl::MutexLock lock(&mu_);
+    instance_ = std::move(instance);
+  }
   void Close() {
     absl::MutexLock lock(&mu_);
     open_ = false;
@@ -80,6 +90,8 @@ class FakeWriter : public Writer {
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status fail_ ABSL_GUARDED_BY(mu_);
   int64_t poison_ ABSL_GUARDED_BY(mu_) = -1;
+  absl::StatusOr<std::string> instance_ ABSL_GUARDED_BY(mu_) =
+      absl::UnimplementedError("fake");
   std::vector<int> flush_sizes_ ABSL_GUARDED_BY(mu_);
   std::vector<int64_t> seen_ ABSL_GUARDED_BY(mu_);
 };
@@ -396,6 +408,145 @@ TEST(GroupCommitTest, ShutdownNeverLeavesCallersHanging) {
   if (!queued_status.ok()) {
     EXPECT_THAT(queued_status, StatusIs(absl::StatusCode::kUnavailable));
   }
+}
+
+// ---- Replay window ----------------------------------------------------------
+
+// Drives the committer's monitor on a simulated clock: each Tick moves time and
+// waits until the monitor finished the round (poll and replay) it caused.
+class ReplayWindowTest : public ::testing::Test {
+ protected:
+  static constexpr absl::Duration kWindow = absl::Seconds(30);
+
+  void Start(GroupCommitter::Options options = {}) {
+    options.flush_threads = 1;
+    options.replay_window = kWindow;
+    options.replay_poll_interval = absl::Seconds(1);
+    if (options.replay_window_bytes == 0) options.replay_window_bytes = 1 << 20;
+    gc_ = std::make_unique<GroupCommitter>(&writer_, &clock_, &registry_,
+                                           options);
+    ASSERT_TRUE(WaitFor([&] { return gc_->monitor_rounds() >= 1; }));
+  }
+
+  // Moves time by `d` once the monitor sleeps, and waits for its next round.
+  void Tick(absl::Duration d = absl::Seconds(1)) {
+    const int64_t round = gc_->monitor_rounds();
+    // The monitor is the only sleeper on this clock; it sleeps once its round
+    // is over.
+    ASSERT_TRUE(clock_.AwaitSleepers(1, absl::Seconds(30)));
+    clock_.Advance(d);
+    ASSERT_TRUE(WaitFor([&] { return gc_->monitor_rounds() > round; }));
+  }
+
+  void Write(int64_t seq) {
+    EXPECT_THAT(gc_->Submit(MakeBatch(seq, 2), kNoDeadline), IsOk());
+  }
+
+  std::string Metric(const std::string& name) {
+    return absl::StrCat(name, "{backend=\"fake\"}");
+  }
+
+  FakeWriter writer_;
+  SimulatedClock clock_;
+  metrics::Registry registry_;
+  std::unique_ptr<GroupCommitter> gc_;
+};
+
+TEST_F(ReplayWindowTest, BatchesOfTheLastWindowAreReplayedOnceAfterARestart) {
+  writer_.SetInstance("instance-a");
+  Start();
+  Write(1);                 // t = 0
+  Tick(absl::Seconds(20));  // t = 20: instance-a confirmed
+  Write(2);                 // t = 20
+  Tick(absl::Seconds(15));  // t = 35: batch 1 is older than the window
+  Write(3);                 // t = 35
+  EXPECT_EQ(gc_->replay_window_batches(), 2u);
+
+  writer_.SetInstance("instance-b");  // restarted: memory lost
+  Tick();
+  // Replayed in order, after what was written before.
+  EXPECT_THAT(writer_.seen(), ::testing::ElementsAre(1, 2, 3, 2, 3));
+  Tick();
+  Tick();
+  EXPECT_THAT(writer_.seen(), ::testing::ElementsAre(1, 2, 3, 2, 3))
+      << "replayed once";
+  const std::string text = registry_.Render();
+  EXPECT_THAT(text,
+              ::testing::HasSubstr(absl::StrCat(
+                  Metric("fleetd_backend_restarts_detected_total"), " 1")));
+  EXPECT_THAT(text,
+              ::testing::HasSubstr(absl::StrCat(
+                  Metric("fleetd_backend_replayed_batches_total"), " 2")));
+}
+
+TEST_F(ReplayWindowTest, AnOutageDoesNotAgeTheWindowOut) {
+  writer_.SetInstance("instance-a");
+  Start();
+  Write(1);
+  Tick();
+  // Down for a minute: the identity cannot be asked, so the window is kept.
+  writer_.SetInstance(absl::UnavailableError("connection refused"));
+  Tick(absl::Seconds(60));
+  Tick();
+  EXPECT_EQ(gc_->replay_window_batches(), 1u);
+  writer_.SetInstance("instance-b");
+  Tick();
+  EXPECT_THAT(writer_.seen(), ::testing::ElementsAre(1, 1));
+}
+
+TEST_F(ReplayWindowTest, WindowIsBoundedByBytesOldestFirstAndCounted) {
+  const size_t one = MakeBatch(0, 2)->approx_bytes();
+  writer_.SetInstance("instance-a");
+  Start({.replay_window_bytes = 2 * one});
+  for (int64_t seq = 1; seq <= 4; ++seq) Write(seq);
+  EXPECT_EQ(gc_->replay_window_batches(), 2u);
+  EXPECT_EQ(gc_->replay_window_bytes(), 2 * one);
+  EXPECT_THAT(registry_.Render(),
+              ::testing::HasSubstr(absl::StrCat(
+                  Metric("fleetd_backend_replay_window_evicted_total"), " 2")));
+  writer_.SetInstance("instance-b");
+  Tick();
+  EXPECT_THAT(writer_.seen(), ::testing::ElementsAre(1, 2, 3, 4, 3, 4));
+}
+
+TEST_F(ReplayWindowTest, AFlushInFlightDuringTheRestartIsReplayedToo) {
+  writer_.SetInstance("instance-a");
+  Start();
+  writer_.Close();
+  std::thread t([&] { Write(1); });
+  ASSERT_TRUE(WaitFor([&] { return writer_.in_flight() == 1; }));
+  writer_.SetInstance("instance-b");
+  Tick();  // noticed while batch 1 was still being written
+  writer_.Open();
+  t.join();
+  Tick();
+  EXPECT_THAT(writer_.seen(), ::testing::ElementsAre(1, 1));
+}
+
+TEST_F(ReplayWindowTest, FailedReplayIsRetriedAtTheNextPoll) {
+  writer_.SetInstance("instance-a");
+  Start();
+  Write(1);
+  writer_.SetInstance("instance-b");
+  writer_.Fail(absl::UnavailableError("still starting"));
+  Tick();
+  EXPECT_THAT(writer_.seen(), ::testing::ElementsAre(1, 1));  // failed
+  writer_.Fail(absl::OkStatus());
+  Tick();
+  EXPECT_THAT(writer_.seen(), ::testing::ElementsAre(1, 1, 1));
+  Tick();
+  EXPECT_THAT(writer_.seen(), ::testing::ElementsAre(1, 1, 1));
+  EXPECT_THAT(registry_.Render(),
+              ::testing::HasSubstr(absl::StrCat(
+                  Metric("fleetd_backend_replay_failures_total"), " 1")));
+}
+
+TEST_F(ReplayWindowTest, WriterWithoutIdentityKeepsNoWindow) {
+  Start();  // the fake's InstanceId is UNIMPLEMENTED
+  Write(1);
+  Tick();
+  EXPECT_EQ(gc_->replay_window_batches(), 0u);
+  EXPECT_EQ(gc_->replay_window_bytes(), 0u);
 }
 
 }  // namespace

@@ -28,13 +28,20 @@ namespace fleetd::server {
 // the gauge fleetd_victoriametrics_dedup_enabled to 0 when it is off (1 on, -1
 // unknown); /readyz does not fail for it.
 //
+// VictoriaMetrics answers an import while the rows are still in memory (about
+// five seconds) and loses them on a crash. InstanceId() returns its
+// process_start_time_seconds (GET {url}/metrics), so the group committer's
+// replay window writes them again after a restart (group_commit.h): nothing
+// acknowledged is lost as long as this server keeps running.
+//
 // Write returns OK only when VictoriaMetrics will keep the samples:
-//   - with flush_on_write, after the import it calls `/snapshot/create` (and
-//     `/snapshot/delete`), which writes VictoriaMetrics' in-memory parts to
-//     disk; an import alone is acknowledged while its rows are still in memory
-//     and lost on a crash. A failed snapshot is UNAVAILABLE (the devices
-//     retry; the re-import is deduplicated), a failed delete only a warning
-//     and fleetd_victoriametrics_flush_failures_total{step="delete"}.
+//   - with flush_on_write (opt-in, for a crash of VictoriaMetrics and this
+//     server at once; single node only, ~95 ms per write), after the import it
+//     calls `/snapshot/create` (and `/snapshot/delete`), which writes
+//     VictoriaMetrics' in-memory parts to disk. A failed snapshot is
+//     UNAVAILABLE (the devices retry; the re-import is deduplicated), a failed
+//     delete only a warning and
+//     fleetd_victoriametrics_flush_failures_total{step="delete"}.
 //   - samples VictoriaMetrics would drop while answering 204 (older than its
 //     -retentionPeriod, read from /flags, 31 days when unknown; or more than 2
 //     days ahead; each with 1 h of margin) are refused with INVALID_ARGUMENT
@@ -43,7 +50,7 @@ namespace fleetd::server {
 struct VictoriaMetricsOptions {
   std::string url;  // e.g. http://127.0.0.1:8428
   absl::Duration timeout = absl::Seconds(10);
-  bool flush_on_write = true;
+  bool flush_on_write = false;
   Clock* clock = nullptr;                // wall time; null: Clock::Real()
   metrics::Registry* metrics = nullptr;  // null: no metrics
 };
@@ -74,7 +81,9 @@ absl::StatusOr<absl::Duration> ParseVictoriaMetricsRetention(
 // formats (Loki >= 2.9). Accepts logs batches (others are ignored). HTTP
 // answers map as in HttpStatusToStatus; Ping is `GET {url}/ready`. Idempotent:
 // a retried entry is identical (labels, timestamp, line, metadata), and Loki
-// drops an entry identical to one already in the stream.
+// drops an entry identical to one already in the stream. InstanceId() is
+// Loki's process_start_time_seconds (GET {url}/metrics; UNIMPLEMENTED without
+// /metrics), so entries a crashed ingester held in memory are replayed.
 struct LokiOptions {
   std::string url;                  // e.g. http://127.0.0.1:3100
   std::string format = "protobuf";  // "protobuf" or "json"

@@ -5,10 +5,13 @@
 #define FLEETD_SERVER_WRITERS_HTTP_POOL_H_
 
 #include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "common/http/http_client.h"
 #include "server/writers/writer.h"
@@ -49,6 +52,19 @@ class HttpPool {
 // The message names `backend` and quotes the start of the response body.
 absl::Status HttpStatusToStatus(absl::string_view backend,
                                 const HttpResponse& response);
+
+// The value of the sample `process_start_time_seconds` (the time the backend
+// process started, which Prometheus client libraries export) in a Prometheus
+// text exposition, as written there; nullopt when absent.
+std::optional<std::string> ParseProcessStartTime(absl::string_view body);
+
+// Writer::InstanceId for a backend that exports process_start_time_seconds on
+// `GET {base_url}/metrics` (VictoriaMetrics, Loki): that value. UNIMPLEMENTED
+// when the backend has no /metrics (404) or it lacks the metric; any other
+// failure as from Send / HttpStatusToStatus (retryable: ask again later).
+absl::StatusOr<std::string> ProcessStartInstanceId(HttpPool& pool,
+                                                   absl::string_view backend,
+                                                   absl::string_view base_url);
 
 }  // namespace fleetd::server
 

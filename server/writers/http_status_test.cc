@@ -100,5 +100,21 @@ TEST(ClickHouseAnswerTest, ExceptionCodeDecides) {
   EXPECT_THAT(ClickHouseAnswerToStatus("ping", Answer(200, "Ok.")), IsOk());
 }
 
+// The instance identity of VictoriaMetrics and Loki (Writer::InstanceId).
+TEST(ProcessStartTimeTest, FindsTheSampleAmongOthers) {
+  EXPECT_EQ(ParseProcessStartTime("# HELP x\n"
+                                  "process_start_time_seconds_total 5\n"
+                                  "process_start_time_seconds 1796187106\n"
+                                  "vm_app_uptime_seconds 2\n"),
+            "1796187106");
+  EXPECT_EQ(ParseProcessStartTime("process_start_time_seconds 1.7e+09\n"),
+            "1.7e+09");
+  EXPECT_EQ(ParseProcessStartTime("process_start_time_seconds{a=\"b\"} 17 99"),
+            "17");
+  EXPECT_EQ(ParseProcessStartTime("process_start_time_seconds_x 1\n"),
+            std::nullopt);
+  EXPECT_EQ(ParseProcessStartTime(""), std::nullopt);
+}
+
 }  // namespace
 }  // namespace fleetd::server

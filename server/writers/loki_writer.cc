@@ -256,6 +256,10 @@ class LokiWriter final : public Writer {
     return HttpStatusToStatus("loki", *response);
   }
 
+  absl::StatusOr<std::string> InstanceId() override {
+    return ProcessStartInstanceId(pool_, "loki", base_);
+  }
+
   absl::Status Ping() override {
     HttpRequest request;
     request.url = absl::StrCat(base_, "/ready");

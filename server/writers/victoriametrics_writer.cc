@@ -5,11 +5,17 @@
 //   - It answers an import before the rows are on disk: they stay in memory
 //     (raw rows, then in-memory parts) for about five seconds, and a crash
 //     (SIGKILL, power loss) loses them although they were acknowledged.
-//     /internal/force_flush only makes them searchable; it does not write
-//     them to disk. /snapshot/create does: it flushes every in-memory part of
+//     The group committer's replay window covers that (group_commit.h): it
+//     keeps the last 30 s of acknowledged batches and writes them again when
+//     InstanceId (process_start_time_seconds from /metrics) changes, at no
+//     cost per write. For a crash of VictoriaMetrics and this server at once
+//     there is flush_on_write (off by default, ~95 ms per write):
+//     /internal/force_flush only makes rows searchable, it does not write
+//     them to disk; /snapshot/create does: it flushes every in-memory part of
 //     the data and the index to disk before it answers. So with
 //     flush_on_write, each coalesced import is followed by one snapshot
-//     create (and delete), and only then acknowledged.
+//     create (and delete), and only then acknowledged. It needs a single
+//     node (vminsert has no snapshots).
 //   - It keeps duplicate samples unless started with -dedup.minScrapeInterval:
 //     a write retried after a lost answer would show every sample twice. With
 //     it (1ms is enough: our timestamps are deterministic), exports and
@@ -191,6 +197,12 @@ class VictoriaMetricsWriter final : public Writer {
         HttpStatusToStatus("victoriametrics", *response);
     if (!imported.ok() || !flush_on_write_) return imported;
     return MakeDurable();
+  }
+
+  // process_start_time_seconds from /metrics: a new value means
+  // VictoriaMetrics restarted and may have lost what it held in memory.
+  absl::StatusOr<std::string> InstanceId() override {
+    return ProcessStartInstanceId(pool_, "victoriametrics", base_);
   }
 
   absl::Status Ping() override {

@@ -1,5 +1,6 @@
-// What FLEET_VICTORIAMETRICS_FLUSH_ON_WRITE costs: coalesced writes of the
-// VictoriaMetrics writer into a real VictoriaMetrics (started by the test
+// What FLEET_VICTORIAMETRICS_FLUSH_ON_WRITE (opt-in) costs, and what the group
+// committer's replay window (the default protection) costs: coalesced writes of
+// the VictoriaMetrics writer into a real VictoriaMetrics (started by the test
 // fixture), with and without making each write durable (/snapshot/create and
 // delete after the import). Arguments: samples per coalesced write (the group
 // committer's flush: many device batches of 100 samples), flush on write (0 or
@@ -12,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "bench/workload.h"
 #include "benchmark/benchmark.h"
+#include "server/router/group_commit.h"
 #include "server/writers/backends.h"
 #include "tests/fixtures/victoria_metrics_fixture.h"
 
@@ -82,6 +84,60 @@ BENCHMARK(BM_VictoriaMetricsWrite)
     ->ArgsProduct({{1000, 10000}, {0, 1}})
     ->Threads(1)
     ->Threads(2)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// The default path in the server: the same flushes through a GroupCommitter
+// with its replay window on (each device batch enqueued, then all awaited), so
+// what keeping the window costs shows next to the writer alone.
+void BM_VictoriaMetricsCommitterWithReplayWindow(benchmark::State& state) {
+  auto* vm = Vm();
+  if (vm == nullptr) {
+    state.SkipWithError("cannot start VictoriaMetrics");
+    return;
+  }
+  const int samples = static_cast<int>(state.range(0));
+  auto writer = NewVictoriaMetricsWriter({.url = vm->url()});
+  if (!writer.ok()) {
+    state.SkipWithError("cannot create the writer");
+    return;
+  }
+  GroupCommitter committer(writer->get(), Clock::Real(), nullptr, {});
+  static std::atomic<int64_t> rounds{1'000'000};
+  for (auto _ : state) {
+    state.PauseTiming();
+    std::vector<std::shared_ptr<const DecodedBatch>> flush;
+    for (DecodedBatch& b : Flush(samples, rounds.fetch_add(1), 0)) {
+      flush.push_back(std::make_shared<const DecodedBatch>(std::move(b)));
+    }
+    state.ResumeTiming();
+    std::vector<GroupCommitter::Ticket> tickets;
+    for (const auto& b : flush) {
+      absl::StatusOr<GroupCommitter::Ticket> t = committer.Enqueue(b);
+      if (!t.ok()) {
+        state.SkipWithError(std::string(t.status().message()).c_str());
+        return;
+      }
+      tickets.push_back(*t);
+    }
+    for (const auto& t : tickets) {
+      absl::Status s = committer.Wait(t, absl::InfiniteFuture());
+      if (!s.ok()) {
+        state.SkipWithError(std::string(s.message()).c_str());
+        return;
+      }
+    }
+  }
+  state.counters["samples_per_s"] =
+      benchmark::Counter(static_cast<double>(state.iterations() * samples),
+                         benchmark::Counter::kIsRate);
+  state.counters["window_batches"] =
+      static_cast<double>(committer.replay_window_batches());
+}
+BENCHMARK(BM_VictoriaMetricsCommitterWithReplayWindow)
+    ->ArgNames({"samples"})
+    ->Arg(1000)
+    ->Arg(10000)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

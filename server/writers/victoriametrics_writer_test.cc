@@ -5,9 +5,11 @@
 #include "absl/time/clock.h"
 #include "common/metrics/metrics.h"
 #include "common/testing/status_matchers.h"
+#include "common/testing/wait.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "server/router/group_commit.h"
 #include "server/writers/backends.h"
 #include "tests/fixtures/victoria_metrics_fixture.h"
 
@@ -181,12 +183,73 @@ TEST(VictoriaMetricsWriterRetentionTest, OldSamplesAreRefusedByRetention) {
   EXPECT_THAT((*w)->Write(one), IsOk());
 }
 
-// Acknowledged means on disk: VictoriaMetrics SIGKILLed right after the write
-// returned still has every sample after its restart.
-TEST(VictoriaMetricsWriterDurabilityTest, AcknowledgedSamplesSurviveACrash) {
+// The default: the import is acknowledged from VictoriaMetrics' memory, and
+// the group committer's replay window covers the crash. VictoriaMetrics is
+// SIGKILLed right after the committer acknowledged the samples and restarted;
+// the committer notices the new instance and writes them again.
+TEST(VictoriaMetricsWriterDurabilityTest,
+     AcknowledgedSamplesSurviveACrashThroughTheReplayWindow) {
   auto vm = fleetd::testing::VictoriaMetricsFixture::Start();
   ASSERT_THAT(vm, IsOk());
+  metrics::Registry registry;
   auto w = NewVictoriaMetricsWriter({.url = (*vm)->url()});
+  ASSERT_THAT(w, IsOk());
+  // The identity is VictoriaMetrics' start time in seconds: make sure the
+  // restarted process cannot share it (a test-only concern; a production
+  // instance lives longer than a second).
+  auto first = (*w)->InstanceId();
+  ASSERT_THAT(first, IsOk());
+  ASSERT_TRUE(fleetd::testing::WaitFor(
+      [&] { return absl::ToUnixSeconds(absl::Now()) > std::stoll(*first) + 1; },
+      absl::Seconds(10)));
+  GroupCommitter gc(w->get(), Clock::Real(), &registry,
+                    {.replay_poll_interval = absl::Milliseconds(50)});
+  // The monitor knows the instance before the write.
+  ASSERT_TRUE(
+      fleetd::testing::WaitFor([&] { return gc.monitor_rounds() > 0; }));
+
+  const absl::Time now = absl::Now();
+  std::vector<std::shared_ptr<DecodedBatch>> batches;
+  for (int i = 0; i < 20; ++i) {
+    batches.push_back(std::make_shared<DecodedBatch>(
+        OneSample(absl::StrCat("dev-replay-", i), now - absl::Seconds(30))));
+  }
+  std::vector<GroupCommitter::Ticket> tickets;
+  for (const auto& b : batches) {
+    auto t = gc.Enqueue(b);
+    ASSERT_THAT(t, IsOk());
+    tickets.push_back(*t);
+  }
+  for (const auto& t : tickets) {
+    ASSERT_THAT(gc.Wait(t, absl::InfiniteFuture()), IsOk());
+  }
+
+  (*vm)->Kill();
+  ASSERT_THAT((*vm)->Restart(), IsOk());
+
+  auto lines =
+      (*vm)->WaitForSeries("{__name__=\"vmw_crash\"}", 20, absl::Seconds(30));
+  ASSERT_THAT(lines, IsOk())
+      << "samples acknowledged before the crash are gone";
+  EXPECT_EQ(ExportedSamples(*lines), 20u);
+  const std::string rendered = registry.Render();
+  EXPECT_THAT(rendered,
+              HasSubstr("fleetd_backend_restarts_detected_total{backend="
+                        "\"victoriametrics\"} 1"));
+  EXPECT_THAT(rendered,
+              HasSubstr("fleetd_backend_replayed_batches_total{backend="
+                        "\"victoriametrics\"} 20"));
+}
+
+// With flush_on_write, acknowledged means on disk: VictoriaMetrics SIGKILLed
+// right after the write returned still has every sample after its restart,
+// without any help from the server.
+TEST(VictoriaMetricsWriterDurabilityTest,
+     FlushOnWriteSamplesSurviveACrashOnTheirOwn) {
+  auto vm = fleetd::testing::VictoriaMetricsFixture::Start();
+  ASSERT_THAT(vm, IsOk());
+  auto w =
+      NewVictoriaMetricsWriter({.url = (*vm)->url(), .flush_on_write = true});
   ASSERT_THAT(w, IsOk());
   const absl::Time now = absl::Now();
   std::vector<DecodedBatch> batches;
@@ -216,7 +279,8 @@ TEST(VictoriaMetricsWriterDurabilityTest, RefusedSnapshotIsMisconfiguration) {
   o.extra_flags = {"-snapshotAuthKey=fleetd-test-secret"};
   auto vm = fleetd::testing::VictoriaMetricsFixture::Start(o);
   ASSERT_THAT(vm, IsOk());
-  auto w = NewVictoriaMetricsWriter({.url = (*vm)->url()});
+  auto w =
+      NewVictoriaMetricsWriter({.url = (*vm)->url(), .flush_on_write = true});
   ASSERT_THAT(w, IsOk());
   DecodedBatch b = OneSample("dev-snap", absl::Now());
   std::vector<const DecodedBatch*> one = {&b};

@@ -6,7 +6,9 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/cord.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "server/model/batch.h"
@@ -64,10 +66,35 @@ class Writer {
   // Writing the same batches again must not
   // duplicate what readers of the backend see (idempotent where the backend
   // allows: deterministic series, timestamps and dedup keys).
+  //
+  // OK means the backend accepted the write, not that it is on the backend's
+  // disk: VictoriaMetrics keeps imports in memory for about five seconds, and
+  // a crash of the backend loses them. The group committer covers that with
+  // its replay window (group_commit.h): acknowledged data survives a backend
+  // crash as long as the backend comes back with its disk, this server keeps
+  // running, and the writer implements InstanceId(). A writer may offer an
+  // opt-in to be durable on its own (VictoriaMetricsOptions::flush_on_write),
+  // for a simultaneous crash of the backend and this server.
   virtual absl::Status Write(absl::Span<const DecodedBatch* const> batches) = 0;
 
   // Whether the backend is reachable and healthy, for /readyz.
   virtual absl::Status Ping() = 0;
+
+  // The identity of the backend process this writer talks to right now (for
+  // VictoriaMetrics and Loki their process_start_time_seconds), so that the
+  // group committer notices a restart and re-writes what the backend may have
+  // held only in memory (group_commit.h, "Replay window"). Two calls return
+  // the same string exactly as long as the same backend process answers; the
+  // string means nothing else. Errors:
+  //   UNIMPLEMENTED when the backend does not tell (the default): the
+  //     committer then keeps no replay window for this writer;
+  //   anything else when it could not be asked now (backend down, timeout):
+  //     the committer asks again later.
+  // Safe for concurrent use with Write. Called about once a second.
+  virtual absl::StatusOr<std::string> InstanceId() {
+    return absl::UnimplementedError(
+        absl::StrCat(name(), " does not tell its instance identity"));
+  }
 };
 
 }  // namespace fleetd::server
