@@ -191,7 +191,23 @@ void SyncManager::SetState(const std::string& state) {
 }
 
 void SyncManager::ApplyConfig(const v1::SyncConfig& c) {
-  absl::MutexLock lock(&mu_);
+  std::optional<int64_t> quota;
+  {
+    absl::MutexLock lock(&mu_);
+    quota = ApplyConfigLocked(c);
+  }
+  // The store is called without holding mu_ (status readers wait on it).
+  if (!quota.has_value()) return;
+  absl::Status s = storage_->SetMaxBytes(*quota);
+  if (absl::IsUnimplemented(s)) {
+    VLOG(1) << "the store has a fixed size; server quota ignored: " << s;
+  } else if (!s.ok()) {
+    LOG(WARNING) << "cannot apply the server's storage quota of " << *quota
+                 << " bytes: " << s;
+  }
+}
+
+std::optional<int64_t> SyncManager::ApplyConfigLocked(const v1::SyncConfig& c) {
   SyncOptions& o = options_;
   if (!o.interval_pinned && c.sync_interval_seconds() > 0) {
     o.interval = absl::Seconds(c.sync_interval_seconds());
@@ -237,12 +253,9 @@ void SyncManager::ApplyConfig(const v1::SyncConfig& c) {
     logs_bucket_.SetRate(RateOrUnlimited(logs_rate_), burst);
   }
   if (!o.storage_limits_pinned && c.max_local_storage_bytes() > 0) {
-    absl::Status s = storage_->SetMaxBytes(c.max_local_storage_bytes());
-    if (!s.ok()) {
-      LOG(WARNING) << "cannot apply the server's storage quota of "
-                   << c.max_local_storage_bytes() << " bytes: " << s;
-    }
+    return c.max_local_storage_bytes();
   }
+  return std::nullopt;
 }
 
 absl::Status SyncManager::FetchConfig() {

@@ -173,6 +173,9 @@ class SyncManager {
   struct Batch;
 
   void Loop();
+  // ApplyConfig's part under mu_; returns the store quota to apply, if any.
+  std::optional<int64_t> ApplyConfigLocked(const v1::SyncConfig& config)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // One cycle; `set_aside` counts the batches it set aside.
   absl::Status Cycle(int* set_aside);
   // How long the background loop waits after a cycle that ended with `s`.

@@ -961,24 +961,23 @@ TEST_F(FaultScenarioTest, HaproxyAnsweringABare500ToEveryThirdRequest) {
                                "happen, so the scenario proves nothing";
 }
 
-TEST_F(FaultScenarioTest, PoisonBatchIsTheOnlyThingSetAside) {
+// One device stores a record our server refuses (an invalid label name).
+Spec PoisonSpec(const std::string& transport) {
   Spec spec;
   spec.fault = "poison_batch";
   spec.target = "agent->server";
-  spec.transport = "connect";
+  spec.transport = transport;
   spec.poison = true;
   spec.drain_timeout = absl::Seconds(30);
-  Run(spec);
+  return spec;
+}
+
+TEST_F(FaultScenarioTest, PoisonBatchIsTheOnlyThingSetAside) {
+  Run(PoisonSpec("connect"));
 }
 
 TEST_F(FaultScenarioTest, PoisonBatchOverGrpcIsTheOnlyThingSetAside) {
-  Spec spec;
-  spec.fault = "poison_batch";
-  spec.target = "agent->server";
-  spec.transport = "grpc";
-  spec.poison = true;
-  spec.drain_timeout = absl::Seconds(30);
-  Run(spec);
+  Run(PoisonSpec("grpc"));
 }
 
 }  // namespace
