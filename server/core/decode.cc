@@ -15,23 +15,27 @@
 namespace fleetd::server {
 namespace {
 
-// Identity labels: set by the server from the API key, never taken from the
-// device.
-constexpr absl::string_view kReservedLabels[] = {"device_id", "org_id"};
-
 void SetTimestamp(google::protobuf::Timestamp* ts, absl::Time t) {
   int64_t nanos = absl::ToUnixNanos(t);
   ts->set_seconds(nanos / 1'000'000'000);
   ts->set_nanos(static_cast<int32_t>(nanos % 1'000'000'000));
 }
 
+// Names a record in error messages ("metric 3"); built only on errors.
+struct Where {
+  absl::string_view kind;
+  int index;
+
+  std::string str() const { return absl::StrCat(kind, " ", index); }
+};
+
 absl::Status CheckTimestamp(const google::protobuf::Timestamp& ts,
-                            absl::string_view what) {
+                            const Where& what) {
   // The range google.protobuf.Timestamp allows: years 0001..9999.
   if (ts.seconds() < -62135596800 || ts.seconds() > 253402300799 ||
       ts.nanos() < 0 || ts.nanos() > 999'999'999) {
     return absl::InvalidArgumentError(
-        absl::StrCat(what, ": timestamp out of range"));
+        absl::StrCat(what.str(), ": timestamp out of range"));
   }
   return absl::OkStatus();
 }
@@ -48,45 +52,52 @@ std::string Sha256(absl::string_view data) {
 absl::Status CheckLabels(
     google::protobuf::Map<std::string, std::string>* labels,
     const DeviceIdentity& device, const DecodeLimits& limits,
-    absl::string_view what) {
+    const Where& what) {
   if (labels->size() > static_cast<size_t>(limits.max_labels)) {
     return absl::InvalidArgumentError(
-        absl::StrCat(what, ": ", labels->size(), " labels, over the limit of ",
-                     limits.max_labels));
+        absl::StrCat(what.str(), ": ", labels->size(),
+                     " labels, over the limit of ", limits.max_labels));
   }
   for (const auto& [name, value] : *labels) {
     if (!IsValidLabelName(name) || name.size() > limits.max_name_bytes) {
       return absl::InvalidArgumentError(absl::StrCat(
-          what, ": invalid label name \"", absl::CEscape(name), "\""));
+          what.str(), ": invalid label name \"", absl::CEscape(name), "\""));
     }
     if (value.size() > limits.max_label_value_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": label ", name,
-                                                     " value of ", value.size(),
-                                                     " bytes is too long"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what.str(), ": label ", name, " value of ", value.size(),
+                       " bytes is too long"));
     }
   }
   auto dev = labels->find("device_id");
   if (dev != labels->end() && dev->second != device.device_id) {
     return absl::PermissionDeniedError(absl::StrCat(
-        what, ": label device_id names another device than the API key's"));
+        what.str(),
+        ": label device_id names another device than the API key's"));
   }
   auto org = labels->find("org_id");
   if (org != labels->end() && org->second != device.org_id) {
     return absl::PermissionDeniedError(absl::StrCat(
-        what, ": label org_id names another org than the API key's"));
+        what.str(), ": label org_id names another org than the API key's"));
   }
-  for (absl::string_view r : kReservedLabels) labels->erase(std::string(r));
+  const bool has_dev = dev != labels->end();
+  const bool has_org = org != labels->end();
+  if (has_dev) labels->erase("device_id");
+  if (has_org) labels->erase("org_id");
   return absl::OkStatus();
 }
 
 // Undoes in-message compression. `Batch` is MetricsBatch, LogsBatch or
 // EventsBatch; `wire_records` is how many records the wire batch carries
-// uncompressed.
+// uncompressed. Sets `*payload_bytes` to the decompressed size when there was
+// compression (0 otherwise).
 template <typename Batch>
 absl::StatusOr<Batch> Unpack(const Batch& wire,
                              const v1::SyncMetadata& metadata,
                              int declared_size, int wire_records,
-                             const DecodeLimits& limits) {
+                             const DecodeLimits& limits,
+                             size_t* payload_bytes) {
+  *payload_bytes = 0;
   if (wire.compressed_data().empty()) {
     if (!metadata.checksum().empty() &&
         metadata.checksum().size() != SHA256_DIGEST_LENGTH) {
@@ -127,6 +138,7 @@ absl::StatusOr<Batch> Unpack(const Batch& wire,
     return absl::InvalidArgumentError(
         "checksum does not match the uncompressed batch");
   }
+  *payload_bytes = raw->size();
   Batch inner;
   if (!inner.ParseFromString(*raw)) {
     return absl::InvalidArgumentError(
@@ -216,21 +228,24 @@ absl::StatusOr<DecodedBatch> DecodeMetricsContent(
     const DecodeLimits& limits, absl::Time now) {
   const v1::SyncMetadata& md = request.metadata();
   RETURN_IF_ERROR(CheckMetadataIdentity(md, device));
-  ASSIGN_OR_RETURN(v1::MetricsBatch batch,
-                   Unpack(request.batch(), md, request.batch().original_size(),
-                          request.batch().metrics_size(), limits));
+  size_t payload_bytes = 0;
+  ASSIGN_OR_RETURN(
+      v1::MetricsBatch batch,
+      Unpack(request.batch(), md, request.batch().original_size(),
+             request.batch().metrics_size(), limits, &payload_bytes));
   RETURN_IF_ERROR(CheckEnvelope(md, batch.metrics_size(), limits));
   for (int i = 0; i < batch.metrics_size(); ++i) {
     v1::Metric* m = batch.mutable_metrics(i);
-    std::string what = absl::StrCat("metric ", i);
+    const Where what{"metric", i};
     if (!IsValidMetricName(m->name()) ||
         m->name().size() > limits.max_name_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, ": invalid metric name \"", absl::CEscape(m->name()), "\""));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what.str(), ": invalid metric name \"",
+                       absl::CEscape(m->name()), "\""));
     }
     if (!std::isfinite(m->value())) {
       return absl::InvalidArgumentError(
-          absl::StrCat(what, ": value is not finite"));
+          absl::StrCat(what.str(), ": value is not finite"));
     }
     if (m->has_timestamp()) {
       RETURN_IF_ERROR(CheckTimestamp(m->timestamp(), what));
@@ -243,6 +258,7 @@ absl::StatusOr<DecodedBatch> DecodeMetricsContent(
   batch.clear_compression();
   batch.clear_original_size();
   out.metrics = std::move(batch);
+  out.payload_bytes = payload_bytes;
   return out;
 }
 
@@ -251,29 +267,30 @@ absl::StatusOr<DecodedBatch> DecodeLogsContent(
     const DecodeLimits& limits, absl::Time now) {
   const v1::SyncMetadata& md = request.metadata();
   RETURN_IF_ERROR(CheckMetadataIdentity(md, device));
+  size_t payload_bytes = 0;
   ASSIGN_OR_RETURN(v1::LogsBatch batch,
                    Unpack(request.batch(), md, request.batch().original_size(),
-                          request.batch().logs_size(), limits));
+                          request.batch().logs_size(), limits, &payload_bytes));
   RETURN_IF_ERROR(CheckEnvelope(md, batch.logs_size(), limits));
   for (int i = 0; i < batch.logs_size(); ++i) {
     v1::LogEntry* e = batch.mutable_logs(i);
-    std::string what = absl::StrCat("log ", i);
+    const Where what{"log", i};
     std::string level = absl::AsciiStrToLower(e->level());
     if (level.empty()) level = "info";
     if (level == "warning") level = "warn";
     if (level != "debug" && level != "info" && level != "warn" &&
         level != "error" && level != "fatal" && level != "trace") {
       return absl::InvalidArgumentError(absl::StrCat(
-          what, ": unknown level \"", absl::CEscape(e->level()), "\""));
+          what.str(), ": unknown level \"", absl::CEscape(e->level()), "\""));
     }
     e->set_level(level);
     if (e->message().size() > limits.max_log_message_bytes) {
       return absl::InvalidArgumentError(
-          absl::StrCat(what, ": message too long"));
+          absl::StrCat(what.str(), ": message too long"));
     }
     if (e->source().size() > limits.max_source_bytes) {
       return absl::InvalidArgumentError(
-          absl::StrCat(what, ": source too long"));
+          absl::StrCat(what.str(), ": source too long"));
     }
     if (e->has_timestamp()) {
       RETURN_IF_ERROR(CheckTimestamp(e->timestamp(), what));
@@ -286,6 +303,7 @@ absl::StatusOr<DecodedBatch> DecodeLogsContent(
   batch.clear_compression();
   batch.clear_original_size();
   out.logs = std::move(batch);
+  out.payload_bytes = payload_bytes;
   return out;
 }
 
@@ -294,21 +312,24 @@ absl::StatusOr<DecodedBatch> DecodeEventsContent(
     const DecodeLimits& limits, absl::Time now) {
   const v1::SyncMetadata& md = request.metadata();
   RETURN_IF_ERROR(CheckMetadataIdentity(md, device));
-  ASSIGN_OR_RETURN(v1::EventsBatch batch,
-                   Unpack(request.batch(), md, request.batch().original_size(),
-                          request.batch().events_size(), limits));
+  size_t payload_bytes = 0;
+  ASSIGN_OR_RETURN(
+      v1::EventsBatch batch,
+      Unpack(request.batch(), md, request.batch().original_size(),
+             request.batch().events_size(), limits, &payload_bytes));
   RETURN_IF_ERROR(CheckEnvelope(md, batch.events_size(), limits));
   for (int i = 0; i < batch.events_size(); ++i) {
     v1::Event* e = batch.mutable_events(i);
-    std::string what = absl::StrCat("event ", i);
+    const Where what{"event", i};
     if (!IsValidMetricName(e->name()) ||
         e->name().size() > limits.max_name_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, ": invalid event name \"", absl::CEscape(e->name()), "\""));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what.str(), ": invalid event name \"",
+                       absl::CEscape(e->name()), "\""));
     }
     if (e->event_id().size() > limits.max_name_bytes) {
       return absl::InvalidArgumentError(
-          absl::StrCat(what, ": event_id too long"));
+          absl::StrCat(what.str(), ": event_id too long"));
     }
     if (e->has_timestamp()) {
       RETURN_IF_ERROR(CheckTimestamp(e->timestamp(), what));
@@ -318,16 +339,16 @@ absl::StatusOr<DecodedBatch> DecodeEventsContent(
     RETURN_IF_ERROR(CheckLabels(e->mutable_properties(), device, limits, what));
     if (e->values_size() > limits.max_labels) {
       return absl::InvalidArgumentError(
-          absl::StrCat(what, ": too many values"));
+          absl::StrCat(what.str(), ": too many values"));
     }
     for (const auto& [name, value] : e->values()) {
       if (!IsValidLabelName(name)) {
         return absl::InvalidArgumentError(absl::StrCat(
-            what, ": invalid value name \"", absl::CEscape(name), "\""));
+            what.str(), ": invalid value name \"", absl::CEscape(name), "\""));
       }
       if (!std::isfinite(value)) {
         return absl::InvalidArgumentError(
-            absl::StrCat(what, ": value ", name, " is not finite"));
+            absl::StrCat(what.str(), ": value ", name, " is not finite"));
       }
     }
   }
@@ -335,6 +356,7 @@ absl::StatusOr<DecodedBatch> DecodeEventsContent(
   batch.clear_compression();
   batch.clear_original_size();
   out.events = std::move(batch);
+  out.payload_bytes = payload_bytes;
   return out;
 }
 

@@ -27,20 +27,28 @@ int DecodedBatch::record_count() const {
 }
 
 size_t DecodedBatch::approx_bytes() const {
-  size_t payload = 0;
+  size_t payload = payload_bytes;
+  size_t per_record = 0;
   switch (kind) {
     case DataKind::kMetrics:
-      payload = metrics.SpaceUsedLong();
+      if (payload == 0) payload = metrics.ByteSizeLong();
+      per_record = sizeof(v1::Metric);
       break;
     case DataKind::kLogs:
-      payload = logs.SpaceUsedLong();
+      if (payload == 0) payload = logs.ByteSizeLong();
+      per_record = sizeof(v1::LogEntry);
       break;
     case DataKind::kEvents:
-      payload = events.SpaceUsedLong();
+      if (payload == 0) payload = events.ByteSizeLong();
+      per_record = sizeof(v1::Event);
       break;
   }
-  return payload + sizeof(*this) + device.device_id.size() +
-         device.org_id.size() + stream.size();
+  // Parsed records take more room than their encoding: each has its message
+  // object, and strings and map entries their own allocations (about one
+  // pointer-sized header each, folded into the doubled payload).
+  return 2 * payload + per_record * static_cast<size_t>(record_count()) +
+         sizeof(*this) + device.device_id.size() + device.org_id.size() +
+         stream.size();
 }
 
 }  // namespace fleetd::server

@@ -37,9 +37,15 @@ struct DecodedBatch {
   v1::MetricsBatch metrics;
   v1::LogsBatch logs;
   v1::EventsBatch events;
+  // Serialized size of the payload, when the decoder knows it (it read that
+  // many bytes); 0 if unknown.
+  size_t payload_bytes = 0;
 
   int record_count() const;
-  // Approximate in-memory size, for queue byte limits.
+  // Approximate in-memory size, for queue byte limits: the payload's
+  // serialized size plus a fixed overhead per record, no reflection. Cheap
+  // when `payload_bytes` is set; otherwise the payload is measured
+  // (ByteSizeLong, a walk over the records).
   size_t approx_bytes() const;
 };
 
