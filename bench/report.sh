@@ -5,19 +5,71 @@ set -euo pipefail
 results=$1
 out=$2
 r() { jq -r "$1" "$results"; }
-fmt='def r(n): (. * pow(10; n) | round) / pow(10; n); def k: if . >= 1000 then (. / 1000 | r(1) | tostring) + "k" else (r(1) | tostring) end;'
+# r(n): n decimals; k: 1234567 -> 1234.6k; m: 9760000 -> 9.76 M; pct: 0.1234 -> 12 %.
+fmt='def r(n): (. * pow(10; n) | round) / pow(10; n);
+def k: if . >= 1000 then (. / 1000 | r(1) | tostring) + "k" else (r(1) | tostring) end;
+def m: if . >= 1000000 then (. / 1000000 | r(2) | tostring) + " M" else k end;
+def cpu: if . == null then "–" else r(2) | tostring end;
+def pct: . * 100 | round | tostring + " %";'
+j() { jq -r "$fmt $1" "$results"; }
 
 {
   echo "# FleetD Sync load test"
   echo
-  echo "Measured by \`bench/run\` on $(r .date) at commit $(r .commit): $(r .host), $(r .cpus) CPUs"
-  echo "shared with other engineers' builds (load average before $(r .loadavg_before), after"
+  if [[ $(r .quick) == true ]]; then
+    echo "**Quick run (BENCH_QUICK=1): tiny parameters, figures mean nothing.**"
+    echo
+  fi
+  echo "Measured by \`BENCH_BUILD_DIR=build bench/run\` on $(r .date) at commit $(r .commit): $(r .host),"
+  echo "$(r .cpus) CPUs shared with other engineers' builds (load average before $(r .loadavg_before), after"
   echo "$(r .loadavg_after)). The load generator, the server and all backends (PostgreSQL,"
   echo "VictoriaMetrics, ClickHouse for logs) ran on the same machine, so every figure is a floor"
-  echo "for what the server does with CPUs of its own. Transport: $(r .transport), plaintext, loopback."
-  echo "$(r .keys.count) device keys provisioned in $(r '.keys.provision_s | . * 10 | round / 10') s."
+  echo "for what the server does with CPUs of its own. Plaintext, loopback. $(r .keys.count) device keys"
+  echo "provisioned in $(r '.keys.provision_s | . * 10 | round / 10') s."
   echo
-  echo "## Throughput and latency by fleet size (open loop)"
+
+  echo "## fleetd-server against vmagent and VictoriaMetrics' own import, same samples"
+  echo
+  echo "Every run below moves the same $(j '.ceiling.samples | m') samples: $(r .backlog.devices) devices of the tier"
+  echo "mix, $(r .backlog.batches) batches each. fleetd-server gets them as a *burst*: after an outage each"
+  echo "device drains its backlog as fast as the server allows (the server's best case), over gRPC"
+  echo "and, with a fresh server, over Connect. The baselines get the same batches as"
+  echo "VictoriaMetrics JSON lines (\`fleetd-loadgen --export-vm-jsonl\`, with the device_id/org_id"
+  echo "labels the server adds), sent by $(r .ceiling.posters) concurrent \`curl\`s in ~4 MB bodies: the *ceiling* straight into"
+  echo "VictoriaMetrics' \`/api/v1/import\`, the *peer* into vmagent's, which remote-writes to"
+  echo "VictoriaMetrics. CPU-s: user + system time of each process over the run's window, from"
+  echo "\`/proc/<pid>/stat\`."
+  echo
+  echo "| run | process | samples/s | CPU-s | CPU-s per M samples | peak RSS |"
+  echo "|---|---|---:|---:|---:|---:|"
+  j '.bursts[] |
+    "| fleetd-server, \(.transport) burst: \(.samples_acked | m) samples in \(.window_s | r(1)) s | server | \(.samples_per_second | k) | \(.cpu_s.server | cpu) | **\(.cpu_s_per_m_samples.server | cpu)** | \(.server_peak_rss_kb / 1024 | round) MiB |",
+    "| | VictoriaMetrics behind it | | \(.cpu_s.victoriametrics | cpu) | \(.cpu_s_per_m_samples.victoriametrics | cpu) | |",
+    "| | PostgreSQL behind it | | \(.cpu_s.postgresql | cpu) | \(.cpu_s_per_m_samples.postgresql | cpu) | |"'
+  j '.ceiling | "| ceiling: VictoriaMetrics /api/v1/import, \(.samples | m) samples in \(.seconds | r(1)) s | VictoriaMetrics | \(.samples_per_second | k) | \(.cpu_s.victoriametrics | cpu) | \(.cpu_s_per_m_samples.victoriametrics | cpu) | |"'
+  j '.vmagent |
+    "| peer: vmagent → remote write → VictoriaMetrics, \(.rows_sent | m) samples in \(.seconds | r(1)) s | vmagent | \(.samples_per_second | k) | \(.cpu_s.vmagent | cpu) | **\(.cpu_s_per_m_samples.vmagent | cpu)** | \(.peak_rss_kb / 1024 | round) MiB |",
+    "| | VictoriaMetrics behind it | | \(.cpu_s.victoriametrics | cpu) | \(.cpu_s_per_m_samples.victoriametrics | cpu) | |"'
+  echo
+  if [[ $(r '.goal != null') == true ]]; then
+    j '.goal as $g | (.bursts | map(select(.transport == "grpc")) | first) as $b | .vmagent as $v |
+      "**Goal (issue 11): ours ≥ vmagent samples/s and ≤ vmagent CPU per M samples: " +
+      (if $g.throughput_met and $g.cpu_met then "met" else "missed" end) + ".**",
+      "",
+      "- samples/s: fleetd-server (gRPC burst) \($b.samples_per_second | k) / vmagent \($v.samples_per_second | k) = \($g.samples_per_second_ratio | r(2)): " +
+      (if $g.throughput_met then "**met**" else "**missed by \(1 - $g.samples_per_second_ratio | pct)** (ours would need \(1 / $g.samples_per_second_ratio | r(1))× its rate)" end) + ";",
+      "- CPU-s per M samples: fleetd-server \($b.cpu_s_per_m_samples.server | cpu) / vmagent \($v.cpu_s_per_m_samples.vmagent | cpu) = \($g.cpu_per_m_samples_ratio | r(2)): " +
+      (if $g.cpu_met then "**met**" else "**missed by \($g.cpu_per_m_samples_ratio | r(1))×** (ours spends \($g.cpu_per_m_samples_ratio | r(1)) times vmagent'"'"'s CPU per sample)" end) + ";",
+      "- with PostgreSQL behind it counted as ours (vmagent has no ledger): \(($b.cpu_s_per_m_samples.server + $b.cpu_s_per_m_samples.postgresql) | cpu) CPU-s per M samples, \((($b.cpu_s_per_m_samples.server + $b.cpu_s_per_m_samples.postgresql) / $v.cpu_s_per_m_samples.vmagent) | r(1))× vmagent'"'"'s."'
+    j '(.bursts | map(select(.transport == "connect")) | first) as $c | .vmagent as $v |
+      if $c == null then empty else
+      "- over Connect: \($c.samples_per_second | k) samples/s (\($c.samples_per_second / $v.samples_per_second | r(2))× vmagent), \($c.cpu_s_per_m_samples.server | cpu) CPU-s per M samples (\($c.cpu_s_per_m_samples.server / $v.cpu_s_per_m_samples.vmagent | r(1))× vmagent'"'"'s)." end'
+    echo
+  fi
+  echo "Server throughput, best of all runs / ceiling: **$(r '.ceiling_ratio * 100 | round') %**."
+  echo
+
+  echo "## Throughput and latency by fleet size (open loop, $(r .transport))"
   echo
   echo "Each device sends its tier's batch (20 % tier 1: 1000 samples zstd, 40 % tier 2: 100"
   echo "gzip, 40 % tier 3: 10 uncompressed) on a fixed schedule for the offered rate, plus a logs"
@@ -26,58 +78,89 @@ fmt='def r(n): (. * pow(10; n) | round) / pow(10; n); def k: if . >= 1000 then (
   echo
   echo "| devices | active | offered samples/s | acked samples/s | logs/s | batches/s | P50 ms | P95 ms | P99 ms | max ms | errors |"
   echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
-  jq -r "$fmt"' .scale[] | "| \(.devices) | \(.active_devices) | \(.target_rate|k) | \(.samples_per_second|k) | \(.logs_per_second|r(0)) | \(.batches_per_second|r(0)) | \(.p50_ms|r(1)) | \(.p95_ms|r(1)) | \(.p99_ms|r(1)) | \(.max_ms|r(0)) | \(.errors|tostring) |"' "$results"
+  j '.scale[] | "| \(.devices) | \(.active_devices) | \(.target_rate|k) | \(.samples_per_second|k) | \(.logs_per_second|r(0)) | \(.batches_per_second|r(0)) | \(.p50_ms|r(1)) | \(.p95_ms|r(1)) | \(.p99_ms|r(1)) | \(.max_ms|r(0)) | \(.errors|tostring) |"'
   echo
   echo "(*active*: devices that sent at least once in the window; at 10,000 devices the per-device"
   echo "interval is longer than the run, so only part of the fleet is due.)"
   echo
-  echo "## Overload, burst after an outage"
+
+  echo "## Overload, bursts after an outage"
   echo
   echo "| scenario | devices | acked samples/s | P50 ms | P99 ms | errors | unsent | server peak RSS |"
   echo "|---|---:|---:|---:|---:|---|---:|---:|"
-  jq -r "$fmt"' .overload | "| overload (offered \(.target_rate|k) samples/s, 256 in flight, server FLEET_MAX_QUEUE_BYTES=\(.server_max_queue_bytes)) | \(.devices) | \(.samples_per_second|k) | \(.p50_ms|r(1)) | \(.p99_ms|r(1)) | \(.errors|tostring) | \(.unsent) | \(.server_peak_rss_kb/1024|r(0)) MiB |"' "$results"
-  jq -r "$fmt"' .burst | "| burst: \(.devices) devices drain a backlog, drained=\(.drained) in \(.drain_s|r(1)) s | \(.devices) | \(.samples_per_second|k) | \(.p50_ms|r(1)) | \(.p99_ms|r(1)) | \(.errors|tostring) | \(.unsent) | \(.server_peak_rss_kb/1024|r(0)) MiB |"' "$results"
+  j '.overload // empty | "| overload (\(.transport), offered \(.target_rate|k) samples/s, 256 in flight, server FLEET_MAX_QUEUE_BYTES=\(.server_max_queue_bytes)) | \(.devices) | \(.samples_per_second|k) | \(.p50_ms|r(1)) | \(.p99_ms|r(1)) | \(.errors|tostring) | \(.unsent) | \(.server_peak_rss_kb/1024|r(0)) MiB |"'
+  j '.bursts[] | "| burst over \(.transport): \(.devices) devices drain \(.samples_acked | m) samples, drained=\(.drained) in \(.drain_s|r(1)) s | \(.devices) | \(.samples_per_second|k) | \(.p50_ms|r(1)) | \(.p99_ms|r(1)) | \(.errors|tostring) | \(.unsent) | \(.server_peak_rss_kb/1024|r(0)) MiB |"'
   echo
-  echo "Server RSS right after the overload run: $(r '.overload.server_rss_after_kb / 1024 | round') MiB;"
-  echo "peak over the scale runs: $(r '.server_peak_rss_kb_scale / 1024 | round') MiB."
+  if [[ $(r '.overload != null') == true ]]; then
+    echo "Server RSS right after the overload run: $(r '.overload.server_rss_after_kb / 1024 | round') MiB;"
+    echo "peak over the scale runs: $(r '.server_peak_rss_kb_scale / 1024 | round') MiB."
+    echo
+  fi
+
+  echo "## Wire bytes per sample"
   echo
-  echo "## Against the ceiling and the peer"
+  echo "| | bytes per sample |"
+  echo "|---|---:|"
+  j '"| fleetd-server: device → server, metrics requests of the scale runs | \(.bytes_per_sample_ours|r(1)) |"'
+  j '"| vmagent → VictoriaMetrics, remote-write bodies | \(.vmagent.bytes_per_sample|r(1)) |"'
   echo
-  echo "| | samples/s | wire bytes per sample |"
-  echo "|---|---:|---:|"
-  jq -r "$fmt"' "| fleetd-server, best of the runs above | \(.server_best_samples_per_second|k) | \(.bytes_per_sample_ours|r(1)) (device → server, metrics requests) |"' "$results"
-  jq -r "$fmt"' "| ceiling: VictoriaMetrics /api/v1/import direct, \(.ceiling.posters) posters | \(.ceiling.samples_per_second|k) | (JSON lines) |"' "$results"
-  jq -r "$fmt"' "| peer: vmagent (import → remote write → VictoriaMetrics) | \(.vmagent.samples_per_second|k) | \(.vmagent.bytes_per_sample|r(1)) (vmagent → VM, remote-write bodies) |"' "$results"
-  echo
-  echo "Server throughput / ceiling: **$(r '.ceiling_ratio * 100 | round') %**. Baselines got the same"
-  echo "$(r .ceiling.samples) samples (the devices' batches exported by \`fleetd-loadgen"
-  echo "--export-vm-jsonl\`, with the device_id/org_id labels the server adds). Ours counts each"
-  echo "metrics request as the transport sends it (protobuf, in-message zstd/gzip per tier, 5-byte"
-  echo "gRPC frame); vmagent's is \`vmagent_remotewrite_bytes_sent_total\` over the samples it sent"
-  echo "(\`vmagent_remotewrite_rows_pushed_after_relabel_total\`; $(r .vmagent.blocks_sent) blocks):"
+  echo "Ours counts each metrics request as the transport sends it (protobuf, in-message zstd/gzip"
+  echo "per tier, 5-byte gRPC frame); vmagent's is \`vmagent_remotewrite_bytes_sent_total\` over the"
+  echo "samples it sent (\`vmagent_remotewrite_rows_pushed_after_relabel_total\`; $(r .vmagent.blocks_sent) blocks):"
   echo "snappy-compressed Prometheus remote-write blocks, each packing the samples of many devices,"
   echo "where a device's batch carries only its own (10 to 1000 samples)."
   echo
+
+  echo "## Where the server's CPU goes"
+  echo
+  if [[ $(r .profile.recorded) == true ]]; then
+    echo "A whole-machine CPU profile of the gRPC burst ($(r .profile.samples) samples at $(r .profile.frequency_hz) Hz"
+    echo "per CPU): fleetd-server took $(j '.profile.server_share | pct') of the machine. Its top symbols"
+    echo "(self time, share of the server's samples):"
+    echo
+    j '.profile.server_top_symbols[:8][] | "- \(.server_share * 100 | r(1)) % `\(.symbol | if length > 110 then .[:107] + "..." else . end)` (\(.dso))"'
+    echo
+    echo "The whole summary, by process and the top symbols: [profile.md](profile.md)."
+  else
+    echo "No profile this run: $(r .profile.note)."
+  fi
+  echo
+
   echo "## Notes"
   echo
+  echo "- The CPU window of each run starts just before the first request and ends after the last"
+  echo "  acknowledgement (the load generator exited; for the baselines: VictoriaMetrics flushed, or"
+  echo "  vmagent had nothing left to send), then VictoriaMetrics' \`/internal/force_flush\` and a"
+  echo "  short settle, so work deferred past the acknowledgements (VictoriaMetrics turning buffered"
+  echo "  rows into parts, coalesced ledger writes) is counted. Each process's CPU is utime + stime of"
+  echo "  all its threads, live or exited, plus its reaped children's (PostgreSQL's backends)."
+  echo "- Samples/s: the bursts count acknowledged samples from the first send to the last"
+  echo "  acknowledgement; the baselines count wall time from the first POST until VictoriaMetrics"
+  echo "  was flushed (ceiling) or vmagent had nothing left to send (peer). VictoriaMetrics ingests"
+  echo "  asynchronously in every case, including behind fleetd-server."
+  echo "- The load generator shares the 2 CPUs with the server during the bursts (it builds,"
+  echo "  compresses and checksums every batch); the baselines' posters are \`curl\` sending"
+  echo "  prepared files. CPU used by the load generator:"
+  echo "  $(j '[.scale[], (.overload // empty), .bursts[]] | map("\(.transport) \(.devices) devices \(.client_cpu_s | r(1)) s") | join(", ")')"
+  echo "  (in that order: the scale runs, overload, the bursts)."
+  if [[ $(r .profile.recorded) == true ]]; then
+    echo "- The gRPC burst ran under \`perf record\` ($(r .profile.frequency_hz) Hz per CPU, whole machine), whose"
+    echo "  sampling costs the profiled processes a little; the Connect burst and the baselines ran without it."
+  fi
+  echo "- In a burst a call that fails with a retryable error (e.g. DEADLINE_EXCEEDED after the 10 s"
+  echo "  call deadline) is retried by its device after the server's hint, as the agent does"
+  echo "  (*errors* counts the failed calls); *drained* says every batch was acknowledged in the end."
   echo "- Open loop: each device's batches go out on a fixed schedule (random phase per device),"
   echo "  so offered samples vary a little around the target when few large tier-1 batches are"
   echo "  due. In the overload run the offered rate is far above capacity, and its latencies are"
   echo "  mostly time spent queued in the load generator behind the 256 calls in flight: that is"
   echo "  counted on purpose (latency from the intended send time); *unsent* are batches still"
   echo "  queued when the run plus a 5 s grace ended."
-  echo "- Overload: in a trial run with the default 256 MiB backend queues, 256 calls in flight"
-  echo "  got no RESOURCE_EXHAUSTED (the queues never filled; the clients' calls in flight bound"
-  echo "  the server's memory), so the server was restarted with a small queue to exercise the"
-  echo "  bound: it answered"
-  echo "  RESOURCE_EXHAUSTED and RSS stayed bounded (figures above). The burst ran against a"
-  echo "  restarted server with default settings after a 5 s outage."
-  echo "- Baseline throughput is wall time from the first POST until VictoriaMetrics was flushed"
-  echo "  (ceiling) or vmagent had nothing left to send (peer); VictoriaMetrics ingests"
-  echo "  asynchronously in every case, including behind fleetd-server."
-  echo "- CPU used by the load generator itself (same machine):"
-  echo "  $(jq -r '[.scale[], .overload, .burst] | map("\(.devices) devices \(.client_cpu_s | . * 10 | round / 10) s") | join(", ")' "$results")"
-  echo "  (in that order: the scale runs, overload, burst)."
+  echo "- Overload: with the default 256 MiB backend queues 256 calls in flight never fill a queue"
+  echo "  (the clients' calls in flight bound the server's memory), so the server is restarted with"
+  echo "  a small queue to exercise the bound: it answers RESOURCE_EXHAUSTED and RSS stays bounded"
+  echo "  (figures above). The bursts ran against restarted servers with default settings, the first"
+  echo "  after a 5 s outage."
   echo
   echo "Raw figures: [results.json](results.json). Plot: ![throughput and P99](throughput.png)"
 } >"$out/REPORT.md"

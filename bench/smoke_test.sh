@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # ctest smoke test (label `bench`): bench/run with tiny parameters (3 devices,
-# 2 s, real backends and server) must get samples acknowledged and no errors.
+# 2 s, real backends and server; both bursts and both baselines on 3 devices x
+# 2 batches; no overload, no profile) must get samples acknowledged, no
+# errors, CPU figures for every process and a rendered report.
 #   bench/smoke_test.sh BUILD_DIR
 set -euo pipefail
 build=$1
@@ -8,10 +10,24 @@ out=$(mktemp -d /tmp/fleetd-bench-smoke.XXXXXX)
 trap 'rm -rf "$out"' EXIT
 BENCH_QUICK=1 BENCH_REBUILD=0 BENCH_BUILD_DIR=$build BENCH_OUT=$out \
   timeout 120 "$(dirname "$0")/run"
-acked=$(jq .samples_acked "$out/quick.json")
-errors=$(jq -c .errors "$out/quick.json")
-echo "samples_acked=$acked errors=$errors"
-if ((acked <= 0)) || [[ $errors != "{}" ]]; then
-  echo "FAIL: want samples_acked > 0 and no errors" >&2
+q=$out/quick.json
+jq -c '{scale: [.scale[] | {samples_acked, errors}],
+        bursts: [.bursts[] | {transport, samples_acked, drained, errors, cpu_s}],
+        ceiling: .ceiling.samples_per_second, vmagent: .vmagent.rows_sent, goal}' "$q"
+fail() {
+  echo "FAIL: $*" >&2
   exit 1
-fi
+}
+jq -e '.scale | length > 0 and all(.samples_acked > 0 and .errors == {})' "$q" >/dev/null ||
+  fail "want samples acknowledged and no errors in every scale run"
+jq -e '[.bursts[].transport] == ["grpc", "connect"]' "$q" >/dev/null ||
+  fail "want a gRPC and a Connect burst"
+jq -e --argjson s "$(jq .ceiling.samples "$q")" '.bursts | all(.drained and .samples_acked == $s and .errors == {} and
+        (.cpu_s | [.server, .victoriametrics, .postgresql] | all(type == "number" and . >= 0)))' \
+  "$q" >/dev/null ||
+  fail "want every burst drained with the baselines' sample count, no errors and CPU figures"
+jq -e '.ceiling.samples_per_second > 0 and .vmagent.rows_sent >= .vmagent.samples and
+        (.vmagent.cpu_s.vmagent | type == "number") and (.goal.samples_per_second_ratio | type == "number")' \
+  "$q" >/dev/null || fail "want both baselines measured and the goal's ratios computed"
+grep -q "Goal (issue 11)" "$out/REPORT.md" || fail "REPORT.md lacks the goal"
+echo "bench smoke test: ok"

@@ -1,6 +1,9 @@
 #include "bench/workload.h"
 
+#include <openssl/sha.h>
+
 #include <random>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/time_util.h"
@@ -51,7 +54,47 @@ void SetTime(google::protobuf::Timestamp* ts, absl::Time t) {
   ts->set_nanos(static_cast<int32_t>(nanos % 1'000'000'000));
 }
 
+template <typename Batch>
+void Pack(Compression codec, int records, Batch* batch,
+          v1::SyncMetadata* metadata) {
+  std::string raw = batch->SerializeAsString();
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(raw.data()), raw.size(),
+         digest);
+  metadata->set_checksum(reinterpret_cast<const char*>(digest), sizeof(digest));
+  metadata->set_record_count(records);
+  if (codec == Compression::kNone) return;
+  absl::StatusOr<std::string> packed = Compress(codec, raw);
+  if (!packed.ok() || packed->size() * 10 > raw.size() * 9) return;
+  Batch wire;
+  wire.set_compression(std::string(CompressionName(codec)));
+  wire.set_compressed_data(*std::move(packed));
+  wire.set_original_size(static_cast<int32_t>(raw.size()));
+  *batch = std::move(wire);
+}
+
 }  // namespace
+
+TierShape ShapeOfTier(int tier) {
+  switch (tier) {
+    case 1:
+      return {1000, Compression::kZstd};
+    case 2:
+      return {100, Compression::kGzip};
+    default:
+      return {10, Compression::kNone};
+  }
+}
+
+void PackForWire(Compression codec, v1::MetricsBatch* batch,
+                 v1::SyncMetadata* metadata) {
+  Pack(codec, batch->metrics_size(), batch, metadata);
+}
+
+void PackForWire(Compression codec, v1::LogsBatch* batch,
+                 v1::SyncMetadata* metadata) {
+  Pack(codec, batch->logs_size(), batch, metadata);
+}
 
 v1::MetricsBatch MakeMetricsBatch(int count, absl::Time start, uint64_t seed,
                                   const std::string& device_id) {

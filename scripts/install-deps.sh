@@ -17,6 +17,8 @@ PACKAGES=(
   postgresql victoria-metrics clickhouse-server
   # Test and report tools.
   docker-compose gnuplot-nox openssl procps util-linux jq python3 python3-yaml
+  # CPU profile of the server in bench/run (bench/results/profile.md; optional there).
+  linux-perf
   # A real load balancer in front of the server in the fault tests.
   haproxy
 )

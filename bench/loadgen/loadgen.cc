@@ -1,6 +1,5 @@
 #include "bench/loadgen/loadgen.h"
 
-#include <openssl/sha.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -40,30 +39,10 @@ namespace {
 constexpr int kMetrics = 0;
 constexpr int kLogs = 1;
 
-std::string Sha256(const std::string& data) {
-  unsigned char d[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), d);
-  return std::string(reinterpret_cast<const char*>(d), sizeof(d));
-}
-
 void SetTimestamp(google::protobuf::Timestamp* ts, absl::Time t) {
   int64_t nanos = absl::ToUnixNanos(t);
   ts->set_seconds(nanos / 1'000'000'000);
   ts->set_nanos(static_cast<int32_t>(nanos % 1'000'000'000));
-}
-
-// Fills `batch` for the wire from its serialization `raw` the way the agent
-// does: in-message compression when it saves at least 10 %.
-template <typename Batch>
-void Pack(Compression codec, const std::string& raw, Batch* batch) {
-  if (codec == Compression::kNone) return;
-  absl::StatusOr<std::string> packed = Compress(codec, raw);
-  if (!packed.ok() || packed->size() * 10 > raw.size() * 9) return;
-  Batch wire;
-  wire.set_compression(std::string(CompressionName(codec)));
-  wire.set_compressed_data(*std::move(packed));
-  wire.set_original_size(static_cast<int32_t>(raw.size()));
-  *batch = std::move(wire);
 }
 
 // Connect devices share the calling sender thread's libcurl client.
@@ -187,10 +166,9 @@ absl::Status Runner::Setup() {
     auto d = std::make_unique<Device>();
     d->key = &o_.keys[i];
     d->tier = TierOfDevice(i);
-    d->batch = o_.batch > 0 ? o_.batch : TierBatchSize(d->tier);
-    d->codec = d->tier == 1   ? Compression::kZstd
-               : d->tier == 2 ? Compression::kGzip
-                              : Compression::kNone;
+    TierShape shape = ShapeOfTier(d->tier);
+    d->batch = o_.batch > 0 ? o_.batch : shape.samples;
+    d->codec = shape.codec;
     if (o_.logs_ratio > 0) {
       d->log_batch =
           std::max(1, static_cast<int>(std::lround(d->batch * o_.logs_ratio)));
@@ -415,11 +393,8 @@ void Runner::Execute(const Job& job, WorkerStats* stats) {
     v1::SyncMetricsRequest request;
     *request.mutable_batch() =
         MakeMetricsBatch(records, first, seed, d.key->device_id);
-    std::string raw = request.batch().SerializeAsString();
-    md.set_checksum(Sha256(raw));
-    md.set_record_count(records);
+    PackForWire(d.codec, request.mutable_batch(), &md);
     *request.mutable_metadata() = std::move(md);
-    Pack(d.codec, raw, request.mutable_batch());
     if (job.attempt == 0) samples_offered_.fetch_add(records);
     // As the transports count it: the message plus gRPC's 5-byte frame header
     // (Connect sends the bare message).
@@ -439,11 +414,8 @@ void Runner::Execute(const Job& job, WorkerStats* stats) {
     records = d.log_batch;
     v1::SyncLogsRequest request;
     *request.mutable_batch() = MakeLogsBatch(records, wall, seed);
-    std::string raw = request.batch().SerializeAsString();
-    md.set_checksum(Sha256(raw));
-    md.set_record_count(records);
+    PackForWire(d.codec, request.mutable_batch(), &md);
     *request.mutable_metadata() = std::move(md);
-    Pack(d.codec, raw, request.mutable_batch());
     absl::StatusOr<v1::SyncLogsResponse> response =
         d.transport->SyncLogs(request, o_.call_timeout);
     if (!response.ok()) {
@@ -503,7 +475,7 @@ int TierOfDevice(int index) {
   return slot < 2 ? 1 : slot < 6 ? 2 : 3;
 }
 
-int TierBatchSize(int tier) { return tier == 1 ? 1000 : tier == 2 ? 100 : 10; }
+int TierBatchSize(int tier) { return ShapeOfTier(tier).samples; }
 
 absl::StatusOr<LoadgenReport> RunLoadgen(const LoadgenOptions& options,
                                          Clock* clock) {
