@@ -91,8 +91,10 @@ perf report -i "$data" --no-children --pid "$server_pid" --sort dso,sym --stdio 
     END {if (t > shown) printf "| (all others) | %d | %.1f %% |\n", t - shown, 100 * (t - shown) / t}' \
     "$tmp/procs.tsv"
   echo
-  echo "PostgreSQL counts all its backends (\`postgres\`); \`idle\` is time no process ran. Processes"
-  echo "not named by bench/run appear by thread name (other engineers' builds share the machine)."
+  echo "Rows named by bench/run are its processes, by pid (all their threads; PostgreSQL: the"
+  echo "postmaster and the server's backends). Every other row is a thread name of a process outside"
+  echo "the bench: other engineers' builds and tests share the machine (their own \`postgres\`,"
+  echo "\`victoria-metric\`, test binaries). \`idle\`: no process ran."
   echo
   echo "## Top $top symbols of $server_name (self time)"
   echo

@@ -20,7 +20,7 @@ j() { jq -r "$fmt $1" "$results"; }
     echo "**Quick run (BENCH_QUICK=1): tiny parameters, figures mean nothing.**"
     echo
   fi
-  echo "Measured by \`BENCH_BUILD_DIR=build bench/run\` on $(r .date) at commit $(r .commit): $(r .host),"
+  echo "Measured by \`BENCH_BUILD_DIR=build bench/run\` on $(r .date) at commit $(r .commit)$(j 'if (.uncommitted_files // 0) > 0 then " (built with uncommitted changes to \(.uncommitted_files) files in the shared checkout)" else "" end'): $(r .host),"
   echo "$(r .cpus) CPUs shared with other engineers' builds (load average before $(r .loadavg_before), after"
   echo "$(r .loadavg_after)). The load generator, the server and all backends (PostgreSQL,"
   echo "VictoriaMetrics, ClickHouse for logs) ran on the same machine, so every figure is a floor"
