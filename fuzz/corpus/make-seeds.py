@@ -70,7 +70,7 @@ META = """metadata { device_id: "dev-1" org_id: "org-1" sequence_number: 7
 
 def main():
     for t in ["connect", "grpc_web", "decode", "codec", "ingest", "log_lines",
-              "connect_error"]:
+              "connect_error", "metric_samples"]:
         shutil.rmtree(os.path.join(HERE, t), ignore_errors=True)
 
     req = encode("SyncMetricsRequest", META % 2 + " batch { " + METRICS + " }")
@@ -117,6 +117,11 @@ def main():
         write("decode", "metrics_" + name, "M" + META % 0 + (
             ' batch { compression: "%s" compressed_data: "%s" original_size: %d }'
             % (codec, textproto_bytes(packed), len(inner))))
+    # metric_samples: a serialized MetricsBatch as it is after decompression.
+    write("metric_samples", "batch", inner)
+    write("metric_samples", "repeated_label",
+          encode("MetricsBatch", 'metrics { name: "up" labels { key: "a" '
+                 'value: "1" } labels { key: "a" value: "2" } }'))
     inner_logs = encode("LogsBatch", LOGS)
     write("decode", "logs_zstd_binary", b"l" + encode(
         "SyncLogsRequest",

@@ -23,64 +23,79 @@ constexpr int kStartGroup = 3;
 constexpr int kEndGroup = 4;
 constexpr int kFixed32 = 5;
 
-// Same depth as protobuf's default recursion limit would allow for our
-// messages; deeper unknown groups are refused.
-constexpr int kMaxGroupDepth = 64;
+// Nesting the generated parser allows (its default recursion limit): each
+// message or group entered below the top level takes one.
+constexpr int kRecursionLimit = 100;
 
 absl::Status Malformed(absl::string_view what) {
   return absl::InvalidArgumentError(
       absl::StrCat("malformed metrics batch: ", what));
 }
 
-absl::Status SkipGroup(CodedInputStream& in, uint32_t start_tag, int depth);
+// Reads a varint of at most `max_bytes` bytes whose value is at most `max`,
+// keeping its low 32 bits, as the generated parser reads tags (5 bytes) and
+// lengths (5 bytes, below 2 GiB). CodedInputStream's own ReadTag and
+// ReadVarint32 accept up to ten bytes, which the generated parser refuses.
+bool ReadBoundedVarint(CodedInputStream& in, int max_bytes, uint64_t max,
+                       uint32_t* out) {
+  const int start = in.CurrentPosition();
+  uint64_t v;
+  if (!in.ReadVarint64(&v)) return false;
+  if (in.CurrentPosition() - start > max_bytes || v > max) return false;
+  *out = static_cast<uint32_t>(v);
+  return true;
+}
 
-// Skips the value of a field with `tag` (already read).
-absl::Status SkipField(CodedInputStream& in, uint32_t tag, int depth) {
+// A tag: at most five bytes; like the generated parser, bits above the 32nd
+// (in the fifth byte) are dropped.
+bool ReadTag(CodedInputStream& in, uint32_t* tag) {
+  return ReadBoundedVarint(in, 5, std::numeric_limits<uint64_t>::max(), tag) &&
+         (*tag >> 3) != 0;
+}
+
+bool ReadLength(CodedInputStream& in, uint32_t* len) {
+  return ReadBoundedVarint(
+      in, 5, static_cast<uint64_t>(std::numeric_limits<int>::max()), len);
+}
+
+// Skips the value of a field with `tag` (already read); `depth` is the
+// recursion budget left.
+bool SkipField(CodedInputStream& in, uint32_t tag, int depth) {
   switch (tag & 7) {
     case kVarint: {
       uint64_t v;
-      if (!in.ReadVarint64(&v)) return Malformed("truncated varint");
-      return absl::OkStatus();
+      return in.ReadVarint64(&v);
     }
     case kFixed64:
-      if (!in.Skip(8)) return Malformed("truncated fixed64");
-      return absl::OkStatus();
+      return in.Skip(8);
     case kLengthDelimited: {
       uint32_t len;
-      if (!in.ReadVarint32(&len) ||
-          len > static_cast<uint32_t>(std::numeric_limits<int>::max()) ||
-          !in.Skip(static_cast<int>(len))) {
-        return Malformed("truncated length-delimited field");
-      }
-      return absl::OkStatus();
+      return ReadLength(in, &len) && in.Skip(static_cast<int>(len));
     }
-    case kStartGroup:
-      return SkipGroup(in, tag, depth + 1);
+    case kStartGroup: {
+      if (--depth < 0) return false;
+      const uint32_t end_tag = (tag & ~7u) | kEndGroup;
+      while (true) {
+        uint32_t inner;
+        if (in.BytesUntilLimit() == 0 || !ReadTag(in, &inner)) return false;
+        if (inner == end_tag) return true;
+        if ((inner & 7) == kEndGroup || !SkipField(in, inner, depth)) {
+          return false;
+        }
+      }
+    }
     case kFixed32:
-      if (!in.Skip(4)) return Malformed("truncated fixed32");
-      return absl::OkStatus();
+      return in.Skip(4);
     default:
-      return Malformed("invalid wire type");
-  }
-}
-
-absl::Status SkipGroup(CodedInputStream& in, uint32_t start_tag, int depth) {
-  if (depth > kMaxGroupDepth) return Malformed("groups nested too deeply");
-  const uint32_t end_tag = (start_tag & ~7u) | kEndGroup;
-  while (true) {
-    uint32_t tag = in.ReadTag();
-    if (tag == 0) return Malformed("unterminated group");
-    if (tag == end_tag) return absl::OkStatus();
-    if ((tag >> 3) == 0) return Malformed("field number 0");
-    if ((tag & 7) == kEndGroup) return Malformed("mismatched end of group");
-    absl::Status s = SkipField(in, tag, depth);
-    if (!s.ok()) return s;
+      return false;
   }
 }
 
 }  // namespace
 
-// Reads the wire encoding into a MetricSamples whose `bytes_` holds it.
+// Reads the wire encoding into a MetricSamples whose `bytes_` holds it. Every
+// message is read under a limit (PushLimit), so "at the end" is
+// BytesUntilLimit() == 0 throughout.
 class MetricSamples::Parser {
  public:
   Parser(MetricSamples* out, int max_labels)
@@ -90,16 +105,16 @@ class MetricSamples::Parser {
         max_labels_(max_labels) {
     // The buffer's own size bounds every read.
     in_.SetTotalBytesLimit(std::numeric_limits<int>::max());
+    in_.PushLimit(static_cast<int>(out->bytes_.size()));
   }
 
   absl::Status Batch() {
     bool compressed_data = false;
-    while (true) {
-      const uint32_t tag = in_.ReadTag();
-      if (tag == 0) break;
+    while (in_.BytesUntilLimit() > 0) {
+      uint32_t tag;
+      if (!ReadTag(in_, &tag)) return Malformed("invalid tag");
       const uint32_t field = tag >> 3;
       const int type = static_cast<int>(tag & 7);
-      if (field == 0) return Malformed("field number 0");
       if (type == kEndGroup) return Malformed("unexpected end of group");
       if (field == 1 && type == kLengthDelimited) {
         absl::Status s = Metric();
@@ -114,14 +129,9 @@ class MetricSamples::Parser {
         Span data;
         if (!String(&data)) return Malformed("truncated compressed_data");
         compressed_data = data.size > 0;  // the last occurrence counts
-      } else {
-        absl::Status s = SkipField(in_, tag, 0);
-        if (!s.ok()) return s;
+      } else if (!SkipField(in_, tag, kRecursionLimit)) {
+        return Malformed("truncated or invalid field");
       }
-    }
-    if (!in_.ConsumedEntireMessage() ||
-        in_.CurrentPosition() != static_cast<int>(out_->bytes_.size())) {
-      return Malformed("trailing bytes");
     }
     if (compressed_data) {
       return absl::InvalidArgumentError(
@@ -131,16 +141,10 @@ class MetricSamples::Parser {
   }
 
  private:
-  // The length of a length-delimited field, at most INT_MAX.
-  bool Length(uint32_t* len) {
-    return in_.ReadVarint32(len) &&
-           *len <= static_cast<uint32_t>(std::numeric_limits<int>::max());
-  }
-
   // A length-delimited value as a span of the buffer (no copy).
   bool String(Span* span) {
     uint32_t len;
-    if (!Length(&len)) return false;
+    if (!ReadLength(in_, &len)) return false;
     const int at = in_.CurrentPosition();
     if (!in_.Skip(static_cast<int>(len))) return false;
     span->offset = static_cast<uint32_t>(at);
@@ -148,26 +152,33 @@ class MetricSamples::Parser {
     return true;
   }
 
-  absl::Status Metric() {
+  // Enters a length-delimited submessage: false if it does not fit.
+  bool Enter(CodedInputStream::Limit* limit) {
     uint32_t len;
-    if (!Length(&len)) return Malformed("truncated metric");
-    const int index = out_->size();
-    auto limit = in_.PushLimit(static_cast<int>(len));
-    if (in_.BytesUntilLimit() != static_cast<int>(len)) {
-      return Malformed(absl::StrCat("metric ", index, " is truncated"));
+    if (!ReadLength(in_, &len) ||
+        in_.BytesUntilLimit() < static_cast<int>(len)) {
+      return false;
     }
+    *limit = in_.PushLimit(static_cast<int>(len));
+    return true;
+  }
+
+  absl::Status Metric() {
+    const int index = out_->size();
+    CodedInputStream::Limit limit;
+    if (!Enter(&limit)) return Truncated(index);
     SampleRec sample;
     sample.labels_begin = static_cast<uint32_t>(out_->labels_.size());
     int label_entries = 0;
-    while (true) {
-      const uint32_t tag = in_.ReadTag();
-      if (tag == 0) break;
+    while (in_.BytesUntilLimit() > 0) {
+      uint32_t tag;
+      if (!ReadTag(in_, &tag)) return Truncated(index);
       const uint32_t field = tag >> 3;
       const int type = static_cast<int>(tag & 7);
-      if (field == 0) return Malformed("field number 0");
-      if (type == kEndGroup) return Malformed("unexpected end of group");
+      if (type == kEndGroup) return Truncated(index);
       if (field == 1 && type == kLengthDelimited) {
         if (!String(&sample.name)) return Truncated(index);
+        if (!IsValidUtf8(out_->View(sample.name))) return NotUtf8(index);
       } else if (field == 2 && type == kFixed64) {
         uint64_t bits;
         if (!in_.ReadLittleEndian64(&bits)) return Truncated(index);
@@ -181,29 +192,15 @@ class MetricSamples::Parser {
               "metric ", index, ": more than ", max_labels_, " labels"));
         }
         LabelRec label;
-        if (!Label(&label)) return Truncated(index);
+        bool utf8 = true;
+        if (!Label(&label, &utf8)) return Truncated(index);
+        if (!utf8) return NotUtf8(index);
         out_->labels_.push_back(label);
-      } else {
-        absl::Status s = SkipField(in_, tag, 0);
-        if (!s.ok()) return s;
+      } else if (!SkipField(in_, tag, kRecursionLimit - 1)) {
+        return Truncated(index);
       }
-    }
-    if (!in_.ConsumedEntireMessage() || in_.BytesUntilLimit() != 0) {
-      return Truncated(index);
     }
     in_.PopLimit(limit);
-    if (!IsValidUtf8(out_->View(sample.name))) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("metric ", index, ": name is not UTF-8"));
-    }
-    for (size_t j = sample.labels_begin; j < out_->labels_.size(); ++j) {
-      const LabelRec& l = out_->labels_[j];
-      if (!IsValidUtf8(out_->View(l.name)) ||
-          !IsValidUtf8(out_->View(l.value))) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("metric ", index, ": label is not UTF-8"));
-      }
-    }
     sample.labels_count =
         static_cast<uint32_t>(out_->labels_.size()) - sample.labels_begin;
     out_->samples_.push_back(sample);
@@ -211,23 +208,29 @@ class MetricSamples::Parser {
     return absl::OkStatus();
   }
 
+  // Every occurrence of a string field is checked, as the generated parser
+  // does, not only the one that is kept.
+  static absl::Status NotUtf8(int index) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metric ", index, ": a string is not UTF-8"));
+  }
+
   absl::Status Truncated(int index) {
-    return Malformed(absl::StrCat("metric ", index, " is truncated"));
+    return Malformed(
+        absl::StrCat("metric ", index, " is truncated or invalid"));
   }
 
   // google.protobuf.Timestamp, merged into what an earlier occurrence set.
   bool Timestamp(SampleRec* sample) {
-    uint32_t len;
-    if (!Length(&len)) return false;
-    auto limit = in_.PushLimit(static_cast<int>(len));
-    if (in_.BytesUntilLimit() != static_cast<int>(len)) return false;
+    CodedInputStream::Limit limit;
+    if (!Enter(&limit)) return false;
     sample->has_timestamp = true;
-    while (true) {
-      const uint32_t tag = in_.ReadTag();
-      if (tag == 0) break;
+    while (in_.BytesUntilLimit() > 0) {
+      uint32_t tag;
+      if (!ReadTag(in_, &tag)) return false;
       const uint32_t field = tag >> 3;
       const int type = static_cast<int>(tag & 7);
-      if (field == 0 || type == kEndGroup) return false;
+      if (type == kEndGroup) return false;
       uint64_t v;
       if (field == 1 && type == kVarint) {
         if (!in_.ReadVarint64(&v)) return false;
@@ -235,39 +238,34 @@ class MetricSamples::Parser {
       } else if (field == 2 && type == kVarint) {
         if (!in_.ReadVarint64(&v)) return false;
         sample->nanos = static_cast<int32_t>(v);
-      } else if (!SkipField(in_, tag, 0).ok()) {
+      } else if (!SkipField(in_, tag, kRecursionLimit - 2)) {
         return false;
       }
-    }
-    if (!in_.ConsumedEntireMessage() || in_.BytesUntilLimit() != 0) {
-      return false;
     }
     in_.PopLimit(limit);
     return true;
   }
 
   // A map<string, string> entry: key = 1, value = 2, both default "".
-  bool Label(LabelRec* label) {
-    uint32_t len;
-    if (!Length(&len)) return false;
-    auto limit = in_.PushLimit(static_cast<int>(len));
-    if (in_.BytesUntilLimit() != static_cast<int>(len)) return false;
-    while (true) {
-      const uint32_t tag = in_.ReadTag();
-      if (tag == 0) break;
+  // Clears `*utf8` if any occurrence of either is not UTF-8.
+  bool Label(LabelRec* label, bool* utf8) {
+    CodedInputStream::Limit limit;
+    if (!Enter(&limit)) return false;
+    while (in_.BytesUntilLimit() > 0) {
+      uint32_t tag;
+      if (!ReadTag(in_, &tag)) return false;
       const uint32_t field = tag >> 3;
       const int type = static_cast<int>(tag & 7);
-      if (field == 0 || type == kEndGroup) return false;
+      if (type == kEndGroup) return false;
       if (field == 1 && type == kLengthDelimited) {
         if (!String(&label->name)) return false;
+        *utf8 = *utf8 && IsValidUtf8(out_->View(label->name));
       } else if (field == 2 && type == kLengthDelimited) {
         if (!String(&label->value)) return false;
-      } else if (!SkipField(in_, tag, 0).ok()) {
+        *utf8 = *utf8 && IsValidUtf8(out_->View(label->value));
+      } else if (!SkipField(in_, tag, kRecursionLimit - 2)) {
         return false;
       }
-    }
-    if (!in_.ConsumedEntireMessage() || in_.BytesUntilLimit() != 0) {
-      return false;
     }
     in_.PopLimit(limit);
     return true;

@@ -42,8 +42,9 @@ class MetricSamples {
   //     must carry its records, not another compressed layer;
   //   - a sample with more than `max_labels` label entries on the wire
   //     (counting repeated keys) is refused, which bounds the work per sample;
-  //   - unknown fields are skipped, groups included (nested at most 64 deep).
-  // Like the generated parser: strings (names, label names and values,
+  // Like the generated parser: unknown fields are skipped, groups included
+  // (as deeply nested as its recursion limit allows); tags and lengths over
+  // five bytes are refused; strings (names, label names and values,
   // compression) must be UTF-8; a field repeated on the wire keeps its last
   // value; a repeated label key keeps its last value; a repeated timestamp is
   // merged field by field; a field whose wire type does not match its

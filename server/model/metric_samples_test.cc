@@ -194,12 +194,19 @@ TEST(MetricSamplesTest, RefusesWhatIsNotAValidBatch) {
       {"bad utf-8 in a label value",
        Wire().Bytes(1, Wire().Bytes(4, Entry("a", "\xc3")).str()).str(),
        "UTF-8"},
-      {"field number 0", Wire().Tag(0, 2).Varint(0).str(), "field number 0"},
-      {"tag 0", Wire().Tag(0, 0).Varint(1).str(), "malformed"},
+      {"field number 0", Wire().Tag(0, 2).Varint(0).str(), "invalid tag"},
+      {"tag 0", Wire().Tag(0, 0).Varint(1).str(), "invalid tag"},
+      // Tags and lengths take at most five bytes; CodedInputStream alone
+      // would read ten and drop the high bits.
+      {"nine-byte tag",
+       std::string("\xd0\xcf\xcf\xcf\xcf\xcf\xcf\xd6\x30", 9) + "\x01",
+       "invalid tag"},
+      {"six-byte length", std::string("\x0a\x80\x80\x80\x80\x80\x00", 7),
+       "truncated"},
       {"stray end of group", Wire().Tag(5, 4).str(), "end of group"},
       {"unterminated group", Wire().Tag(5, 3).Tag(6, 0).Varint(1).str(),
-       "group"},
-      {"invalid wire type", Wire().Tag(5, 7).str(), "wire type"},
+       "invalid field"},
+      {"invalid wire type", Wire().Tag(5, 7).Varint(1).str(), "invalid field"},
       {"nested compressed_data", Wire().Bytes(3, "xyz").str(), "nested"},
   };
   for (const Case& c : cases) {
