@@ -5,7 +5,7 @@
 #   scripts/fuzz.sh [--no-build] [SECONDS_PER_TARGET] [TARGET ...]
 #
 # SECONDS_PER_TARGET defaults to 60; TARGET defaults to every fuzzer (connect grpc_web
-# decode codec ingest log_lines connect_error). Targets run one after another, each on
+# decode metric_samples codec ingest log_lines connect_error). Targets run one after another, each on
 # one core, keeping the inputs it finds in build-fuzz/fuzz-work/<target>/ across runs.
 # A crash does not stop the others; the script then exits 1 and names the input to
 # turn into a regression (fuzz/regressions/<target>/).
@@ -25,7 +25,7 @@ fi
 shift || true
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-  targets=(connect grpc_web decode codec ingest log_lines connect_error)
+  targets=(connect grpc_web decode metric_samples codec ingest log_lines connect_error)
 fi
 jobs=${FLEETD_JOBS:-$(nproc)}
 
