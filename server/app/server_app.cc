@@ -50,6 +50,7 @@ absl::Status MakeWriters(
       if (name == "victoriametrics") {
         w = NewVictoriaMetricsWriter(
             {.url = c.victoriametrics_url,
+             .write_path = c.victoriametrics_write_path,
              .flush_on_write = c.victoriametrics_flush_on_write,
              .metrics = metrics});
       } else if (name == "loki") {

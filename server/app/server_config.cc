@@ -25,8 +25,13 @@ void DeclareServerSettings(Settings& s, ServerConfig& c) {
           &c.postgres_dsn)
       .String("FLEET_VICTORIAMETRICS_URL", "victoriametrics-url",
               "VictoriaMetrics base URL for metrics", &c.victoriametrics_url)
+      .String("FLEET_VICTORIAMETRICS_WRITE_PATH", "vm-write-path",
+              "Prometheus remote-write path under the VictoriaMetrics URL "
+              "(vminsert: /insert/<tenant>/prometheus/api/v1/write; Mimir: "
+              "/api/v1/push)",
+              &c.victoriametrics_write_path)
       .Bool("FLEET_VICTORIAMETRICS_FLUSH_ON_WRITE", "vm-flush-on-write",
-            "also write each import to VictoriaMetrics' disk (a snapshot) "
+            "also put each write on VictoriaMetrics' disk (a snapshot) "
             "before acknowledging it, so a crash of VictoriaMetrics and this "
             "server at once loses nothing (single node only; ~95 ms per "
             "write)",

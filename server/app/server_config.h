@@ -22,6 +22,7 @@ struct ServerConfig {
   bool insecure = false;
   std::string postgres_dsn;
   std::string victoriametrics_url;
+  std::string victoriametrics_write_path = "/api/v1/write";
   bool victoriametrics_flush_on_write = false;
   std::string loki_url;
   std::string loki_format = "protobuf";

@@ -17,9 +17,19 @@
 
 namespace fleetd::server {
 
-// Metrics → VictoriaMetrics via `POST {url}/api/v1/import` (JSON lines). Every
-// sample gets the labels device_id and org_id from the batch identity; label
-// values are JSON-escaped. Accepts metrics batches (others are ignored).
+// Metrics → VictoriaMetrics via Prometheus remote write: POST
+// {url}{write_path} with a snappy-compressed protobuf WriteRequest
+// (remote_write.h: labels __name__, the metric's labels, and device_id and
+// org_id from the batch identity, sorted by name; the samples of a series in
+// timestamp order, in ms).
+// Any remote-write receiver works by its path: VictoriaMetrics single node
+// "/api/v1/write" (the default; "/prometheus/api/v1/write" too), vminsert
+// "/insert/<tenant>/prometheus/api/v1/write", Prometheus "/api/v1/write" (with
+// --web.enable-remote-write-receiver), Mimir "/api/v1/push". Fails with
+// INVALID_ARGUMENT at construction when `url` is empty or `write_path` does
+// not start with "/". Accepts metrics batches (others are ignored). HTTP
+// answers map as in HttpStatusToStatus, except VictoriaMetrics' 400
+// "unsupported path requested", which is BackendMisconfigured("path").
 //
 // Exactly once needs VictoriaMetrics' deduplication: a retried sample has the
 // same series and timestamp, and VictoriaMetrics started with
@@ -28,7 +38,7 @@ namespace fleetd::server {
 // the gauge fleetd_victoriametrics_dedup_enabled to 0 when it is off (1 on, -1
 // unknown); /readyz does not fail for it.
 //
-// VictoriaMetrics answers an import while the rows are still in memory (about
+// VictoriaMetrics answers a write while the rows are still in memory (about
 // five seconds) and loses them on a crash. InstanceId() returns its
 // process_start_time_seconds (GET {url}/metrics), so the group committer's
 // replay window writes them again after a restart (group_commit.h): nothing
@@ -36,10 +46,10 @@ namespace fleetd::server {
 //
 // Write returns OK only when VictoriaMetrics will keep the samples:
 //   - with flush_on_write (opt-in, for a crash of VictoriaMetrics and this
-//     server at once; single node only, ~95 ms per write), after the import it
+//     server at once; single node only, ~95 ms per write), after the write it
 //     calls `/snapshot/create` (and `/snapshot/delete`), which writes
 //     VictoriaMetrics' in-memory parts to disk. A failed snapshot is
-//     UNAVAILABLE (the devices retry; the re-import is deduplicated), a failed
+//     UNAVAILABLE (the devices retry; the rewrite is deduplicated), a failed
 //     delete only a warning and
 //     fleetd_victoriametrics_flush_failures_total{step="delete"}.
 //   - samples VictoriaMetrics would drop while answering 204 (older than its
@@ -47,8 +57,12 @@ namespace fleetd::server {
 //     days ahead; each with 1 h of margin) are refused with INVALID_ARGUMENT
 //     naming the sample, so the batch carrying them is set aside on its device
 //     instead of vanishing (fleetd_victoriametrics_refused_samples_total).
+//
+// Ping is `GET {url}/health`; a receiver without it (404) counts as reachable.
+// /flags, /metrics and the snapshots are read relative to `url` too.
 struct VictoriaMetricsOptions {
   std::string url;  // e.g. http://127.0.0.1:8428
+  std::string write_path = "/api/v1/write";
   absl::Duration timeout = absl::Seconds(10);
   bool flush_on_write = false;
   Clock* clock = nullptr;                // wall time; null: Clock::Real()

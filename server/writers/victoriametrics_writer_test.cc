@@ -1,16 +1,25 @@
+#include <atomic>
 #include <memory>
+#include <string>
+#include <thread>
+#include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/metrics/metrics.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/wait.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "httplib.h"
 #include "nlohmann/json.hpp"
+#include "prometheus/remote.pb.h"
 #include "server/router/group_commit.h"
 #include "server/writers/backends.h"
+#include "snappy.h"
 #include "tests/fixtures/victoria_metrics_fixture.h"
 
 namespace fleetd::server {
@@ -34,6 +43,15 @@ DecodedBatch OneSample(const std::string& device, absl::Time t) {
   m->set_value(1);
   m->mutable_timestamp()->set_seconds(absl::ToUnixSeconds(t));
   return b;
+}
+
+// Samples of all batches, by the `core` label's series, as exported.
+size_t ExportedSamples(const std::vector<std::string>& lines) {
+  size_t samples = 0;
+  for (const std::string& line : lines) {
+    samples += nlohmann::json::parse(line)["values"].size();
+  }
+  return samples;
 }
 
 class VictoriaMetricsWriterTest : public ::testing::Test {
@@ -96,7 +114,9 @@ TEST_F(VictoriaMetricsWriterTest, HostileLabelValuesAreStoredVerbatim) {
   absl::Time t0 = absl::FromUnixSeconds(absl::ToUnixSeconds(absl::Now()) - 300);
   DecodedBatch b = Batch("dev-x", 1, "vmw_hostile", 1, t0);
   const std::string hostile = "\"} or vector(1) # '; DROP TABLE x;--\\n";
+  const std::string multiline = "line one\nline \"two\" \\ Zürich 東京";
   (*b.metrics.mutable_metrics(0)->mutable_labels())["site"] = hostile;
+  (*b.metrics.mutable_metrics(0)->mutable_labels())["city"] = multiline;
   std::vector<const DecodedBatch*> one = {&b};
   ASSERT_THAT(writer_->Write(one), IsOk());
   ASSERT_THAT(vm_->ForceFlush(), IsOk());
@@ -104,19 +124,51 @@ TEST_F(VictoriaMetricsWriterTest, HostileLabelValuesAreStoredVerbatim) {
       vm_->WaitForSeries("{__name__=\"vmw_hostile\"}", 1, absl::Seconds(30));
   ASSERT_THAT(lines, IsOk());
   ASSERT_THAT(*lines, SizeIs(1));
-  // The export is JSON: the value comes back intact, in its own label.
+  // The export is JSON: the values come back intact, each in its own label.
   nlohmann::json j = nlohmann::json::parse((*lines)[0]);
   EXPECT_EQ(j["metric"]["site"], hostile);
-  EXPECT_EQ(j["metric"].size(), 5u);  // __name__, core, site, device_id, org_id
+  EXPECT_EQ(j["metric"]["city"], multiline);
+  // __name__, core, site, city, device_id, org_id
+  EXPECT_EQ(j["metric"].size(), 6u);
 }
 
-// Samples of all batches, by the `core` label's series, as exported.
-size_t ExportedSamples(const std::vector<std::string>& lines) {
-  size_t samples = 0;
-  for (const std::string& line : lines) {
-    samples += nlohmann::json::parse(line)["values"].size();
+// The single-node forms of the remote-write path VictoriaMetrics serves.
+TEST_F(VictoriaMetricsWriterTest, ConfigurableWritePathReachesVictoriaMetrics) {
+  const absl::Time t0 =
+      absl::FromUnixSeconds(absl::ToUnixSeconds(absl::Now()) - 60);
+  int n = 0;
+  for (const std::string path : {"/api/v1/write", "/prometheus/api/v1/write"}) {
+    SCOPED_TRACE(path);
+    auto w = NewVictoriaMetricsWriter({.url = vm_->url(), .write_path = path});
+    ASSERT_THAT(w, IsOk());
+    const std::string metric = absl::StrCat("vmw_path_", n++);
+    DecodedBatch b = Batch("dev-p", 1, metric, 3, t0);
+    std::vector<const DecodedBatch*> one = {&b};
+    ASSERT_THAT((*w)->Write(one), IsOk());
+    auto lines = vm_->WaitForSeries(absl::StrCat("{__name__=\"", metric, "\"}"),
+                                    2, absl::Seconds(30));
+    ASSERT_THAT(lines, IsOk());
+    EXPECT_EQ(ExportedSamples(*lines), 3u);
   }
-  return samples;
+}
+
+// A path VictoriaMetrics does not serve is answered 400, which must not read
+// as refused content (every batch would be set aside): it is the server's
+// setup.
+TEST_F(VictoriaMetricsWriterTest, UnservedWritePathIsMisconfiguration) {
+  auto w = NewVictoriaMetricsWriter(
+      {.url = vm_->url(), .write_path = "/api/v1/push"});
+  ASSERT_THAT(w, IsOk());
+  DecodedBatch b = Batch("dev-q", 1, "vmw_wrong_path", 1, absl::Now());
+  std::vector<const DecodedBatch*> one = {&b};
+  absl::Status s = (*w)->Write(one);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kUnavailable,
+                          HasSubstr("FLEET_VICTORIAMETRICS_WRITE_PATH")));
+  EXPECT_EQ(MisconfigurationReason(s), "path");
+  EXPECT_THAT(
+      NewVictoriaMetricsWriter({.url = vm_->url(), .write_path = "api/write"}),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("FLEET_VICTORIAMETRICS_WRITE_PATH")));
 }
 
 // The server writes a batch again when the answer to the first write was lost:
@@ -347,6 +399,71 @@ TEST_F(VictoriaMetricsWriterTest, UnreachableBackendIsUnavailable) {
   EXPECT_THAT((*w)->Write(one), StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_THAT((*w)->Ping(), StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_THAT(writer_->Ping(), IsOk());
+}
+
+// Another receiver's layout (Mimir's /api/v1/push, no /health): what goes on
+// the wire is remote write with its three headers, the body decodes as a
+// prometheus.WriteRequest, and Ping counts the 404 on /health as reachable.
+class RemoteWriteReceiver {
+ public:
+  RemoteWriteReceiver() {
+    server_.Post("/api/v1/push", [this](const httplib::Request& req,
+                                        httplib::Response& res) {
+      absl::MutexLock lock(&mu_);
+      encoding_ = req.get_header_value("Content-Encoding");
+      type_ = req.get_header_value("Content-Type");
+      version_ = req.get_header_value("X-Prometheus-Remote-Write-Version");
+      body_ = req.body;
+      res.status = 204;
+    });
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    EXPECT_TRUE(
+        fleetd::testing::WaitFor([this] { return server_.is_running(); }));
+  }
+  ~RemoteWriteReceiver() {
+    server_.stop();
+    thread_.join();
+  }
+  std::string url() const { return absl::StrCat("http://127.0.0.1:", port_); }
+
+  httplib::Server server_;
+  std::thread thread_;
+  int port_ = 0;
+  absl::Mutex mu_;
+  std::string encoding_ ABSL_GUARDED_BY(mu_);
+  std::string type_ ABSL_GUARDED_BY(mu_);
+  std::string version_ ABSL_GUARDED_BY(mu_);
+  std::string body_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST(VictoriaMetricsWriterReceiverTest, SendsRemoteWriteToAnyReceiverPath) {
+  RemoteWriteReceiver receiver;
+  auto w = NewVictoriaMetricsWriter(
+      {.url = receiver.url(), .write_path = "/api/v1/push"});
+  ASSERT_THAT(w, IsOk());
+  EXPECT_THAT((*w)->Ping(), IsOk());
+  DecodedBatch b = OneSample(
+      "dev-m", absl::FromUnixSeconds(absl::ToUnixSeconds(absl::Now())));
+  std::vector<const DecodedBatch*> one = {&b};
+  ASSERT_THAT((*w)->Write(one), IsOk());
+  absl::MutexLock lock(&receiver.mu_);
+  EXPECT_EQ(receiver.encoding_, "snappy");
+  EXPECT_EQ(receiver.type_, "application/x-protobuf");
+  EXPECT_EQ(receiver.version_, "0.1.0");
+  std::string raw;
+  ASSERT_TRUE(
+      snappy::Uncompress(receiver.body_.data(), receiver.body_.size(), &raw));
+  prometheus::WriteRequest request;
+  ASSERT_TRUE(request.ParseFromString(raw));
+  ASSERT_EQ(request.timeseries_size(), 1);
+  ASSERT_EQ(request.timeseries(0).labels_size(), 3);
+  EXPECT_EQ(request.timeseries(0).labels(0).value(), "vmw_crash");
+  EXPECT_EQ(request.timeseries(0).labels(1).value(), "dev-m");
+  EXPECT_EQ(request.timeseries(0).labels(2).value(), "org-a");
+  ASSERT_EQ(request.timeseries(0).samples_size(), 1);
+  EXPECT_EQ(request.timeseries(0).samples(0).timestamp(),
+            b.metrics.metrics(0).timestamp().seconds() * 1000);
 }
 
 }  // namespace

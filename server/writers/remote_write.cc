@@ -1,0 +1,272 @@
+#include "server/writers/remote_write.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <tuple>
+
+#include "absl/base/casts.h"
+#include "absl/hash/hash.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/text/utf8.h"
+#include "snappy.h"
+
+namespace fleetd::server {
+namespace {
+
+// Wire types and field numbers of prometheus.WriteRequest and its messages,
+// as tag bytes.
+constexpr char kTimeSeriesTag = 0x0a;   // WriteRequest.timeseries = 1, LEN
+constexpr char kLabelsTag = 0x0a;       // TimeSeries.labels = 1, LEN
+constexpr char kSamplesTag = 0x12;      // TimeSeries.samples = 2, LEN
+constexpr char kLabelNameTag = 0x0a;    // Label.name = 1, LEN
+constexpr char kLabelValueTag = 0x12;   // Label.value = 2, LEN
+constexpr char kSampleValueTag = 0x09;  // Sample.value = 1, I64 (double)
+constexpr char kTimestampTag = 0x10;    // Sample.timestamp = 2, VARINT
+
+constexpr absl::string_view kNameLabel = "__name__";
+constexpr absl::string_view kDeviceLabel = "device_id";
+constexpr absl::string_view kOrgLabel = "org_id";
+
+size_t VarintSize(uint64_t v) {
+  // 7 bits a byte; v | 1 keeps clz defined for 0.
+  return static_cast<size_t>(63 - __builtin_clzll(v | 1)) / 7 + 1;
+}
+
+char* PutVarint(char* p, uint64_t v) {
+  while (v >= 0x80) {
+    *p++ = static_cast<char>(v | 0x80);
+    v >>= 7;
+  }
+  *p++ = static_cast<char>(v);
+  return p;
+}
+
+char* PutBytesField(char* p, char tag, absl::string_view bytes) {
+  *p++ = tag;
+  p = PutVarint(p, bytes.size());
+  std::memcpy(p, bytes.data(), bytes.size());
+  return p + bytes.size();
+}
+
+size_t LabelMessageSize(absl::string_view name, absl::string_view value) {
+  return 1 + VarintSize(name.size()) + name.size() + 1 +
+         VarintSize(value.size()) + value.size();
+}
+
+// The bytes of one TimeSeries.labels field.
+size_t LabelFieldSize(absl::string_view name, absl::string_view value) {
+  const size_t size = LabelMessageSize(name, value);
+  return 1 + VarintSize(size) + size;
+}
+
+// Sample: value (tag and 8 bytes) and timestamp (tag and varint; negative
+// int64 take 10 bytes, as protobuf encodes them).
+size_t SampleMessageSize(int64_t ms) {
+  return 1 + 8 + 1 + VarintSize(static_cast<uint64_t>(ms));
+}
+
+// The bytes of one TimeSeries.samples field (a Sample is at most 20 bytes, so
+// its length is one byte).
+size_t SampleFieldSize(int64_t ms) { return 2 + SampleMessageSize(ms); }
+
+// Metric labels that are written: the identity and reserved names belong to
+// the server, and an empty value means no label.
+bool KeptLabel(absl::string_view name, absl::string_view value) {
+  return !value.empty() && name != kDeviceLabel && name != kOrgLabel &&
+         !absl::StartsWith(name, "__");
+}
+
+int64_t MillisOf(const v1::Metric& m) {
+  return m.timestamp().seconds() * 1000 + m.timestamp().nanos() / 1'000'000;
+}
+
+}  // namespace
+
+uint32_t RemoteWriteEncoder::FindOrAddSeries(const DecodedBatch& batch,
+                                             const v1::Metric& metric) {
+  const std::string& device = batch.device.device_id;
+  const std::string& org = batch.device.org_id;
+  // Order-independent: protobuf maps iterate in no particular order.
+  size_t label_sum = 0;
+  uint32_t labels = 1 + (device.empty() ? 0 : 1) + (org.empty() ? 0 : 1);
+  for (const auto& [name, value] : metric.labels()) {
+    if (!KeptLabel(name, value)) continue;
+    label_sum += absl::Hash<std::pair<absl::string_view, absl::string_view>>()(
+        {name, value});
+    ++labels;
+  }
+  const size_t hash =
+      absl::Hash<std::tuple<absl::string_view, absl::string_view,
+                            absl::string_view, size_t>>()(
+          {metric.name(), device, org, label_sum});
+
+  const size_t mask = slots_.size() - 1;
+  for (size_t i = hash & mask;; i = (i + 1) & mask) {
+    const uint32_t slot = slots_[i];
+    if (slot == 0) {
+      slots_[i] = static_cast<uint32_t>(series_.size()) + 1;
+      break;
+    }
+    const Series& s = series_[slot - 1];
+    if (s.hash != hash || s.labels != labels ||
+        s.metric->name() != metric.name()) {
+      continue;
+    }
+    if (s.batch != &batch && (s.batch->device.device_id != device ||
+                              s.batch->device.org_id != org)) {
+      continue;
+    }
+    // The same number of kept labels, each of this metric's found with the
+    // same value: the same set.
+    bool same = true;
+    for (const auto& [name, value] : metric.labels()) {
+      if (!KeptLabel(name, value)) continue;
+      auto it = s.metric->labels().find(name);
+      if (it == s.metric->labels().end() || it->second != value) {
+        same = false;
+        break;
+      }
+    }
+    if (same) return slot - 1;
+  }
+
+  Series s{};
+  s.batch = &batch;
+  s.metric = &metric;
+  s.hash = hash;
+  s.labels = labels;
+  s.label_bytes = LabelFieldSize(kNameLabel, metric.name());
+  if (!device.empty()) s.label_bytes += LabelFieldSize(kDeviceLabel, device);
+  if (!org.empty()) s.label_bytes += LabelFieldSize(kOrgLabel, org);
+  for (const auto& [name, value] : metric.labels()) {
+    if (KeptLabel(name, value)) s.label_bytes += LabelFieldSize(name, value);
+  }
+  series_.push_back(s);
+  return static_cast<uint32_t>(series_.size() - 1);
+}
+
+absl::Status RemoteWriteEncoder::SortedLabels(const Series& series) {
+  const v1::Metric& metric = *series.metric;
+  const DeviceIdentity& device = series.batch->device;
+  labels_.clear();
+  labels_.emplace_back(kNameLabel, metric.name());
+  if (!device.device_id.empty()) {
+    labels_.emplace_back(kDeviceLabel, device.device_id);
+  }
+  if (!device.org_id.empty()) labels_.emplace_back(kOrgLabel, device.org_id);
+  for (const auto& [name, value] : metric.labels()) {
+    if (KeptLabel(name, value)) labels_.emplace_back(name, value);
+  }
+  for (const auto& [name, value] : labels_) {
+    if (!IsValidUtf8(name) || !IsValidUtf8(value)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "metric \"", absl::CEscape(metric.name()), "\" of device \"",
+          absl::CEscape(device.device_id), "\": label \"", absl::CEscape(name),
+          "\" or its value is not valid UTF-8"));
+    }
+  }
+  std::sort(labels_.begin(), labels_.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  return absl::OkStatus();
+}
+
+void RemoteWriteEncoder::Clear() {
+  raw_.clear();
+  samples_.clear();
+  series_.clear();
+}
+
+absl::Status RemoteWriteEncoder::Encode(
+    absl::Span<const DecodedBatch* const> batches, std::string* body) {
+  body->clear();
+  Clear();
+  size_t count = 0;
+  for (const DecodedBatch* b : batches) {
+    if (b->kind == DataKind::kMetrics) count += b->metrics.metrics_size();
+  }
+  if (count == 0) return absl::OkStatus();
+  if (count > std::numeric_limits<uint32_t>::max() / 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(count, " samples are too many for one request"));
+  }
+
+  // Group samples by label set: a hash table at most half full.
+  size_t slots = 16;
+  while (slots < 2 * count) slots *= 2;
+  slots_.assign(slots, 0);
+  uint32_t position = 0;
+  for (const DecodedBatch* b : batches) {
+    if (b->kind != DataKind::kMetrics) continue;
+    for (const v1::Metric& m : b->metrics.metrics()) {
+      const uint32_t s = FindOrAddSeries(*b, m);
+      const int64_t ms = MillisOf(m);
+      series_[s].samples++;
+      series_[s].sample_bytes += SampleFieldSize(ms);
+      samples_.push_back({&m, ms, s, position++});
+    }
+  }
+  uint32_t first = 0;
+  for (Series& s : series_) {
+    s.first = first;
+    first += s.samples;
+    s.samples = 0;  // counts again while placing
+  }
+  grouped_.resize(samples_.size());
+  for (const Sample& sample : samples_) {
+    Series& s = series_[sample.series];
+    grouped_[s.first + s.samples++] = sample;
+  }
+  size_t total = 0;
+  for (const Series& s : series_) {
+    auto begin = grouped_.begin() + s.first;
+    auto end = begin + s.samples;
+    auto by_time = [](const Sample& a, const Sample& b) {
+      return a.ms < b.ms || (a.ms == b.ms && a.position < b.position);
+    };
+    if (!std::is_sorted(begin, end, by_time)) std::sort(begin, end, by_time);
+    const size_t size = s.label_bytes + s.sample_bytes;
+    total += 1 + VarintSize(size) + size;
+  }
+
+  // Sizes are known, so every length prefix is written before its content.
+  raw_.resize(total);
+  char* p = raw_.data();
+  for (const Series& s : series_) {
+    absl::Status sorted = SortedLabels(s);
+    if (!sorted.ok()) {
+      Clear();
+      return sorted;
+    }
+    *p++ = kTimeSeriesTag;
+    p = PutVarint(p, s.label_bytes + s.sample_bytes);
+    for (const auto& [name, value] : labels_) {
+      *p++ = kLabelsTag;
+      p = PutVarint(p, LabelMessageSize(name, value));
+      p = PutBytesField(p, kLabelNameTag, name);
+      p = PutBytesField(p, kLabelValueTag, value);
+    }
+    for (uint32_t i = 0; i < s.samples; ++i) {
+      const Sample& sample = grouped_[s.first + i];
+      *p++ = kSamplesTag;
+      *p++ = static_cast<char>(SampleMessageSize(sample.ms));
+      *p++ = kSampleValueTag;
+      const uint64_t bits = absl::bit_cast<uint64_t>(sample.metric->value());
+      for (int byte = 0; byte < 8; ++byte) {  // little-endian
+        *p++ = static_cast<char>(bits >> (8 * byte));
+      }
+      *p++ = kTimestampTag;
+      p = PutVarint(p, static_cast<uint64_t>(sample.ms));
+    }
+  }
+  if (p != raw_.data() + raw_.size()) {
+    Clear();
+    return absl::InternalError("remote write: encoded size differs from plan");
+  }
+  snappy::Compress(raw_.data(), raw_.size(), body);
+  return absl::OkStatus();
+}
+
+}  // namespace fleetd::server
