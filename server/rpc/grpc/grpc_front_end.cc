@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <limits>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -14,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "common/concurrency/worker_pool.h"
 #include "common/status/error_class.h"
 #include "common/status/grpc_status.h"
 #include "common/status/retry_after.h"
@@ -21,7 +24,6 @@
 #include "glog/logging.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
-#include "grpcpp/resource_quota.h"
 #include "grpcpp/server_posix.h"
 #include "server/rpc/grpc/tls_terminator.h"
 #include "server/rpc/net/net.h"
@@ -49,6 +51,12 @@ class CallMetrics {
                                     "the stream had closed.",
                                     {"protocol"})
                     .WithLabels({"grpc"});
+    stalled_ = &registry
+                    ->CounterFamily("fleetd_rpc_stream_stalled_total",
+                                    "Streams cancelled because the client "
+                                    "read no response for the send timeout.",
+                                    {"protocol"})
+                    .WithLabels({"grpc"});
   }
 
   void Finished(absl::string_view method, absl::StatusCode code) {
@@ -58,168 +66,430 @@ class CallMetrics {
             {"grpc", std::string(method), absl::StatusCodeToString(code)})
         .Increment();
   }
-  void Dropped() {
-    if (dropped_ != nullptr) dropped_->Increment();
+  void Dropped(int n = 1) {
+    if (dropped_ != nullptr && n > 0) dropped_->Increment(n);
+  }
+  void Stalled() {
+    if (stalled_ != nullptr) stalled_->Increment();
   }
 
  private:
   metrics::Family<metrics::Counter>* calls_ = nullptr;
   metrics::Counter* dropped_ = nullptr;
+  metrics::Counter* stalled_ = nullptr;
 };
 
-// Relays a session's responses to the gRPC stream. Writes are serialized; a
-// Send blocks while the client's flow-control window is full, which pushes
-// back on the session instead of queueing without bound.
-class GrpcStreamSink final : public StreamSink {
+// What the service needs from the front end, shared by every call.
+struct ServiceParts {
+  SyncHandler* handler;
+  WorkerPool* workers;
+  CallMetrics* metrics;
+  Clock* clock;
+  absl::Duration overload_retry_after;
+  size_t stream_send_queue;
+  absl::Duration stream_send_timeout;
+};
+
+// Adds the handler status's wire extras (retry hint, verdict) as trailing
+// metadata, counts the call, and returns the gRPC status to finish with.
+// REQUIRES: called once per call, before its Finish.
+grpc::Status FinishStatus(CallMetrics* metrics, absl::string_view method,
+                          grpc::ServerContextBase* context,
+                          const absl::Status& status) {
+  metrics->Finished(method, status.code());
+  if (std::optional<absl::Duration> retry = GetRetryAfter(status)) {
+    context->AddTrailingMetadata(
+        "retry-after-ms", absl::StrCat(absl::ToInt64Milliseconds(*retry)));
+  }
+  if (IsBatchRejected(status)) {
+    context->AddTrailingMetadata(kVerdictMetadataKey, kVerdictRejected);
+  }
+  return ToGrpcStatus(status);
+}
+
+// The answer to a call the workers did not take: RESOURCE_EXHAUSTED with a
+// retry hint when their queue is full, UNAVAILABLE when they have stopped.
+absl::Status Refusal(const ServiceParts& parts, absl::string_view method,
+                     const absl::Status& submitted) {
+  if (absl::IsResourceExhausted(submitted)) {
+    LOG_EVERY_T(WARNING, 1)
+        << "gRPC " << method << ": refusing a call, " << submitted.message();
+    return WithRetryAfter(
+        absl::ResourceExhaustedError(
+            "server overloaded: every gRPC worker is busy and the call queue "
+            "is full"),
+        parts.overload_retry_after);
+  }
+  return absl::UnavailableError("server shutting down");
+}
+
+// One StreamSync call, from its start to OnDone (which deletes it).
+//
+// Work that may block (OpenStream, OnRequest, Finish of the session) runs as
+// worker-pool tasks, one at a time per stream: Open, then one HandleMessage
+// per message, then EndSession; the next read starts only at the end of a
+// message's task, so a stream has at most one task queued or running, and
+// `session_` and `request_` are touched by one thread at a time without a
+// lock. gRPC's reactions (OnReadDone, OnWriteDone, OnCancel) only submit tasks
+// or move the write queue along.
+//
+// The call ends with Finish only after the session's Finish returned (no more
+// Sends) and the write queue drained; no task touches the reactor after
+// calling Finish, since OnDone may run at once.
+class StreamReactor final
+    : public grpc::ServerBidiReactor<StreamSyncRequest, StreamSyncResponse>,
+      public StreamSink {
  public:
-  GrpcStreamSink(
-      grpc::ServerReaderWriter<StreamSyncResponse, StreamSyncRequest>* stream,
-      CallMetrics* metrics)
-      : stream_(stream), metrics_(metrics) {}
+  StreamReactor(const ServiceParts& parts, grpc::CallbackServerContext* context,
+                CallContext call)
+      : parts_(parts), context_(context), call_(std::move(call)) {}
 
-  bool Send(const StreamSyncResponse& response) override {
-    absl::MutexLock lock(&mu_);
-    if (!closed_ && stream_->Write(response)) return true;
-    if (!closed_) {
-      LOG(WARNING) << "gRPC StreamSync: client stream broke; dropping "
-                      "response and later ones";
+  // Queues the session's opening; the reactor may be used before gRPC binds
+  // it (grpc++ keeps the operations until then).
+  void Start() {
+    absl::Status submitted = parts_.workers->Submit(
+        [this](absl::Status run) { Open(std::move(run)); });
+    if (!submitted.ok()) {
+      FinishCall(Refusal(parts_, kMethod, submitted));
     }
-    closed_ = true;
-    metrics_->Dropped();
-    return false;
   }
 
-  // After Close, Send drops everything; returns once no Write is running.
-  void Close() {
-    absl::MutexLock lock(&mu_);
-    closed_ = true;
+  // StreamSink. Blocks while `stream_send_queue` responses wait (see the
+  // header); false once the stream is closed.
+  bool Send(const StreamSyncResponse& response) override {
+    const StreamSyncResponse* to_write = nullptr;
+    Room room;
+    {
+      absl::MutexLock lock(&mu_);
+      room = WaitForRoomLocked();
+      if (room == Room::kRoom) {
+        pending_.push_back(response);
+        if (!writing_) {
+          writing_ = true;
+          to_write = &pending_.front();
+        }
+      }
+    }
+    if (room != Room::kRoom) {
+      parts_.metrics->Dropped();
+      // Outside the lock: gRPC may run OnCancel on this thread.
+      if (room == Room::kTimedOut) context_->TryCancel();
+      return false;
+    }
+    // A std::deque keeps its elements in place while others are appended, and
+    // the front is popped only in OnWriteDone.
+    if (to_write != nullptr) StartWrite(to_write);
+    return true;
   }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // The client half-closed, or the call broke or was cancelled.
+      SubmitEnd(absl::OkStatus());
+      return;
+    }
+    absl::Status submitted = parts_.workers->Submit(
+        [this](absl::Status run) { HandleMessage(std::move(run)); });
+    if (!submitted.ok()) SubmitEnd(Refusal(parts_, kMethod, submitted));
+  }
+
+  void OnWriteDone(bool ok) override {
+    const StreamSyncResponse* to_write = nullptr;
+    std::optional<grpc::Status> finish;
+    {
+      absl::MutexLock lock(&mu_);
+      pending_.pop_front();
+      if (!ok) {
+        // The call broke or was cancelled: nothing more will be written.
+        if (!closed_) {
+          LOG(WARNING) << "gRPC StreamSync from " << call_.peer
+                       << ": client stream broke; dropping " << pending_.size()
+                       << " queued responses and later ones";
+        }
+        parts_.metrics->Dropped(static_cast<int>(pending_.size()));
+        pending_.clear();
+        CloseLocked();
+      }
+      if (!pending_.empty()) {
+        to_write = &pending_.front();
+      } else {
+        writing_ = false;
+        finish = TakeFinishLocked();
+      }
+      WakeSendersLocked();
+    }
+    if (to_write != nullptr) StartWrite(to_write);
+    if (finish.has_value()) Finish(*std::move(finish));
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    CloseLocked();
+  }
+
+  void OnDone() override { delete this; }
 
  private:
-  grpc::ServerReaderWriter<StreamSyncResponse, StreamSyncRequest>* const
-      stream_;
-  CallMetrics* const metrics_;
+  static constexpr absl::string_view kMethod = "StreamSync";
+
+  // Task: opens the session and starts reading.
+  void Open(absl::Status run) {
+    if (!run.ok()) {
+      FinishCall(absl::UnavailableError("server shutting down"));
+      return;
+    }
+    if (IsCancelled()) {
+      FinishCall(absl::CancelledError("client cancelled the stream"));
+      return;
+    }
+    absl::StatusOr<std::unique_ptr<StreamSession>> session =
+        parts_.handler->OpenStream(call_, this);
+    if (!session.ok()) {
+      FinishCall(session.status());
+      return;
+    }
+    session_ = *std::move(session);
+    StartRead(&request_);
+  }
+
+  // Task: hands one message to the session, then reads the next.
+  void HandleMessage(absl::Status run) {
+    if (!run.ok()) {
+      EndSession(absl::UnavailableError("server shutting down"));
+      return;
+    }
+    if (IsCancelled()) {
+      // No ack could reach the client; it sends the batch again.
+      EndSession(absl::OkStatus());
+      return;
+    }
+    absl::Status status = session_->OnRequest(request_);
+    request_.Clear();
+    if (!status.ok()) {
+      EndSession(status);
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  // Queues EndSession. It must run, whatever the queue holds: the session is
+  // open and its Finish is owed.
+  void SubmitEnd(absl::Status status) {
+    absl::Status submitted = parts_.workers->Submit(
+        [this, status](absl::Status run) { EndSession(status); },
+        WorkerPool::Admission::kAlways);
+    if (!submitted.ok()) {
+      // Only when the workers stopped before the server, which the front end
+      // never does; blocking a gRPC thread beats leaking the call.
+      LOG(ERROR) << "gRPC StreamSync: workers stopped; finishing inline";
+      EndSession(status);
+    }
+  }
+
+  // Finishes the session exactly once, then the call: with `status` when it
+  // is an error, else CANCELLED for a cancelled call, else the session's
+  // verdict.
+  void EndSession(absl::Status status) {
+    absl::Status finished = session_->Finish();
+    session_.reset();
+    if (status.ok()) {
+      status = IsCancelled()
+                   ? absl::CancelledError("client cancelled the stream")
+                   : finished;
+    }
+    FinishCall(status);
+  }
+
+  // Ends the call with `status` once the queued responses are written. The
+  // caller must not touch the reactor afterwards.
+  void FinishCall(const absl::Status& status) {
+    grpc::Status wire = FinishStatus(parts_.metrics, kMethod, context_, status);
+    std::optional<grpc::Status> finish;
+    {
+      absl::MutexLock lock(&mu_);
+      CloseLocked();
+      final_status_ = std::move(wire);
+      if (!writing_) finish = TakeFinishLocked();
+    }
+    if (finish.has_value()) Finish(*std::move(finish));
+  }
+
+  bool IsCancelled() {
+    {
+      absl::MutexLock lock(&mu_);
+      if (cancelled_) return true;
+    }
+    return context_->IsCancelled();
+  }
+
+  // Returns the status to Finish with, once: when the call has one and no
+  // write is pending.
+  std::optional<grpc::Status> TakeFinishLocked()
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!final_status_.has_value() || finish_started_) return std::nullopt;
+    finish_started_ = true;
+    return final_status_;
+  }
+
+  // No more Sends are accepted; blocked ones give up.
+  void CloseLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    closed_ = true;
+    WakeSendersLocked();
+  }
+
+  void WakeSendersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (Wakeup* waiter : waiters_) waiter->Notify();
+  }
+
+  enum class Room { kRoom, kClosed, kTimedOut };
+
+  // Waits, with mu_ released, while the write queue is full. kClosed when the
+  // stream is closed or closes meanwhile; kTimedOut when no room appeared
+  // within the send timeout: the stream is then closed, and the caller cancels
+  // the call (its pending write then completes with !ok, and its read too).
+  Room WaitForRoomLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::optional<absl::Time> deadline;
+    while (!closed_ && pending_.size() > parts_.stream_send_queue) {
+      absl::Time now = parts_.clock->MonotonicNow();
+      if (!deadline.has_value()) deadline = now + parts_.stream_send_timeout;
+      if (now >= *deadline) {
+        LOG(WARNING) << "gRPC StreamSync from " << call_.peer
+                     << ": client read no response for "
+                     << parts_.stream_send_timeout << "; cancelling the stream";
+        parts_.metrics->Stalled();
+        CloseLocked();
+        return Room::kTimedOut;
+      }
+      Wakeup wakeup;
+      waiters_.push_back(&wakeup);
+      mu_.Unlock();
+      parts_.clock->SleepUntil(*deadline, &wakeup);
+      mu_.Lock();
+      waiters_.erase(std::find(waiters_.begin(), waiters_.end(), &wakeup));
+    }
+    return closed_ ? Room::kClosed : Room::kRoom;
+  }
+
+  const ServiceParts& parts_;
+  grpc::CallbackServerContext* const context_;
+  const CallContext call_;
+  // Touched only by the stream's one task at a time (see the class comment).
+  std::unique_ptr<StreamSession> session_;
+  StreamSyncRequest request_;
+
   absl::Mutex mu_;
+  // Responses not yet written; the front one is being written when writing_.
+  std::deque<StreamSyncResponse> pending_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  // Sends are refused: the call is ending, broke or was cancelled.
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<Wakeup*> waiters_ ABSL_GUARDED_BY(mu_);  // blocked Sends
+  std::optional<grpc::Status> final_status_ ABSL_GUARDED_BY(mu_);
+  bool finish_started_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-class SyncServiceImpl final : public v1::SyncService::Service {
+class SyncServiceImpl final : public v1::SyncService::CallbackService {
  public:
-  SyncServiceImpl(SyncHandler* handler, CallMetrics* metrics)
-      : handler_(handler), metrics_(metrics) {}
+  explicit SyncServiceImpl(const ServiceParts& parts) : parts_(parts) {}
 
   // Lets calls name the TLS client instead of the relay socket.
   void set_terminator(const TlsTerminator* terminator) {
     terminator_.store(terminator);
   }
 
-  grpc::Status SyncMetrics(grpc::ServerContext* context,
-                           const v1::SyncMetricsRequest* request,
-                           v1::SyncMetricsResponse* response) override {
-    return Unary(
-        "SyncMetrics", context,
-        [&](const CallContext& call) {
-          return handler_->SyncMetrics(call, *request);
-        },
-        response);
+  grpc::ServerUnaryReactor* SyncMetrics(
+      grpc::CallbackServerContext* context,
+      const v1::SyncMetricsRequest* request,
+      v1::SyncMetricsResponse* response) override {
+    return Unary("SyncMetrics", context, response,
+                 [this, request](const CallContext& call) {
+                   return parts_.handler->SyncMetrics(call, *request);
+                 });
   }
 
-  grpc::Status SyncLogs(grpc::ServerContext* context,
-                        const v1::SyncLogsRequest* request,
-                        v1::SyncLogsResponse* response) override {
-    return Unary(
-        "SyncLogs", context,
-        [&](const CallContext& call) {
-          return handler_->SyncLogs(call, *request);
-        },
-        response);
+  grpc::ServerUnaryReactor* SyncLogs(grpc::CallbackServerContext* context,
+                                     const v1::SyncLogsRequest* request,
+                                     v1::SyncLogsResponse* response) override {
+    return Unary("SyncLogs", context, response,
+                 [this, request](const CallContext& call) {
+                   return parts_.handler->SyncLogs(call, *request);
+                 });
   }
 
-  grpc::Status GetSyncConfig(grpc::ServerContext* context,
-                             const v1::GetSyncConfigRequest* request,
-                             v1::GetSyncConfigResponse* response) override {
-    return Unary(
-        "GetSyncConfig", context,
-        [&](const CallContext& call) {
-          return handler_->GetSyncConfig(call, *request);
-        },
-        response);
+  grpc::ServerUnaryReactor* GetSyncConfig(
+      grpc::CallbackServerContext* context,
+      const v1::GetSyncConfigRequest* request,
+      v1::GetSyncConfigResponse* response) override {
+    return Unary("GetSyncConfig", context, response,
+                 [this, request](const CallContext& call) {
+                   return parts_.handler->GetSyncConfig(call, *request);
+                 });
   }
 
-  grpc::Status SyncEvents(grpc::ServerContext* context,
-                          const v1::SyncEventsRequest* request,
-                          v1::SyncEventsResponse* response) override {
-    return Unary(
-        "SyncEvents", context,
-        [&](const CallContext& call) {
-          return handler_->SyncEvents(call, *request);
-        },
-        response);
+  grpc::ServerUnaryReactor* SyncEvents(
+      grpc::CallbackServerContext* context,
+      const v1::SyncEventsRequest* request,
+      v1::SyncEventsResponse* response) override {
+    return Unary("SyncEvents", context, response,
+                 [this, request](const CallContext& call) {
+                   return parts_.handler->SyncEvents(call, *request);
+                 });
   }
 
-  grpc::Status UpdateDeviceInfo(
-      grpc::ServerContext* context, const v1::UpdateDeviceInfoRequest* request,
+  grpc::ServerUnaryReactor* UpdateDeviceInfo(
+      grpc::CallbackServerContext* context,
+      const v1::UpdateDeviceInfoRequest* request,
       v1::UpdateDeviceInfoResponse* response) override {
-    return Unary(
-        "UpdateDeviceInfo", context,
-        [&](const CallContext& call) {
-          return handler_->UpdateDeviceInfo(call, *request);
-        },
-        response);
+    return Unary("UpdateDeviceInfo", context, response,
+                 [this, request](const CallContext& call) {
+                   return parts_.handler->UpdateDeviceInfo(call, *request);
+                 });
   }
 
-  grpc::Status StreamSync(
-      grpc::ServerContext* context,
-      grpc::ServerReaderWriter<StreamSyncResponse, StreamSyncRequest>* stream)
-      override {
-    GrpcStreamSink sink(stream, metrics_);
-    absl::StatusOr<std::unique_ptr<StreamSession>> session =
-        handler_->OpenStream(MakeCallContext(context), &sink);
-    if (!session.ok()) {
-      sink.Close();
-      return Finish("StreamSync", context, session.status());
-    }
-    absl::Status status;
-    StreamSyncRequest request;
-    while (stream->Read(&request)) {
-      status = (*session)->OnRequest(request);
-      if (!status.ok()) break;
-      request.Clear();
-    }
-    // Finish runs exactly once, also after a failed message or a broken call.
-    absl::Status finished = (*session)->Finish();
-    sink.Close();
-    if (status.ok()) {
-      status = context->IsCancelled()
-                   ? absl::CancelledError("client cancelled the stream")
-                   : finished;
-    }
-    return Finish("StreamSync", context, status);
+  grpc::ServerBidiReactor<StreamSyncRequest, StreamSyncResponse>* StreamSync(
+      grpc::CallbackServerContext* context) override {
+    auto* reactor =
+        new StreamReactor(parts_, context, MakeCallContext(context));
+    reactor->Start();
+    return reactor;
   }
 
  private:
+  // Runs `call` on a worker and finishes the call with its outcome. The
+  // request and response stay valid until Finish (grpc++ owns them).
   template <typename Response, typename Call>
-  grpc::Status Unary(absl::string_view method, grpc::ServerContext* context,
-                     Call call, Response* response) {
-    absl::StatusOr<Response> result = call(MakeCallContext(context));
-    if (result.ok()) *response = *std::move(result);
-    return Finish(method, context, result.status());
+  grpc::ServerUnaryReactor* Unary(absl::string_view method,
+                                  grpc::CallbackServerContext* context,
+                                  Response* response, Call call) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    absl::Status submitted = parts_.workers->Submit(
+        [this, method, context, reactor, response, call = std::move(call),
+         call_context = MakeCallContext(context)](absl::Status run) {
+          absl::Status status;
+          if (!run.ok()) {
+            status = absl::UnavailableError("server shutting down");
+          } else if (context->IsCancelled()) {
+            // The client gave up (or its deadline passed) while the call
+            // waited for a worker: its answer could not arrive anyway.
+            status = absl::CancelledError("call cancelled before it ran");
+          } else {
+            absl::StatusOr<Response> result = call(call_context);
+            if (result.ok()) *response = *std::move(result);
+            status = result.status();
+          }
+          reactor->Finish(
+              FinishStatus(parts_.metrics, method, context, status));
+        });
+    if (!submitted.ok()) {
+      reactor->Finish(FinishStatus(parts_.metrics, method, context,
+                                   Refusal(parts_, method, submitted)));
+    }
+    return reactor;
   }
 
-  grpc::Status Finish(absl::string_view method, grpc::ServerContext* context,
-                      const absl::Status& status) {
-    metrics_->Finished(method, status.code());
-    if (std::optional<absl::Duration> retry = GetRetryAfter(status)) {
-      context->AddTrailingMetadata(
-          "retry-after-ms", absl::StrCat(absl::ToInt64Milliseconds(*retry)));
-    }
-    if (IsBatchRejected(status)) {
-      context->AddTrailingMetadata(kVerdictMetadataKey, kVerdictRejected);
-    }
-    return ToGrpcStatus(status);
-  }
-
-  CallContext MakeCallContext(grpc::ServerContext* context) const {
+  CallContext MakeCallContext(grpc::ServerContextBase* context) const {
     CallContext call;
     call.protocol = "grpc";
     const auto& metadata = context->client_metadata();
@@ -251,8 +521,7 @@ class SyncServiceImpl final : public v1::SyncService::Service {
     return call;
   }
 
-  SyncHandler* const handler_;
-  CallMetrics* const metrics_;
+  const ServiceParts& parts_;
   std::atomic<const TlsTerminator*> terminator_{nullptr};
 };
 
@@ -278,18 +547,40 @@ class GrpcFrontEndImpl final : public GrpcFrontEnd {
       ssl_ctx = *std::move(ctx);
     }
 
+    WorkerPool::Options pool;
+    pool.name = "grpc";
+    pool.threads = options_.workers;
+    if (options_.max_threads > 0 && options_.max_threads < pool.threads) {
+      pool.threads = options_.max_threads;
+    }
+    if (options_.max_threads > 0) {
+      LOG(WARNING) << "FLEET_GRPC_MAX_THREADS is deprecated (the gRPC front "
+                      "end runs calls on FLEET_GRPC_WORKERS threads); it now "
+                      "caps the workers: "
+                   << pool.threads;
+    }
+    pool.max_queued = options_.max_queued_calls;
+    pool.metrics = options_.metrics;
+    absl::StatusOr<std::unique_ptr<WorkerPool>> workers =
+        WorkerPool::Start(pool);
+    if (!workers.ok()) return workers.status();
+    workers_ = *std::move(workers);
+
+    parts_.handler = handler_;
+    parts_.workers = workers_.get();
+    parts_.metrics = &metrics_;
+    parts_.clock = clock_;
+    parts_.overload_retry_after = options_.overload_retry_after;
+    parts_.stream_send_queue = static_cast<size_t>(options_.stream_send_queue);
+    parts_.stream_send_timeout = options_.stream_send_timeout;
+
     grpc::EnableDefaultHealthCheckService(true);
-    service_ = std::make_unique<SyncServiceImpl>(handler_, &metrics_);
+    service_ = std::make_unique<SyncServiceImpl>(parts_);
     grpc::ServerBuilder builder;
     builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(
         options_.max_receive_message_bytes, std::numeric_limits<int>::max())));
     // Without this a second server could bind the same port (SO_REUSEPORT).
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-    if (options_.max_threads > 0) {
-      grpc::ResourceQuota quota("fleetd-grpc-front-end");
-      quota.SetMaxThreads(options_.max_threads);
-      builder.SetResourceQuota(quota);
-    }
     int bound_port = 0;
     if (options_.insecure) {
       builder.AddListeningPort(FormatHostPort(address->host, address->port),
@@ -299,13 +590,14 @@ class GrpcFrontEndImpl final : public GrpcFrontEnd {
     server_ = builder.BuildAndStart();
     if (server_ == nullptr || (options_.insecure && bound_port == 0)) {
       server_.reset();
+      workers_->Shutdown();
       return absl::UnavailableError(
           absl::StrCat("cannot start the gRPC server on ", options_.address));
     }
     if (options_.insecure) {
       port_ = bound_port;
       LOG(WARNING) << "gRPC front end serving PLAINTEXT on port " << port_
-                   << " (insecure mode)";
+                   << " (insecure mode), " << pool.threads << " workers";
       return absl::OkStatus();
     }
 
@@ -324,12 +616,14 @@ class GrpcFrontEndImpl final : public GrpcFrontEnd {
       server_->Shutdown();
       server_->Wait();
       server_.reset();
+      workers_->Shutdown();
       return terminator.status();
     }
     terminator_ = *std::move(terminator);
     service_->set_terminator(terminator_.get());
     port_ = terminator_->port();
-    LOG(INFO) << "gRPC front end serving TLS 1.3 on port " << port_;
+    LOG(INFO) << "gRPC front end serving TLS 1.3 on port " << port_ << ", "
+              << pool.threads << " workers";
     return absl::OkStatus();
   }
 
@@ -341,11 +635,16 @@ class GrpcFrontEndImpl final : public GrpcFrontEnd {
     if (terminator_ != nullptr) terminator_->StopAccepting();
     if (auto* health = server_->GetHealthCheckService()) health->Shutdown();
     absl::Time deadline = clock_->Now() + options_.shutdown_grace;
+    // Returns once every call has finished, which needs the workers: the
+    // queued calls run (or, cancelled, end at once) and the streams' sessions
+    // finish on them.
     server_->Shutdown(absl::ToChronoTime(deadline));
     if (terminator_ != nullptr) terminator_->Shutdown();
     server_->Wait();
     server_.reset();
     terminator_.reset();
+    // Nothing is queued any more: every call ended above.
+    workers_->Shutdown(WorkerPool::ShutdownMode::kRunQueued);
   }
 
  private:
@@ -353,6 +652,9 @@ class GrpcFrontEndImpl final : public GrpcFrontEnd {
   Clock* const clock_;
   SyncHandler* const handler_;
   CallMetrics metrics_;
+  // Declared before the server so that they outlive it.
+  std::unique_ptr<WorkerPool> workers_;
+  ServiceParts parts_{};
   std::unique_ptr<SyncServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<TlsTerminator> terminator_;
@@ -384,6 +686,12 @@ absl::StatusOr<std::unique_ptr<GrpcFrontEnd>> GrpcFrontEnd::Start(
         "gRPC front end: max_receive_message_bytes and max_connections must "
         "be positive");
   }
+  if (options.workers < 1 || options.max_queued_calls < 0 ||
+      options.stream_send_queue < 0 || options.max_threads < 0) {
+    return absl::InvalidArgumentError(
+        "gRPC front end: workers must be positive and max_queued_calls, "
+        "stream_send_queue and max_threads not negative");
+  }
   auto front_end = std::make_unique<GrpcFrontEndImpl>(options, handler);
   absl::Status status = front_end->Init();
   if (!status.ok()) return status;
@@ -408,8 +716,19 @@ void AddGrpcFrontEndSettings(Settings& settings, GrpcFrontEndOptions* options) {
       .Int32("FLEET_GRPC_MAX_CONNECTIONS", "grpc-max-connections",
              "Most TLS connections the gRPC front end serves at once.",
              &options->max_connections, 1, 1 << 20)
+      .Int32("FLEET_GRPC_WORKERS", "grpc-workers",
+             "Threads running gRPC calls (each call waiting for a backend "
+             "commit occupies one).",
+             &options->workers, 1, 1 << 16)
+      .Int("FLEET_GRPC_QUEUE", "grpc-queue",
+           "gRPC calls that may wait for a worker before RESOURCE_EXHAUSTED.",
+           &options->max_queued_calls, 0, int64_t{1} << 24)
+      .Duration("FLEET_GRPC_STREAM_SEND_TIMEOUT", "grpc-stream-send-timeout",
+                "How long a StreamSync response waits for a client that "
+                "stopped reading before the stream is cancelled.",
+                &options->stream_send_timeout)
       .Int32("FLEET_GRPC_MAX_THREADS", "grpc-max-threads",
-             "Upper bound on gRPC call threads (0: grpc++ default).",
+             "Deprecated: use FLEET_GRPC_WORKERS (when set, caps it).",
              &options->max_threads, 0, 1 << 16);
 }
 
