@@ -10,6 +10,8 @@
 #include "server/router/router.h"
 #include "server/rpc/connect/connect_front_end.h"
 #include "server/rpc/grpc/grpc_front_end.h"
+#include "server/store/cached_ledger.h"
+#include "server/store/ledger_compactor.h"
 #include "server/store/pg_pool.h"
 #include "server/store/pg_store.h"
 #include "server/writers/backends.h"
@@ -20,6 +22,11 @@ struct ServerApp::Parts {
   metrics::Registry metrics;
   std::unique_ptr<PgPool> pool;
   std::unique_ptr<PgStore> store;
+  // What SyncCore checks and records batches with; null when
+  // FLEET_LEDGER_CACHE_KEYS=0 (then `store` is used directly).
+  std::unique_ptr<CachedLedger> ledger_cache;
+  // Null when FLEET_LEDGER_RETENTION=0 (rows kept forever).
+  std::unique_ptr<LedgerCompactor> ledger_compactor;
   std::map<std::string, std::unique_ptr<Writer>> writers;
   std::map<std::string, std::unique_ptr<GroupCommitter>> committers;
   std::unique_ptr<Router> router;
@@ -107,8 +114,25 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(
   std::unique_ptr<ServerApp> app(new ServerApp());
   Parts& p = *app->parts_;
   ASSIGN_OR_RETURN(p.pool, ConnectPostgres(c));
-  p.store = std::make_unique<PgStore>(p.pool.get());
+  p.store = std::make_unique<PgStore>(p.pool.get(), Clock::Real());
   RETURN_IF_ERROR(p.store->Migrate());
+  Ledger* ledger = p.store.get();
+  if (c.ledger_cache_keys > 0) {
+    ASSIGN_OR_RETURN(
+        p.ledger_cache,
+        CachedLedger::Create(p.store.get(), {.max_keys = c.ledger_cache_keys,
+                                             .window = c.ledger_cache_window,
+                                             .metrics = &p.metrics}));
+    ledger = p.ledger_cache.get();
+  }
+  if (c.ledger_retention > absl::ZeroDuration()) {
+    ASSIGN_OR_RETURN(
+        p.ledger_compactor,
+        LedgerCompactor::Start(p.store.get(), Clock::Real(),
+                               {.retention = c.ledger_retention,
+                                .interval = c.ledger_compact_interval,
+                                .metrics = &p.metrics}));
+  }
   RETURN_IF_ERROR(MakeWriters(c, &p.metrics, &p.writers));
   for (auto& [name, w] : p.writers) {
     absl::Status s = w->Migrate();
@@ -144,9 +168,9 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(
   core_options.limits.max_decompressed_bytes =
       static_cast<size_t>(c.max_message_bytes);
   core_options.max_wait = c.max_wait;
-  p.core = std::make_unique<SyncCore>(p.auth.get(), p.store.get(),
-                                      p.store.get(), p.router.get(),
-                                      Clock::Real(), &p.metrics, core_options);
+  p.core = std::make_unique<SyncCore>(p.auth.get(), ledger, p.store.get(),
+                                      p.router.get(), Clock::Real(), &p.metrics,
+                                      core_options);
 
   rpc::GrpcFrontEndOptions grpc_options;
   grpc_options.address = c.grpc_addr;
@@ -209,6 +233,7 @@ void ServerApp::Shutdown() {
   if (p.connect != nullptr) p.connect->Shutdown();
   p.core.reset();        // flushes last-seen times
   p.committers.clear();  // fails anything still queued as UNAVAILABLE
+  p.ledger_compactor.reset();
   if (p.admin != nullptr) p.admin->Shutdown();
 }
 

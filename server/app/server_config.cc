@@ -79,7 +79,24 @@ void DeclareServerSettings(Settings& s, ServerConfig& c) {
              "(the oldest go first, counted)",
              &c.replay_window_bytes)
       .Int32("FLEET_POSTGRES_POOL_SIZE", "postgres-pool-size",
-             "PostgreSQL connections", &c.postgres_pool_size, 1, 256);
+             "PostgreSQL connections", &c.postgres_pool_size, 1, 256)
+      .Int("FLEET_LEDGER_CACHE_KEYS", "ledger-cache-keys",
+           "ledger keys (device, stream) kept in memory so that retries are "
+           "checked without PostgreSQL (least recently used go first, "
+           "counted; ~450 bytes each; 0: no cache)",
+           &c.ledger_cache_keys, 0, int64_t{1} << 32)
+      .Int32("FLEET_LEDGER_CACHE_WINDOW", "ledger-cache-window",
+             "applied sequence numbers kept in memory per ledger key (older "
+             "ones are checked in PostgreSQL)",
+             &c.ledger_cache_window, 1, 4096)
+      .Duration("FLEET_LEDGER_RETENTION", "ledger-retention",
+                "how long ledger rows are kept; older ones fold into a "
+                "per-stream floor (devices never re-send a batch numbered "
+                "below an applied one after this long; 0: keep forever)",
+                &c.ledger_retention)
+      .Duration("FLEET_LEDGER_COMPACT_INTERVAL", "ledger-compact-every",
+                "how often ledger rows past the retention are compacted",
+                &c.ledger_compact_interval);
 }
 
 absl::StatusOr<std::vector<std::string>> ParseRoute(const std::string& setting,
@@ -112,6 +129,14 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   }
   if (c.postgres_dsn.empty()) {
     return absl::InvalidArgumentError("FLEET_POSTGRES_DSN is required");
+  }
+  if (c.ledger_retention < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "FLEET_LEDGER_RETENTION must not be negative");
+  }
+  if (c.ledger_compact_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "FLEET_LEDGER_COMPACT_INTERVAL must be positive");
   }
   struct RouteSetting {
     const char* name;

@@ -42,6 +42,15 @@ struct ServerConfig {
   absl::Duration replay_window = absl::Seconds(30);
   int64_t replay_window_bytes = 64 << 20;
   int32_t postgres_pool_size = 8;
+  // The exactly-once ledger (server/store/cached_ledger.h, pg_store.h): keys
+  // (device, stream) held in memory (0: no cache, every check asks
+  // PostgreSQL), applied sequence numbers kept per key, how long ledger rows
+  // are kept before they fold into per-key floors (0: forever), and how often
+  // that compaction runs.
+  int64_t ledger_cache_keys = 1'000'000;
+  int32_t ledger_cache_window = 32;
+  absl::Duration ledger_retention = absl::Hours(168);
+  absl::Duration ledger_compact_interval = absl::Hours(1);
 };
 
 // Declares every setting of `config` (with its current values as defaults) on
@@ -49,7 +58,8 @@ struct ServerConfig {
 void DeclareServerSettings(Settings& settings, ServerConfig& config);
 
 // Cross-setting checks: TLS material or FLEET_INSECURE=1; a backend URL for
-// every backend a route names; a PostgreSQL DSN. Errors name the variables
+// every backend a route names; a PostgreSQL DSN; ledger durations not
+// negative (the compaction interval positive). Errors name the variables
 // involved.
 absl::Status ValidateServerConfig(const ServerConfig& config);
 

@@ -102,5 +102,29 @@ TEST(ServerConfigTest, RoutesNeedTheirBackendsAndMatchingKinds) {
       StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("elasticsearch")));
 }
 
+TEST(ServerConfigTest, LedgerSettingsDefaultAndParse) {
+  absl::Status s;
+  ServerConfig c = Loaded(Base(), &s);
+  ASSERT_THAT(s, IsOk());
+  EXPECT_EQ(c.ledger_cache_keys, 1'000'000);
+  EXPECT_EQ(c.ledger_cache_window, 32);
+  EXPECT_EQ(c.ledger_retention, absl::Hours(168));
+  EXPECT_EQ(c.ledger_compact_interval, absl::Hours(1));
+  auto env = Base();
+  env["FLEET_LEDGER_CACHE_KEYS"] = "0";
+  env["FLEET_LEDGER_RETENTION"] = "30d";
+  c = Loaded(env, &s);
+  ASSERT_THAT(s, IsOk());
+  EXPECT_EQ(c.ledger_cache_keys, 0);
+  EXPECT_EQ(c.ledger_retention, absl::Hours(720));
+  EXPECT_THAT(ValidateServerConfig(c), IsOk());
+  env["FLEET_LEDGER_COMPACT_INTERVAL"] = "0s";
+  c = Loaded(env, &s);
+  ASSERT_THAT(s, IsOk());
+  EXPECT_THAT(ValidateServerConfig(c),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("FLEET_LEDGER_COMPACT_INTERVAL")));
+}
+
 }  // namespace
 }  // namespace fleetd::server

@@ -1,5 +1,6 @@
 #include "server/store/pg_store.h"
 
+#include <algorithm>
 #include <pqxx/pqxx>
 
 #include "absl/strings/str_cat.h"
@@ -52,11 +53,57 @@ constexpr const char* kMigrations[] = {
     ALTER TABLE devices ADD COLUMN sync_health jsonb;
     ALTER TABLE devices ADD COLUMN sync_health_at timestamptz;
     )sql",
+    // 3: ledger retention: per (device, stream), every sequence number at or
+    // below floor_seq counts as applied (its rows were compacted away).
+    R"sql(
+    CREATE TABLE sync_ledger_floor (
+      device_id text NOT NULL,
+      stream    text NOT NULL,
+      floor_seq bigint NOT NULL,
+      PRIMARY KEY (device_id, stream)
+    );
+    )sql",
 };
 constexpr int kSchemaVersion = sizeof(kMigrations) / sizeof(kMigrations[0]);
 // pg_advisory_xact_lock key that serialises migrations across servers ("fleetd"
 // in ASCII).
 constexpr int64_t kMigrationLock = 0x666c65657464;
+// The same for ledger compactions ("fleetdLC"), so that two servers compacting
+// at once neither deadlock on each other's rows nor do the work twice.
+constexpr int64_t kCompactionLock = 0x666c656574644c43;
+
+// A PostgreSQL array literal of text, {"a","b\"c"}, for unnest($n::text[]):
+// one parameter for any number of values.
+template <typename T, typename Get>
+std::string TextArray(absl::Span<const T> items, Get get) {
+  std::string out = "{";
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ',';
+    out += '"';
+    for (char ch : get(items[i])) {
+      if (ch == '"' || ch == '\\') out += '\\';
+      out += ch;
+    }
+    out += '"';
+  }
+  out += '}';
+  return out;
+}
+
+// A PostgreSQL array literal of integers, {1,2,3}.
+template <typename T, typename Get>
+std::string IntArray(absl::Span<const T> items, Get get) {
+  std::string out = "{";
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ',';
+    absl::StrAppend(&out, get(items[i]));
+  }
+  out += '}';
+  return out;
+}
+
+const std::string& DeviceOf(const LedgerEntry& e) { return e.device_id; }
+const std::string& StreamOf(const LedgerEntry& e) { return e.stream; }
 
 std::string ToTimestamptz(absl::Time t) {
   return absl::FormatTime("%Y-%m-%d %H:%M:%E6S+00", t, absl::UTCTimeZone());
@@ -275,15 +322,22 @@ absl::StatusOr<std::vector<bool>> PgStore::AreApplied(
     absl::Span<const LedgerEntry> entries) {
   std::vector<bool> applied(entries.size(), false);
   if (entries.empty()) return applied;
+  const std::string devices = TextArray(entries, DeviceOf);
+  const std::string streams = TextArray(entries, StreamOf);
+  const std::string seqs =
+      IntArray(entries, [](const LedgerEntry& e) { return e.sequence_number; });
   absl::Status s = pool_->Run([&](pqxx::connection& c) {
     pqxx::read_transaction r(c);
-    for (size_t i = 0; i < entries.size(); ++i) {
-      const LedgerEntry& e = entries[i];
-      applied[i] = !r.exec_params(
-                         "SELECT 1 FROM sync_ledger WHERE device_id = $1 AND "
-                         "stream = $2 AND sequence_number = $3",
-                         e.device_id, e.stream, e.sequence_number)
-                        .empty();
+    pqxx::result rows = r.exec_params(
+        "SELECT k.i, EXISTS (SELECT 1 FROM sync_ledger l WHERE l.device_id = "
+        "k.d AND l.stream = k.s AND l.sequence_number = k.q) OR EXISTS "
+        "(SELECT 1 FROM sync_ledger_floor f WHERE f.device_id = k.d AND "
+        "f.stream = k.s AND k.q <= f.floor_seq) "
+        "FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY "
+        "AS k(d, s, q, i)",
+        devices, streams, seqs);
+    for (const auto& row : rows) {
+      applied[row[0].as<size_t>() - 1] = row[1].as<bool>();
     }
   });
   if (!s.ok()) return s;
@@ -291,18 +345,123 @@ absl::StatusOr<std::vector<bool>> PgStore::AreApplied(
 }
 
 absl::Status PgStore::RecordApplied(absl::Span<const LedgerEntry> entries) {
-  if (entries.empty()) return absl::OkStatus();
-  return pool_->Run([&](pqxx::connection& c) {
+  return RecordAppliedCountingPresent(entries).status();
+}
+
+absl::StatusOr<int64_t> PgStore::RecordAppliedCountingPresent(
+    absl::Span<const LedgerEntry> entries) {
+  if (entries.empty()) return 0;
+  const std::string devices = TextArray(entries, DeviceOf);
+  const std::string streams = TextArray(entries, StreamOf);
+  const std::string seqs =
+      IntArray(entries, [](const LedgerEntry& e) { return e.sequence_number; });
+  const std::string counts =
+      IntArray(entries, [](const LedgerEntry& e) { return e.record_count; });
+  const std::string now = ToTimestamptz(clock_->Now());
+  int64_t inserted = 0;
+  absl::Status s = pool_->Run([&](pqxx::connection& c) {
     pqxx::work w(c);
-    for (const LedgerEntry& e : entries) {
-      w.exec_params(
-          "INSERT INTO sync_ledger (device_id, stream, sequence_number, "
-          "record_count) "
-          "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-          e.device_id, e.stream, e.sequence_number, e.record_count);
-    }
+    // In key order, so that two flushes sharing keys (two servers) wait on
+    // each other instead of deadlocking. Entries at or below their floor were
+    // applied and compacted: not inserted again.
+    inserted =
+        w.exec_params(
+             "INSERT INTO sync_ledger (device_id, stream, sequence_number, "
+             "record_count, applied_at) "
+             "SELECT k.d, k.s, k.q, k.c, $5::timestamptz "
+             "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::integer[]) "
+             "AS k(d, s, q, c) WHERE NOT EXISTS (SELECT 1 FROM "
+             "sync_ledger_floor f WHERE f.device_id = k.d AND f.stream = k.s "
+             "AND k.q <= f.floor_seq) "
+             "ORDER BY k.d, k.s, k.q ON CONFLICT DO NOTHING",
+             devices, streams, seqs, counts, now)
+            .affected_rows();
     w.commit();
   });
+  if (!s.ok()) return s;
+  return static_cast<int64_t>(entries.size()) - inserted;
+}
+
+absl::StatusOr<std::vector<LedgerHistory>> PgStore::LoadHistory(
+    absl::Span<const LedgerKey> keys, int limit) {
+  if (limit < 1) return absl::InvalidArgumentError("limit must be at least 1");
+  std::vector<LedgerHistory> out(keys.size());
+  if (keys.empty()) return out;
+  const std::string devices = TextArray(
+      keys,
+      [](const LedgerKey& k) -> const std::string& { return k.device_id; });
+  const std::string streams = TextArray(
+      keys, [](const LedgerKey& k) -> const std::string& { return k.stream; });
+  absl::Status s = pool_->Run([&](pqxx::connection& c) {
+    for (LedgerHistory& h : out) h = LedgerHistory();
+    pqxx::read_transaction r(c);
+    // One row more than asked tells whether older rows exist (`older`).
+    pqxx::result rows = r.exec_params(
+        "SELECT k.i, f.floor_seq, l.sequence_number "
+        "FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(d, s, i) "
+        "LEFT JOIN sync_ledger_floor f ON f.device_id = k.d AND f.stream = k.s "
+        "LEFT JOIN LATERAL (SELECT sequence_number FROM sync_ledger l "
+        "WHERE l.device_id = k.d AND l.stream = k.s AND l.sequence_number > "
+        "COALESCE(f.floor_seq, -9223372036854775808) "
+        "ORDER BY l.sequence_number DESC LIMIT $3) l ON true",
+        devices, streams, limit + 1);
+    for (const auto& row : rows) {
+      LedgerHistory& h = out[row[0].as<size_t>() - 1];
+      if (!row[1].is_null()) h.floor = row[1].as<int64_t>();
+      if (!row[2].is_null()) h.recent.push_back(row[2].as<int64_t>());
+    }
+  });
+  if (!s.ok()) return s;
+  for (LedgerHistory& h : out) {
+    std::sort(h.recent.begin(), h.recent.end());
+    h.older = h.floor;
+    if (h.recent.size() > static_cast<size_t>(limit)) {
+      h.older = h.recent.front();
+      h.recent.erase(h.recent.begin());
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<LedgerCompaction> PgStore::CompactLedger(absl::Time older_than) {
+  LedgerCompaction done;
+  const std::string cutoff = ToTimestamptz(older_than);
+  absl::Status s = pool_->Run([&](pqxx::connection& c) {
+    pqxx::work w(c);
+    w.exec_params("SELECT pg_advisory_xact_lock($1)", kCompactionLock);
+    pqxx::row row = w.exec_params1(
+        "WITH gone AS (DELETE FROM sync_ledger WHERE applied_at < "
+        "$1::timestamptz RETURNING device_id, stream, sequence_number), "
+        "raised AS (INSERT INTO sync_ledger_floor AS f (device_id, stream, "
+        "floor_seq) SELECT device_id, stream, max(sequence_number) FROM gone "
+        "GROUP BY device_id, stream ON CONFLICT (device_id, stream) DO UPDATE "
+        "SET floor_seq = GREATEST(f.floor_seq, EXCLUDED.floor_seq) "
+        "RETURNING 1) "
+        "SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM raised)",
+        cutoff);
+    done.rows_deleted = row[0].as<int64_t>();
+    done.floors_raised = row[1].as<int64_t>();
+    w.commit();
+  });
+  if (!s.ok()) return s;
+  return done;
+}
+
+absl::StatusOr<LedgerSize> PgStore::GetLedgerSize() {
+  LedgerSize size;
+  absl::Status s = pool_->Run([&](pqxx::connection& c) {
+    pqxx::read_transaction r(c);
+    pqxx::row row = r.exec1(
+        "SELECT (SELECT count(*) FROM sync_ledger), "
+        "(SELECT count(*) FROM sync_ledger_floor), "
+        "pg_total_relation_size('sync_ledger') + "
+        "pg_total_relation_size('sync_ledger_floor')");
+    size.rows = row[0].as<int64_t>();
+    size.floor_keys = row[1].as<int64_t>();
+    size.table_bytes = row[2].as<int64_t>();
+  });
+  if (!s.ok()) return s;
+  return size;
 }
 
 absl::Status PgStore::TouchDevices(absl::Span<const std::string> device_ids,

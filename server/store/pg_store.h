@@ -10,6 +10,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/clock/clock.h"
 #include "server/store/pg_pool.h"
 #include "server/store/store.h"
 
@@ -32,12 +34,42 @@ struct NewKey {
   std::string api_key;  // the full secret key, to hand to the device
 };
 
+// What CompactLedger did.
+struct LedgerCompaction {
+  int64_t rows_deleted = 0;
+  int64_t floors_raised = 0;  // keys whose floor was created or raised
+};
+
+// The ledger's size in PostgreSQL.
+struct LedgerSize {
+  int64_t rows = 0;         // sync_ledger rows
+  int64_t floor_keys = 0;   // sync_ledger_floor rows
+  int64_t table_bytes = 0;  // both tables with their indexes, on disk
+};
+
 // Safe for concurrent use (all state is in PostgreSQL; connections come from
 // the pool).
-class PgStore final : public KeyLookup, public Ledger, public DeviceRegistry {
+//
+// The ledger is two tables: sync_ledger, one row per applied batch (device,
+// stream, sequence number) stamped with `clock`'s wall time, and
+// sync_ledger_floor, one row per (device, stream) whose old rows were
+// compacted: every sequence number at or below its floor counts as applied.
+// Each ledger call is one statement, whatever the number of entries.
+//
+// Retention (CompactLedger) rests on one assumption about devices: after the
+// retention has passed, a device never sends a batch numbered at or below one
+// of its own that was applied (our agent's sequence numbers are Unix
+// nanoseconds, increasing per stream, one batch in flight per stream; a
+// rejected batch is re-sent under a new, higher number). A device that broke
+// it would have such a batch acknowledged as a duplicate and not written.
+class PgStore final : public KeyLookup,
+                      public LedgerStore,
+                      public DeviceRegistry {
  public:
-  // `pool` must outlive the store.
-  explicit PgStore(PgPool* pool) : pool_(pool) {}
+  // `pool` and `clock` must outlive the store. `clock`'s wall time stamps
+  // ledger rows (applied_at), which retention compares with.
+  explicit PgStore(PgPool* pool, Clock* clock = Clock::Real())
+      : pool_(pool), clock_(clock) {}
 
   // Applies the schema migrations that are missing, under an advisory lock so
   // concurrent servers do not race. Idempotent.
@@ -67,10 +99,28 @@ class PgStore final : public KeyLookup, public Ledger, public DeviceRegistry {
   // KeyLookup
   absl::StatusOr<std::optional<DeviceIdentity>> LookupKeyHash(
       const std::string& sha256_hex) override;
-  // Ledger
+  // Ledger. An entry is applied if its row exists or its sequence number is
+  // at or below its key's floor. RecordApplied inserts all entries in one
+  // statement (ON CONFLICT DO NOTHING); entries at or below their floor are
+  // not inserted again and count as present.
   absl::StatusOr<std::vector<bool>> AreApplied(
       absl::Span<const LedgerEntry> entries) override;
   absl::Status RecordApplied(absl::Span<const LedgerEntry> entries) override;
+  // LedgerStore
+  absl::StatusOr<std::vector<LedgerHistory>> LoadHistory(
+      absl::Span<const LedgerKey> keys, int limit) override;
+  absl::StatusOr<int64_t> RecordAppliedCountingPresent(
+      absl::Span<const LedgerEntry> entries) override;
+
+  // Retention, in one transaction: for each key, raises its floor to the
+  // highest sequence number among its rows applied before `older_than` (never
+  // lowers it) and deletes those rows. AreApplied answers the same before and
+  // after, under the assumption above. Concurrent compactions (several
+  // servers) run one after the other. Errors leave the ledger unchanged.
+  absl::StatusOr<LedgerCompaction> CompactLedger(absl::Time older_than);
+  // Row counts and disk size of the ledger tables (counts every row: meant
+  // for a periodic gauge, not a request path).
+  absl::StatusOr<LedgerSize> GetLedgerSize();
   // DeviceRegistry
   absl::Status TouchDevices(absl::Span<const std::string> device_ids,
                             absl::Time seen) override;
@@ -90,6 +140,7 @@ class PgStore final : public KeyLookup, public Ledger, public DeviceRegistry {
       const std::vector<std::string>& device_ids, const std::string& org_id);
 
   PgPool* const pool_;
+  Clock* const clock_;
 };
 
 }  // namespace fleetd::server

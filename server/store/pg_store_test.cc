@@ -37,9 +37,9 @@ class PgStoreTest : public ::testing::Test {
 };
 
 TEST_F(PgStoreTest, MigrationIsIdempotentAndVersioned) {
-  EXPECT_THAT(store_->SchemaVersion(), IsOkAndHolds(2));
+  EXPECT_THAT(store_->SchemaVersion(), IsOkAndHolds(3));
   EXPECT_THAT(store_->Migrate(), IsOk());
-  EXPECT_THAT(store_->SchemaVersion(), IsOkAndHolds(2));
+  EXPECT_THAT(store_->SchemaVersion(), IsOkAndHolds(3));
 }
 
 TEST_F(PgStoreTest, ReportedSyncHealthIsStoredAndNewerReportsWin) {

@@ -50,6 +50,41 @@ class Ledger {
   virtual absl::Status RecordApplied(absl::Span<const LedgerEntry> entries) = 0;
 };
 
+// One stream of one device: the unit of the ledger's sequence numbers.
+struct LedgerKey {
+  std::string device_id;
+  std::string stream;
+};
+
+// What a ledger store knows about one key, for a cache to answer from.
+struct LedgerHistory {
+  // Every sequence number <= floor counts as applied (rows compacted away);
+  // INT64_MIN when the key was never compacted.
+  int64_t floor = INT64_MIN;
+  // The highest applied sequence numbers above `floor`, ascending, at most the
+  // requested limit.
+  std::vector<int64_t> recent;
+  // The highest applied sequence number above `floor` that `recent` leaves
+  // out, or `floor` when `recent` lists them all. Sequence numbers in
+  // (floor, older] that are not in `recent` are unknown to the reader.
+  int64_t older = INT64_MIN;
+};
+
+// A ledger that can hand out whole histories and tell new entries from ones
+// already present: what CachedLedger (cached_ledger.h) needs underneath.
+class LedgerStore : public Ledger {
+ public:
+  // For each key, in order: its floor and its `limit` (>= 1) highest applied
+  // sequence numbers above the floor. One round trip for all keys.
+  virtual absl::StatusOr<std::vector<LedgerHistory>> LoadHistory(
+      absl::Span<const LedgerKey> keys, int limit) = 0;
+  // RecordApplied that returns how many of `entries` were present already
+  // (recorded before, by this or another server sharing the store, or twice
+  // in `entries`). All or nothing.
+  virtual absl::StatusOr<int64_t> RecordAppliedCountingPresent(
+      absl::Span<const LedgerEntry> entries) = 0;
+};
+
 // Delivery health a device reports in heartbeats and device info: batches the
 // server refused that it keeps set aside, and records its store evicted to
 // stay within its quota.
