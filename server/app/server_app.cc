@@ -178,6 +178,8 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(
   grpc_options.tls_key_file = c.tls_key;
   grpc_options.insecure = c.insecure;
   grpc_options.max_receive_message_bytes = c.max_message_bytes;
+  grpc_options.workers = c.grpc_workers;
+  grpc_options.max_queued_calls = c.grpc_queue;
   grpc_options.metrics = &p.metrics;
   ASSIGN_OR_RETURN(p.grpc,
                    rpc::GrpcFrontEnd::Start(grpc_options, p.core.get()));

@@ -8,6 +8,14 @@ namespace fleetd::server {
 
 void DeclareServerSettings(Settings& s, ServerConfig& c) {
   s.String("FLEET_GRPC_ADDR", "grpc-addr", "gRPC listen address", &c.grpc_addr)
+      .Int32("FLEET_GRPC_WORKERS", "grpc-workers",
+             "threads running gRPC calls, all started at once (each call "
+             "waiting for its backend writes occupies one)",
+             &c.grpc_workers, 1, 1 << 16)
+      .Int("FLEET_GRPC_QUEUE", "grpc-queue",
+           "gRPC calls that may wait for a worker; more get "
+           "RESOURCE_EXHAUSTED with a retry hint",
+           &c.grpc_queue, 0, int64_t{1} << 24)
       .String("FLEET_HTTP_ADDR", "http-addr",
               "Connect and gRPC-Web (HTTP/1.1) listen address", &c.http_addr)
       .String("FLEET_ADMIN_ADDR", "admin-addr",

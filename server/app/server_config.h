@@ -15,6 +15,10 @@ namespace fleetd::server {
 
 struct ServerConfig {
   std::string grpc_addr = "0.0.0.0:50051";
+  // Threads running gRPC calls and calls that may wait for one (see
+  // GrpcFrontEndOptions::workers and max_queued_calls).
+  int32_t grpc_workers = 128;
+  int64_t grpc_queue = 2048;
   std::string http_addr = "0.0.0.0:8080";
   std::string admin_addr = "127.0.0.1:9090";
   std::string tls_cert;

@@ -37,6 +37,22 @@ TEST(ServerConfigTest, DefaultsMatchTheDocumentedOnes) {
   EXPECT_EQ(c.http_addr, "0.0.0.0:8080");
   EXPECT_EQ(c.admin_addr, "127.0.0.1:9090");
   EXPECT_FALSE(c.insecure);
+  EXPECT_EQ(c.grpc_workers, 128);
+  EXPECT_EQ(c.grpc_queue, 2048);
+}
+
+TEST(ServerConfigTest, GrpcWorkersAndQueueFromTheEnvironment) {
+  absl::Status s;
+  auto env = Base();
+  env["FLEET_GRPC_WORKERS"] = "32";
+  env["FLEET_GRPC_QUEUE"] = "0";
+  ServerConfig c = Loaded(env, &s);
+  ASSERT_THAT(s, IsOk());
+  EXPECT_EQ(c.grpc_workers, 32);
+  EXPECT_EQ(c.grpc_queue, 0);
+  env["FLEET_GRPC_WORKERS"] = "0";
+  Loaded(env, &s);
+  EXPECT_FALSE(s.ok());
 }
 
 TEST(ServerConfigTest, RefusesToStartWithoutTlsUnlessInsecureIsExplicit) {
