@@ -70,13 +70,17 @@ void Run(bool text, absl::string_view bytes, DecodeFn decode) {
   FUZZ_CHECK(batch->device.device_id == kDevice.device_id);
   FUZZ_CHECK(batch->device.org_id == kDevice.org_id);
   FUZZ_CHECK(batch->record_count() <= Limits().max_records);
-  FUZZ_CHECK(batch->metrics.compressed_data().empty());
   FUZZ_CHECK(batch->logs.compressed_data().empty());
   FUZZ_CHECK(batch->events.compressed_data().empty());
-  for (const fleetd::v1::Metric& m : batch->metrics.metrics()) {
-    FUZZ_CHECK(!m.labels().contains("device_id"));
-    FUZZ_CHECK(!m.labels().contains("org_id"));
-    FUZZ_CHECK(m.has_timestamp());
+  const server::MetricSamples& m = batch->metrics;
+  for (int i = 0; i < m.size(); ++i) {
+    FUZZ_CHECK(!m.FindLabel(i, "device_id").has_value());
+    FUZZ_CHECK(!m.FindLabel(i, "org_id").has_value());
+    FUZZ_CHECK(m.has_timestamp(i));
+    FUZZ_CHECK(m.label_count(i) <= Limits().max_labels);
+    for (int j = 1; j < m.label_count(i); ++j) {
+      FUZZ_CHECK(m.label(i, j - 1).name < m.label(i, j).name);
+    }
   }
 }
 

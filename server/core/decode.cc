@@ -3,6 +3,7 @@
 #include <openssl/sha.h>
 
 #include <cmath>
+#include <optional>
 #include <string>
 
 #include "absl/strings/ascii.h"
@@ -11,6 +12,7 @@
 #include "common/codec/codec.h"
 #include "common/status/error_class.h"
 #include "common/status/status_macros.h"
+#include "server/model/metric_samples.h"
 
 namespace fleetd::server {
 namespace {
@@ -29,15 +31,19 @@ struct Where {
   std::string str() const { return absl::StrCat(kind, " ", index); }
 };
 
-absl::Status CheckTimestamp(const google::protobuf::Timestamp& ts,
-                            const Where& what) {
+absl::Status CheckTimestamp(int64_t seconds, int32_t nanos, const Where& what) {
   // The range google.protobuf.Timestamp allows: years 0001..9999.
-  if (ts.seconds() < -62135596800 || ts.seconds() > 253402300799 ||
-      ts.nanos() < 0 || ts.nanos() > 999'999'999) {
+  if (seconds < -62135596800 || seconds > 253402300799 || nanos < 0 ||
+      nanos > 999'999'999) {
     return absl::InvalidArgumentError(
         absl::StrCat(what.str(), ": timestamp out of range"));
   }
   return absl::OkStatus();
+}
+
+absl::Status CheckTimestamp(const google::protobuf::Timestamp& ts,
+                            const Where& what) {
+  return CheckTimestamp(ts.seconds(), ts.nanos(), what);
 }
 
 std::string Sha256(absl::string_view data) {
@@ -87,23 +93,21 @@ absl::Status CheckLabels(
   return absl::OkStatus();
 }
 
-// Undoes in-message compression. `Batch` is MetricsBatch, LogsBatch or
+// Undoes in-message compression: the decompressed bytes of `wire`, checked
+// against its declared size and the metadata's checksum, or nullopt when the
+// records travel uncompressed. `Batch` is MetricsBatch, LogsBatch or
 // EventsBatch; `wire_records` is how many records the wire batch carries
-// uncompressed. Sets `*payload_bytes` to the decompressed size when there was
-// compression (0 otherwise).
+// uncompressed.
 template <typename Batch>
-absl::StatusOr<Batch> Unpack(const Batch& wire,
-                             const v1::SyncMetadata& metadata,
-                             int declared_size, int wire_records,
-                             const DecodeLimits& limits,
-                             size_t* payload_bytes) {
-  *payload_bytes = 0;
+absl::StatusOr<std::optional<std::string>> Inflate(
+    const Batch& wire, const v1::SyncMetadata& metadata, int declared_size,
+    int wire_records, const DecodeLimits& limits) {
   if (wire.compressed_data().empty()) {
     if (!metadata.checksum().empty() &&
         metadata.checksum().size() != SHA256_DIGEST_LENGTH) {
       return absl::InvalidArgumentError("checksum must be a 32-byte SHA-256");
     }
-    return wire;
+    return std::nullopt;
   }
   if (wire_records > 0) {
     return absl::InvalidArgumentError(
@@ -138,6 +142,22 @@ absl::StatusOr<Batch> Unpack(const Batch& wire,
     return absl::InvalidArgumentError(
         "checksum does not match the uncompressed batch");
   }
+  return *std::move(raw);
+}
+
+// Inflate, then the generated parser (logs and events). Sets `*payload_bytes`
+// to the decompressed size when there was compression (0 otherwise).
+template <typename Batch>
+absl::StatusOr<Batch> Unpack(const Batch& wire,
+                             const v1::SyncMetadata& metadata,
+                             int declared_size, int wire_records,
+                             const DecodeLimits& limits,
+                             size_t* payload_bytes) {
+  *payload_bytes = 0;
+  ASSIGN_OR_RETURN(
+      std::optional<std::string> raw,
+      Inflate(wire, metadata, declared_size, wire_records, limits));
+  if (!raw.has_value()) return wire;
   *payload_bytes = raw->size();
   Batch inner;
   if (!inner.ParseFromString(*raw)) {
@@ -223,42 +243,98 @@ absl::Status CheckMetadataIdentity(const v1::SyncMetadata& metadata,
 
 namespace {
 
+// CheckLabels for sample `i` of a flat batch.
+absl::Status CheckSampleLabels(MetricSamples* samples, int i,
+                               const DeviceIdentity& device,
+                               const DecodeLimits& limits, const Where& what) {
+  const int count = samples->label_count(i);
+  if (count > limits.max_labels) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what.str(), ": ", count, " labels, over the limit of ",
+                     limits.max_labels));
+  }
+  bool has_dev = false;
+  bool has_org = false;
+  for (int j = 0; j < count; ++j) {
+    const LabelView l = samples->label(i, j);
+    if (!IsValidLabelName(l.name) || l.name.size() > limits.max_name_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what.str(), ": invalid label name \"", absl::CEscape(l.name), "\""));
+    }
+    if (l.value.size() > limits.max_label_value_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what.str(), ": label ", l.name, " value of ",
+                       l.value.size(), " bytes is too long"));
+    }
+    if (l.name == "device_id") {
+      if (l.value != device.device_id) {
+        return absl::PermissionDeniedError(absl::StrCat(
+            what.str(),
+            ": label device_id names another device than the API key's"));
+      }
+      has_dev = true;
+    } else if (l.name == "org_id") {
+      if (l.value != device.org_id) {
+        return absl::PermissionDeniedError(absl::StrCat(
+            what.str(), ": label org_id names another org than the API key's"));
+      }
+      has_org = true;
+    }
+  }
+  if (has_dev) samples->EraseLabel(i, "device_id");
+  if (has_org) samples->EraseLabel(i, "org_id");
+  return absl::OkStatus();
+}
+
 absl::StatusOr<DecodedBatch> DecodeMetricsContent(
     const v1::SyncMetricsRequest& request, const DeviceIdentity& device,
     const DecodeLimits& limits, absl::Time now) {
   const v1::SyncMetadata& md = request.metadata();
   RETURN_IF_ERROR(CheckMetadataIdentity(md, device));
-  size_t payload_bytes = 0;
-  ASSIGN_OR_RETURN(
-      v1::MetricsBatch batch,
-      Unpack(request.batch(), md, request.batch().original_size(),
-             request.batch().metrics_size(), limits, &payload_bytes));
-  RETURN_IF_ERROR(CheckEnvelope(md, batch.metrics_size(), limits));
-  for (int i = 0; i < batch.metrics_size(); ++i) {
-    v1::Metric* m = batch.mutable_metrics(i);
-    const Where what{"metric", i};
-    if (!IsValidMetricName(m->name()) ||
-        m->name().size() > limits.max_name_bytes) {
+  ASSIGN_OR_RETURN(std::optional<std::string> raw,
+                   Inflate(request.batch(), md, request.batch().original_size(),
+                           request.batch().metrics_size(), limits));
+  MetricSamples samples;
+  if (raw.has_value()) {
+    // Straight from the decompressed bytes, no message objects (see
+    // metric_samples.h). A sample with far more label entries than allowed
+    // is refused while reading, before any work on its labels.
+    absl::StatusOr<MetricSamples> parsed =
+        MetricSamples::Parse(*std::move(raw), limits.max_labels);
+    if (!parsed.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(what.str(), ": invalid metric name \"",
-                       absl::CEscape(m->name()), "\""));
+          absl::StrCat("compressed_data is not a valid serialized batch: ",
+                       parsed.status().message()));
     }
-    if (!std::isfinite(m->value())) {
+    samples = *std::move(parsed);
+  } else {
+    samples = MetricSamples::FromProto(request.batch());
+  }
+  RETURN_IF_ERROR(CheckEnvelope(md, samples.size(), limits));
+  const int64_t now_nanos = absl::ToUnixNanos(now);
+  for (int i = 0; i < samples.size(); ++i) {
+    const Where what{"metric", i};
+    const absl::string_view name = samples.name(i);
+    if (!IsValidMetricName(name) || name.size() > limits.max_name_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what.str(), ": invalid metric name \"", absl::CEscape(name), "\""));
+    }
+    if (!std::isfinite(samples.value(i))) {
       return absl::InvalidArgumentError(
           absl::StrCat(what.str(), ": value is not finite"));
     }
-    if (m->has_timestamp()) {
-      RETURN_IF_ERROR(CheckTimestamp(m->timestamp(), what));
+    if (samples.has_timestamp(i)) {
+      RETURN_IF_ERROR(CheckTimestamp(samples.timestamp_seconds(i),
+                                     samples.timestamp_nanos(i), what));
     } else {
-      SetTimestamp(m->mutable_timestamp(), now);
+      samples.SetTimestamp(i, now_nanos / 1'000'000'000,
+                           static_cast<int32_t>(now_nanos % 1'000'000'000));
     }
-    RETURN_IF_ERROR(CheckLabels(m->mutable_labels(), device, limits, what));
+    RETURN_IF_ERROR(CheckSampleLabels(&samples, i, device, limits, what));
   }
   DecodedBatch out = NewBatch(DataKind::kMetrics, md, device);
-  batch.clear_compression();
-  batch.clear_original_size();
-  out.metrics = std::move(batch);
-  out.payload_bytes = payload_bytes;
+  out.payload_bytes = samples.wire_bytes();
+  out.metrics = std::move(samples);
   return out;
 }
 

@@ -57,17 +57,16 @@ TEST(DecodeTest, PlainBatchDecodesWithIdentityFromKey) {
   EXPECT_EQ(b->stream, "metrics");
   EXPECT_EQ(b->sequence_number, 42);
   EXPECT_EQ(b->device.device_id, "dev-1");
-  ASSERT_EQ(b->metrics.metrics_size(), 3);
-  EXPECT_EQ(b->metrics.metrics(0).timestamp().seconds(), 1'760'000'000)
-      << "defaulted";
+  ASSERT_EQ(b->metrics.size(), 3);
+  EXPECT_EQ(b->metrics.timestamp_seconds(0), 1'760'000'000) << "defaulted";
 }
 
 TEST(DecodeTest, CompressedBatchesOfEveryCodecDecode) {
   for (Compression c : {Compression::kGzip, Compression::kZstd}) {
     auto b = DecodeMetrics(Compressed(Request(50), c), kDevice, {}, kNow);
     ASSERT_THAT(b, IsOk()) << CompressionName(c);
-    EXPECT_EQ(b->metrics.metrics_size(), 50);
-    EXPECT_EQ(b->metrics.metrics(49).labels().at("core"), "49");
+    EXPECT_EQ(b->metrics.size(), 50);
+    EXPECT_EQ(b->metrics.FindLabel(49, "core"), "49");
   }
 }
 
@@ -100,7 +99,7 @@ TEST(DecodeTest, StreamingZstdFrameWithExactOriginalSizeDecodes) {
   r.mutable_metadata()->set_checksum(Sha256(raw));
   auto b = DecodeMetrics(r, kDevice, {}, kNow);
   ASSERT_THAT(b, IsOk());
-  EXPECT_EQ(b->metrics.metrics_size(), 100);
+  EXPECT_EQ(b->metrics.size(), 100);
   // One byte less declared than the frame holds is still refused, marked.
   r.mutable_batch()->set_original_size(static_cast<int>(raw.size()) - 1);
   auto lie = DecodeMetrics(r, kDevice, {}, kNow);
@@ -167,7 +166,7 @@ TEST(DecodeTest, AnotherDevicesIdentityIsPermissionDenied) {
       "dev-1";
   auto ok = DecodeMetrics(r, kDevice, {}, kNow);
   ASSERT_THAT(ok, IsOk());
-  EXPECT_EQ(ok->metrics.metrics(0).labels().count("device_id"), 0u)
+  EXPECT_EQ(ok->metrics.FindLabel(0, "device_id"), std::nullopt)
       << "writers add it";
 }
 
@@ -190,7 +189,7 @@ TEST(DecodeTest, InjectionInNamesIsRejectedButValuesPassThrough) {
   (*r.mutable_batch()->mutable_metrics(0)->mutable_labels())["site"] = hostile;
   auto b = DecodeMetrics(r, kDevice, {}, kNow);
   ASSERT_THAT(b, IsOk());
-  EXPECT_EQ(b->metrics.metrics(0).labels().at("site"), hostile);
+  EXPECT_EQ(b->metrics.FindLabel(0, "site"), hostile);
 }
 
 TEST(DecodeTest, LimitsAreEnforced) {

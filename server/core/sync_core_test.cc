@@ -116,8 +116,9 @@ class RecordingWriter : public Writer {
     --in_flight_;
     if (!fail_.ok()) return fail_;
     for (const DecodedBatch* b : batches) {
-      for (const auto& m : b->metrics.metrics()) {
-        rows_.push_back(b->device.device_id + "/" + m.name());
+      for (int i = 0; i < b->metrics.size(); ++i) {
+        rows_.push_back(b->device.device_id + "/" +
+                        std::string(b->metrics.name(i)));
       }
       for (const auto& l : b->logs.logs())
         rows_.push_back(b->device.device_id + "/" + l.message());

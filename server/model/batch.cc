@@ -17,7 +17,7 @@ absl::string_view DataKindName(DataKind kind) {
 int DecodedBatch::record_count() const {
   switch (kind) {
     case DataKind::kMetrics:
-      return metrics.metrics_size();
+      return metrics.size();
     case DataKind::kLogs:
       return logs.logs_size();
     case DataKind::kEvents:
@@ -31,9 +31,9 @@ size_t DecodedBatch::approx_bytes() const {
   size_t per_record = 0;
   switch (kind) {
     case DataKind::kMetrics:
-      if (payload == 0) payload = metrics.ByteSizeLong();
-      per_record = sizeof(v1::Metric);
-      break;
+      // Flat samples: exactly what they hold.
+      return metrics.MemoryBytes() + sizeof(*this) + device.device_id.size() +
+             device.org_id.size() + stream.size();
     case DataKind::kLogs:
       if (payload == 0) payload = logs.ByteSizeLong();
       per_record = sizeof(v1::LogEntry);

@@ -8,6 +8,7 @@
 
 #include "absl/strings/string_view.h"
 #include "fleetd/v1/sync.pb.h"
+#include "server/model/metric_samples.h"
 
 namespace fleetd::server {
 
@@ -26,15 +27,16 @@ enum class DataKind { kMetrics, kLogs, kEvents };
 absl::string_view DataKindName(DataKind kind);  // "metrics", "logs", "events"
 
 // A batch after decompression and validation. Exactly the payload matching
-// `kind` is set; its records are in `metrics().metrics()` (etc.), never in
-// compressed form.
+// `kind` is set, never in compressed form: metric samples in flat form
+// (metric_samples.h: the bulk of the traffic, read without message objects),
+// log entries and events as messages (`logs.logs()`, `events.events()`).
 struct DecodedBatch {
   DeviceIdentity device;
   DataKind kind = DataKind::kMetrics;
   // Sequence numbers are unique per (device, stream).
   std::string stream;
   int64_t sequence_number = 0;
-  v1::MetricsBatch metrics;
+  MetricSamples metrics;
   v1::LogsBatch logs;
   v1::EventsBatch events;
   // Serialized size of the payload, when the decoder knows it (it read that

@@ -306,22 +306,24 @@ MetricSamples MetricSamples::FromProto(const v1::MetricsBatch& batch) {
   out.bytes_.reserve(text);
   out.samples_.reserve(batch.metrics_size());
   out.labels_.reserve(labels);
-  for (const v1::Metric& m : batch.metrics()) {
-    SampleRec s;
-    s.name = out.Append(m.name());
-    s.value = m.value();
-    s.has_timestamp = m.has_timestamp();
-    s.seconds = m.timestamp().seconds();
-    s.nanos = m.timestamp().nanos();
-    s.labels_begin = static_cast<uint32_t>(out.labels_.size());
-    for (const auto& [k, v] : m.labels()) {
-      out.labels_.push_back({out.Append(k), out.Append(v)});
-    }
-    s.labels_count = static_cast<uint32_t>(m.labels().size());
-    out.samples_.push_back(s);
-    out.SortAndDedupeLast();
-  }
+  for (const v1::Metric& m : batch.metrics()) out.Append(m);
   return out;
+}
+
+void MetricSamples::Append(const v1::Metric& metric) {
+  SampleRec s;
+  s.name = AppendBytes(metric.name());
+  s.value = metric.value();
+  s.has_timestamp = metric.has_timestamp();
+  s.seconds = metric.timestamp().seconds();
+  s.nanos = metric.timestamp().nanos();
+  s.labels_begin = static_cast<uint32_t>(labels_.size());
+  for (const auto& [k, v] : metric.labels()) {
+    labels_.push_back({AppendBytes(k), AppendBytes(v)});
+  }
+  s.labels_count = static_cast<uint32_t>(metric.labels().size());
+  samples_.push_back(s);
+  SortAndDedupeLast();
 }
 
 v1::MetricsBatch MetricSamples::ToProto() const {
@@ -385,7 +387,7 @@ size_t MetricSamples::MemoryBytes() const {
          labels_.capacity() * sizeof(LabelRec);
 }
 
-MetricSamples::Span MetricSamples::Append(absl::string_view s) {
+MetricSamples::Span MetricSamples::AppendBytes(absl::string_view s) {
   Span span{static_cast<uint32_t>(bytes_.size()),
             static_cast<uint32_t>(s.size())};
   bytes_.append(s.data(), s.size());

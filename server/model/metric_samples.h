@@ -56,6 +56,8 @@ class MetricSamples {
   // The samples of an already parsed message (copies every string; labels
   // sorted as by Parse). For uncompressed batches and tests.
   static MetricSamples FromProto(const v1::MetricsBatch& batch);
+  // Appends one sample from a message (copies its strings; labels sorted).
+  void Append(const v1::Metric& metric);
   // The samples as a message (labels in name order). For tests and writers
   // that want the generated type.
   v1::MetricsBatch ToProto() const;
@@ -118,7 +120,7 @@ class MetricSamples {
   absl::string_view View(Span s) const {
     return absl::string_view(bytes_.data() + s.offset, s.size);
   }
-  Span Append(absl::string_view s);
+  Span AppendBytes(absl::string_view s);
   // Sorts the labels of the last sample by name, keeping the last of equal
   // names (their wire order is their order in `labels_`).
   void SortAndDedupeLast();

@@ -102,7 +102,9 @@ std::shared_ptr<DecodedBatch> MakeBatch(int64_t seq, int records) {
   b->kind = DataKind::kMetrics;
   b->stream = "metrics";
   b->sequence_number = seq;
-  for (int i = 0; i < records; ++i) b->metrics.add_metrics()->set_name("m");
+  v1::Metric m;
+  m.set_name("m");
+  for (int i = 0; i < records; ++i) b->metrics.Append(m);
   return b;
 }
 

@@ -160,13 +160,24 @@ absl::StatusOr<std::map<absl::string_view, std::string>> BuildBodies(
         }
         break;
       case DataKind::kMetrics:
-        for (int i = 0; i < b->metrics.metrics_size(); ++i) {
-          const v1::Metric& m = b->metrics.metrics(i);
-          absl::StatusOr<nlohmann::json> row = KeyColumns(*b, i, m.timestamp());
+        for (int i = 0; i < b->metrics.size(); ++i) {
+          const MetricSamples& m = b->metrics;
+          google::protobuf::Timestamp ts;
+          ts.set_seconds(m.timestamp_seconds(i));
+          ts.set_nanos(m.timestamp_nanos(i));
+          absl::StatusOr<nlohmann::json> row = KeyColumns(*b, i, ts);
           if (!row.ok()) return row.status();
-          (*row)["name"] = m.name();
-          (*row)["value"] = m.value();
-          AddMap(m.labels(), "labels_keys", "labels_values", &*row);
+          (*row)["name"] = std::string(m.name(i));
+          (*row)["value"] = m.value(i);
+          // Labels come sorted by name (metric_samples.h), as AddMap sorts.
+          nlohmann::json keys = nlohmann::json::array();
+          nlohmann::json values = nlohmann::json::array();
+          for (int j = 0; j < m.label_count(i); ++j) {
+            keys.push_back(std::string(m.label(i, j).name));
+            values.push_back(std::string(m.label(i, j).value));
+          }
+          (*row)["labels_keys"] = std::move(keys);
+          (*row)["labels_values"] = std::move(values);
           absl::StrAppend(&bodies[kMetricsTable], row->dump(), "\n");
         }
         break;

@@ -176,12 +176,13 @@ TEST_F(ClickHouseWriterTest, EventsReadBack) {
 TEST_F(ClickHouseWriterTest, MetricAndLogCopiesReadBack) {
   ASSERT_THAT(writer_->Migrate(), IsOk());
   DecodedBatch m = NewBatch(DataKind::kMetrics, "dev-m", 5);
-  v1::Metric* metric = m.metrics.add_metrics();
-  metric->set_name("cpu_usage");
-  metric->set_value(0.1);
-  SetTime(metric->mutable_timestamp(), kT0, 999'000'000);
-  (*metric->mutable_labels())["core"] = "1";
-  (*metric->mutable_labels())["cluster"] = "eu";
+  v1::Metric metric;
+  metric.set_name("cpu_usage");
+  metric.set_value(0.1);
+  SetTime(metric.mutable_timestamp(), kT0, 999'000'000);
+  (*metric.mutable_labels())["core"] = "1";
+  (*metric.mutable_labels())["cluster"] = "eu";
+  m.metrics.Append(metric);
   DecodedBatch l = NewBatch(DataKind::kLogs, "dev-l", 6);
   v1::LogEntry* log = l.logs.add_logs();
   log->set_level("error");

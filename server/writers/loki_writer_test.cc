@@ -262,7 +262,9 @@ TEST_P(LokiWriterTest, FlushWithoutLogsSendsNothing) {
   DecodedBatch metrics;
   metrics.device = {"dev-a", "org-a", "k"};
   metrics.kind = DataKind::kMetrics;
-  metrics.metrics.add_metrics()->set_name("m");
+  v1::Metric m;
+  m.set_name("m");
+  metrics.metrics.Append(m);
   DecodedBatch empty = Logs("dev-a", "org-a", 2, {});
   std::vector<const DecodedBatch*> flush = {&metrics, &empty};
   ASSERT_THAT(writer_->Write(flush), IsOk());

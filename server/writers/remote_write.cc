@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
-#include <tuple>
 
 #include "absl/base/casts.h"
 #include "absl/hash/hash.h"
@@ -79,29 +78,25 @@ bool KeptLabel(absl::string_view name, absl::string_view value) {
          !absl::StartsWith(name, "__");
 }
 
-int64_t MillisOf(const v1::Metric& m) {
-  return m.timestamp().seconds() * 1000 + m.timestamp().nanos() / 1'000'000;
-}
-
 }  // namespace
 
 uint32_t RemoteWriteEncoder::FindOrAddSeries(const DecodedBatch& batch,
-                                             const v1::Metric& metric) {
+                                             int index) {
+  const MetricSamples& metrics = batch.metrics;
   const std::string& device = batch.device.device_id;
   const std::string& org = batch.device.org_id;
-  // Order-independent: protobuf maps iterate in no particular order.
-  size_t label_sum = 0;
+  const absl::string_view name = metrics.name(index);
+  const int count = metrics.label_count(index);
+  // Labels come sorted and unique (metric_samples.h), so one pass hashes
+  // them and a pairwise walk compares two sets.
+  size_t hash = absl::HashOf(name, device, org);
   uint32_t labels = 1 + (device.empty() ? 0 : 1) + (org.empty() ? 0 : 1);
-  for (const auto& [name, value] : metric.labels()) {
-    if (!KeptLabel(name, value)) continue;
-    label_sum += absl::Hash<std::pair<absl::string_view, absl::string_view>>()(
-        {name, value});
+  for (int j = 0; j < count; ++j) {
+    const LabelView l = metrics.label(index, j);
+    if (!KeptLabel(l.name, l.value)) continue;
+    hash = absl::HashOf(hash, l.name, l.value);
     ++labels;
   }
-  const size_t hash =
-      absl::Hash<std::tuple<absl::string_view, absl::string_view,
-                            absl::string_view, size_t>>()(
-          {metric.name(), device, org, label_sum});
 
   const size_t mask = slots_.size() - 1;
   for (size_t i = hash & mask;; i = (i + 1) & mask) {
@@ -111,63 +106,80 @@ uint32_t RemoteWriteEncoder::FindOrAddSeries(const DecodedBatch& batch,
       break;
     }
     const Series& s = series_[slot - 1];
-    if (s.hash != hash || s.labels != labels ||
-        s.metric->name() != metric.name()) {
+    const MetricSamples& other = s.batch->metrics;
+    if (s.hash != hash || s.labels != labels || other.name(s.index) != name) {
       continue;
     }
     if (s.batch != &batch && (s.batch->device.device_id != device ||
                               s.batch->device.org_id != org)) {
       continue;
     }
-    // The same number of kept labels, each of this metric's found with the
-    // same value: the same set.
+    // Both kept-label lists in name order: equal element by element.
+    const int other_count = other.label_count(s.index);
+    int j = 0;
+    int k = 0;
     bool same = true;
-    for (const auto& [name, value] : metric.labels()) {
-      if (!KeptLabel(name, value)) continue;
-      auto it = s.metric->labels().find(name);
-      if (it == s.metric->labels().end() || it->second != value) {
-        same = false;
+    while (same) {
+      while (j < count && !KeptLabel(metrics.label(index, j).name,
+                                     metrics.label(index, j).value)) {
+        ++j;
+      }
+      while (k < other_count && !KeptLabel(other.label(s.index, k).name,
+                                           other.label(s.index, k).value)) {
+        ++k;
+      }
+      if (j == count || k == other_count) {
+        same = j == count && k == other_count;
         break;
       }
+      const LabelView a = metrics.label(index, j++);
+      const LabelView b = other.label(s.index, k++);
+      same = a.name == b.name && a.value == b.value;
     }
     if (same) return slot - 1;
   }
 
   Series s{};
   s.batch = &batch;
-  s.metric = &metric;
+  s.index = index;
   s.hash = hash;
   s.labels = labels;
-  s.label_bytes = LabelFieldSize(kNameLabel, metric.name());
+  s.label_bytes = LabelFieldSize(kNameLabel, name);
   if (!device.empty()) s.label_bytes += LabelFieldSize(kDeviceLabel, device);
   if (!org.empty()) s.label_bytes += LabelFieldSize(kOrgLabel, org);
-  for (const auto& [name, value] : metric.labels()) {
-    if (KeptLabel(name, value)) s.label_bytes += LabelFieldSize(name, value);
+  for (int j = 0; j < count; ++j) {
+    const LabelView l = metrics.label(index, j);
+    if (KeptLabel(l.name, l.value))
+      s.label_bytes += LabelFieldSize(l.name, l.value);
   }
   series_.push_back(s);
   return static_cast<uint32_t>(series_.size() - 1);
 }
 
 absl::Status RemoteWriteEncoder::SortedLabels(const Series& series) {
-  const v1::Metric& metric = *series.metric;
+  const MetricSamples& metrics = series.batch->metrics;
+  const absl::string_view name = metrics.name(series.index);
   const DeviceIdentity& device = series.batch->device;
   labels_.clear();
-  labels_.emplace_back(kNameLabel, metric.name());
+  labels_.emplace_back(kNameLabel, name);
   if (!device.device_id.empty()) {
     labels_.emplace_back(kDeviceLabel, device.device_id);
   }
   if (!device.org_id.empty()) labels_.emplace_back(kOrgLabel, device.org_id);
-  for (const auto& [name, value] : metric.labels()) {
-    if (KeptLabel(name, value)) labels_.emplace_back(name, value);
+  for (int j = 0; j < metrics.label_count(series.index); ++j) {
+    const LabelView l = metrics.label(series.index, j);
+    if (KeptLabel(l.name, l.value)) labels_.emplace_back(l.name, l.value);
   }
-  for (const auto& [name, value] : labels_) {
-    if (!IsValidUtf8(name) || !IsValidUtf8(value)) {
+  for (const auto& [label, value] : labels_) {
+    if (!IsValidUtf8(label) || !IsValidUtf8(value)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "metric \"", absl::CEscape(metric.name()), "\" of device \"",
-          absl::CEscape(device.device_id), "\": label \"", absl::CEscape(name),
+          "metric \"", absl::CEscape(name), "\" of device \"",
+          absl::CEscape(device.device_id), "\": label \"", absl::CEscape(label),
           "\" or its value is not valid UTF-8"));
     }
   }
+  // The metric's own labels are in order already; the three added ones
+  // (__name__, device_id, org_id) find their places.
   std::sort(labels_.begin(), labels_.end(),
             [](const auto& a, const auto& b) { return a.first < b.first; });
   return absl::OkStatus();
@@ -185,7 +197,7 @@ absl::Status RemoteWriteEncoder::Encode(
   Clear();
   size_t count = 0;
   for (const DecodedBatch* b : batches) {
-    if (b->kind == DataKind::kMetrics) count += b->metrics.metrics_size();
+    if (b->kind == DataKind::kMetrics) count += b->metrics.size();
   }
   if (count == 0) return absl::OkStatus();
   if (count > std::numeric_limits<uint32_t>::max() / 2) {
@@ -200,12 +212,12 @@ absl::Status RemoteWriteEncoder::Encode(
   uint32_t position = 0;
   for (const DecodedBatch* b : batches) {
     if (b->kind != DataKind::kMetrics) continue;
-    for (const v1::Metric& m : b->metrics.metrics()) {
-      const uint32_t s = FindOrAddSeries(*b, m);
-      const int64_t ms = MillisOf(m);
+    for (int i = 0; i < b->metrics.size(); ++i) {
+      const uint32_t s = FindOrAddSeries(*b, i);
+      const int64_t ms = b->metrics.timestamp_millis(i);
       series_[s].samples++;
       series_[s].sample_bytes += SampleFieldSize(ms);
-      samples_.push_back({&m, ms, s, position++});
+      samples_.push_back({b->metrics.value(i), ms, s, position++});
     }
   }
   uint32_t first = 0;
@@ -253,7 +265,7 @@ absl::Status RemoteWriteEncoder::Encode(
       *p++ = kSamplesTag;
       *p++ = static_cast<char>(SampleMessageSize(sample.ms));
       *p++ = kSampleValueTag;
-      const uint64_t bits = absl::bit_cast<uint64_t>(sample.metric->value());
+      const uint64_t bits = absl::bit_cast<uint64_t>(sample.value);
       for (int byte = 0; byte < 8; ++byte) {  // little-endian
         *p++ = static_cast<char>(bits >> (8 * byte));
       }

@@ -46,12 +46,11 @@ inline constexpr std::pair<const char*, const char*> kRemoteWriteHeaders[] = {
 //   - one TimeSeries per distinct label set across all batches, in the order
 //     of the first sample of each; its samples in timestamp order (equal
 //     timestamps in the order they appear in the batches).
-//   - timestamps in milliseconds since the epoch (seconds * 1000 + nanos /
-//     1e6: rounded down, as a Timestamp's nanos are 0..999,999,999), values
+//   - timestamps in milliseconds since the epoch (rounded down), values
 //     as doubles.
-// The output is a pure function of the batches' content (protobuf map order
-// does not matter), so a retried write produces the same series, timestamps
-// and values, which a deduplicating receiver keeps once.
+// The output is a pure function of the batches' content, so a retried write
+// produces the same series, timestamps and values, which a deduplicating
+// receiver keeps once.
 //
 // Cost: no heap allocation per sample or series. Scratch space (the grouping
 // table, the uncompressed request) lives in the encoder and only grows, and
@@ -84,7 +83,7 @@ class RemoteWriteEncoder {
  private:
   // A sample, by where it is in the batches.
   struct Sample {
-    const v1::Metric* metric;
+    double value;
     int64_t ms;
     uint32_t series;
     uint32_t position;  // in the flush: orders equal timestamps
@@ -92,7 +91,7 @@ class RemoteWriteEncoder {
   // A distinct label set, by its first sample.
   struct Series {
     const DecodedBatch* batch;
-    const v1::Metric* metric;
+    int index;  // of the first sample, in batch->metrics
     size_t hash;
     uint32_t labels;      // how many are written
     uint32_t samples;     // how many samples
@@ -101,8 +100,9 @@ class RemoteWriteEncoder {
     uint32_t first;       // into grouped_
   };
 
-  // The index of the series of `metric` in series_, adding it when new.
-  uint32_t FindOrAddSeries(const DecodedBatch& batch, const v1::Metric& metric);
+  // The index in series_ of the series of sample `index` of `batch`, adding
+  // it when new.
+  uint32_t FindOrAddSeries(const DecodedBatch& batch, int index);
   // Forgets the last request (its capacity stays).
   void Clear();
   // Checks a new series' strings and puts its labels, sorted, in labels_.

@@ -49,16 +49,16 @@ DecodedBatch Metrics(const std::string& device) {
   return b;
 }
 
-v1::Metric* Add(DecodedBatch& b, const std::string& name, double value,
-                int64_t seconds, int32_t nanos,
-                std::vector<std::pair<std::string, std::string>> labels) {
-  v1::Metric* m = b.metrics.add_metrics();
-  m->set_name(name);
-  m->set_value(value);
-  m->mutable_timestamp()->set_seconds(seconds);
-  m->mutable_timestamp()->set_nanos(nanos);
-  for (auto& [k, v] : labels) (*m->mutable_labels())[k] = v;
-  return m;
+void Add(DecodedBatch& b, const std::string& name, double value,
+         int64_t seconds, int32_t nanos,
+         std::vector<std::pair<std::string, std::string>> labels) {
+  v1::Metric m;
+  m.set_name(name);
+  m.set_value(value);
+  m.mutable_timestamp()->set_seconds(seconds);
+  m.mutable_timestamp()->set_nanos(nanos);
+  for (auto& [k, v] : labels) (*m.mutable_labels())[k] = v;
+  b.metrics.Append(m);
 }
 
 // Undoes snappy and parses the WriteRequest with the protobuf library.

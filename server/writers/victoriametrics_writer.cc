@@ -332,17 +332,18 @@ class VictoriaMetricsWriter final : public Writer {
         0, absl::ToUnixMillis(now - retention + kWindowMargin));
     for (const DecodedBatch* b : batches) {
       if (b->kind != DataKind::kMetrics) continue;
-      for (const v1::Metric& m : b->metrics.metrics()) {
-        const int64_t ms = MillisOf(m);
+      const MetricSamples& m = b->metrics;
+      for (int i = 0; i < m.size(); ++i) {
+        const int64_t ms = m.timestamp_millis(i);
         if (ms >= min_ms && ms <= max_ms) continue;
         int64_t refused = 0;
-        for (const v1::Metric& other : b->metrics.metrics()) {
-          const int64_t t = MillisOf(other);
+        for (int k = 0; k < m.size(); ++k) {
+          const int64_t t = m.timestamp_millis(k);
           if (t < min_ms || t > max_ms) ++refused;
         }
         if (out_of_window_ != nullptr) out_of_window_->Increment(refused);
         std::string message = absl::StrCat(
-            "metric ", m.name(), " of device ", b->device.device_id,
+            "metric ", m.name(i), " of device ", b->device.device_id,
             " has timestamp ", ms, " ms, outside what VictoriaMetrics stores (",
             min_ms, " to ", max_ms,
             " ms: its retention period, at most 2 days ahead); it would be "
@@ -427,10 +428,6 @@ class VictoriaMetricsWriter final : public Writer {
       }
     }
     return out;
-  }
-
-  static int64_t MillisOf(const v1::Metric& m) {
-    return m.timestamp().seconds() * 1000 + m.timestamp().nanos() / 1'000'000;
   }
 
   const std::string base_;

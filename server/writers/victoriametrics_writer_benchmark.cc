@@ -48,7 +48,8 @@ std::vector<DecodedBatch> Flush(int samples, int64_t round, int thread) {
     b.kind = DataKind::kMetrics;
     b.stream = "metrics";
     b.sequence_number = round;
-    b.metrics = fleetd::bench::MakeMetricsBatch(kDeviceBatch, start, i);
+    b.metrics = MetricSamples::FromProto(
+        fleetd::bench::MakeMetricsBatch(kDeviceBatch, start, i));
   }
   return out;
 }

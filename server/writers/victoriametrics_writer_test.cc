@@ -38,10 +38,11 @@ DecodedBatch OneSample(const std::string& device, absl::Time t) {
   b.kind = DataKind::kMetrics;
   b.stream = "metrics";
   b.sequence_number = 1;
-  v1::Metric* m = b.metrics.add_metrics();
-  m->set_name("vmw_crash");
-  m->set_value(1);
-  m->mutable_timestamp()->set_seconds(absl::ToUnixSeconds(t));
+  v1::Metric m;
+  m.set_name("vmw_crash");
+  m.set_value(1);
+  m.mutable_timestamp()->set_seconds(absl::ToUnixSeconds(t));
+  b.metrics.Append(m);
   return b;
 }
 
@@ -73,12 +74,13 @@ class VictoriaMetricsWriterTest : public ::testing::Test {
     b.stream = "metrics";
     b.sequence_number = seq;
     for (int i = 0; i < n; ++i) {
-      v1::Metric* m = b.metrics.add_metrics();
-      m->set_name(metric);
-      m->set_value(i);
+      v1::Metric m;
+      m.set_name(metric);
+      m.set_value(i);
       int64_t ms = absl::ToUnixMillis(t0) + i * 1000;
-      m->mutable_timestamp()->set_seconds(ms / 1000);
-      (*m->mutable_labels())["core"] = std::to_string(i % 2);
+      m.mutable_timestamp()->set_seconds(ms / 1000);
+      (*m.mutable_labels())["core"] = std::to_string(i % 2);
+      b.metrics.Append(m);
     }
     return b;
   }
@@ -115,8 +117,10 @@ TEST_F(VictoriaMetricsWriterTest, HostileLabelValuesAreStoredVerbatim) {
   DecodedBatch b = Batch("dev-x", 1, "vmw_hostile", 1, t0);
   const std::string hostile = "\"} or vector(1) # '; DROP TABLE x;--\\n";
   const std::string multiline = "line one\nline \"two\" \\ Zürich 東京";
-  (*b.metrics.mutable_metrics(0)->mutable_labels())["site"] = hostile;
-  (*b.metrics.mutable_metrics(0)->mutable_labels())["city"] = multiline;
+  v1::MetricsBatch edited = b.metrics.ToProto();
+  (*edited.mutable_metrics(0)->mutable_labels())["site"] = hostile;
+  (*edited.mutable_metrics(0)->mutable_labels())["city"] = multiline;
+  b.metrics = MetricSamples::FromProto(edited);
   std::vector<const DecodedBatch*> one = {&b};
   ASSERT_THAT(writer_->Write(one), IsOk());
   ASSERT_THAT(vm_->ForceFlush(), IsOk());
@@ -463,7 +467,7 @@ TEST(VictoriaMetricsWriterReceiverTest, SendsRemoteWriteToAnyReceiverPath) {
   EXPECT_EQ(request.timeseries(0).labels(2).value(), "org-a");
   ASSERT_EQ(request.timeseries(0).samples_size(), 1);
   EXPECT_EQ(request.timeseries(0).samples(0).timestamp(),
-            b.metrics.metrics(0).timestamp().seconds() * 1000);
+            b.metrics.timestamp_seconds(0) * 1000);
 }
 
 }  // namespace
