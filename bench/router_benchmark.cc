@@ -38,8 +38,8 @@ std::shared_ptr<const server::DecodedBatch> Batch(int samples) {
   b->device = {"bench-device", "bench-org", "k"};
   b->kind = server::DataKind::kMetrics;
   b->stream = "metrics";
-  b->metrics =
-      MakeMetricsBatch(samples, absl::FromUnixSeconds(1'760'000'000), 3);
+  b->metrics = server::MetricSamples::FromProto(
+      MakeMetricsBatch(samples, absl::FromUnixSeconds(1'760'000'000), 3));
   return b;
 }
 
