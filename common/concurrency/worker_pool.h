@@ -77,9 +77,9 @@ class WorkerPool {
     metrics::Registry* metrics = nullptr;
   };
 
-  // Creates the threads and returns once all of them run. Errors: InvalidArgument for threads < 1 or
-  // max_queued < 0; ResourceExhausted when the system refuses a thread (the
-  // threads already created are stopped).
+  // Creates the threads and returns once all of them run. Errors:
+  // InvalidArgument for threads < 1 or max_queued < 0; ResourceExhausted when
+  // the system refuses a thread (the threads already created are stopped).
   static absl::StatusOr<std::unique_ptr<WorkerPool>> Start(Options options);
 
   WorkerPool(const WorkerPool&) = delete;
