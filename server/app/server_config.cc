@@ -98,9 +98,9 @@ void DeclareServerSettings(Settings& s, ServerConfig& c) {
              "ones are checked in PostgreSQL)",
              &c.ledger_cache_window, 1, 4096)
       .Duration("FLEET_LEDGER_RETENTION", "ledger-retention",
-                "how long ledger rows are kept; older ones fold into a "
-                "per-stream floor (devices never re-send a batch numbered "
-                "below an applied one after this long; 0: keep forever)",
+                "how long ledger rows are kept; older ones are forgotten (a "
+                "batch retried after this long is written again, "
+                "idempotently, never acknowledged unseen; 0: keep forever)",
                 &c.ledger_retention)
       .Duration("FLEET_LEDGER_COMPACT_INTERVAL", "ledger-compact-every",
                 "how often ledger rows past the retention are compacted",

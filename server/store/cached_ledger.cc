@@ -25,20 +25,18 @@ size_t HashOf(const KeyRef& key) { return absl::Hash<KeyRef>{}(key); }
 enum class Answer { kApplied, kNotApplied, kUnknown };
 
 // One key held in memory. Invariant: every sequence number of the key that
-// this server knows applied and that is above both `floor` and `older` is in
-// `window`.
+// this server knows applied and that is above `older` is in `window`.
 struct Slot {
   std::string device_id;
   std::string stream;
-  int64_t floor = INT64_MIN;
-  // The highest sequence number above `floor` left out of `window` (dropped
-  // or never loaded); `floor` when none was.
+  // Numbers at or below it that are not in `window` are unknown here: left
+  // out of the window (dropped, or never loaded), forgotten by retention (the
+  // store's floor), or written in doubt (a failed RecordApplied).
   int64_t older = INT64_MIN;
   std::vector<int64_t> window;  // ascending; capacity kept when reused
   bool referenced = false;      // looked at since the clock hand passed
 
   Answer Evaluate(int64_t seq) const {
-    if (seq <= floor) return Answer::kApplied;
     if (std::binary_search(window.begin(), window.end(), seq)) {
       return Answer::kApplied;
     }
@@ -47,7 +45,6 @@ struct Slot {
   }
 
   void Add(int64_t seq, size_t max) {
-    if (seq <= floor) return;
     auto it = std::lower_bound(window.begin(), window.end(), seq);
     if (it != window.end() && *it == seq) return;
     window.insert(it, seq);
@@ -59,20 +56,21 @@ struct Slot {
 
   // Everything `h` adds to what is held (a load racing with another).
   void Merge(const LedgerHistory& h, size_t max) {
-    if (h.floor > floor) {
-      floor = h.floor;
-      window.erase(window.begin(),
-                   std::upper_bound(window.begin(), window.end(), floor));
-    }
-    older = std::max({older, h.older, floor});
+    older = std::max({older, h.older, h.floor});
     for (int64_t seq : h.recent) Add(seq, max);
+  }
+
+  // A write of `seq` whose outcome is unknown: ask the store next time.
+  void Doubt(int64_t seq) {
+    older = std::max(older, seq);
+    auto it = std::lower_bound(window.begin(), window.end(), seq);
+    if (it != window.end() && *it == seq) window.erase(it);
   }
 
   void Reset(const LedgerKey& key, const LedgerHistory& h, size_t max) {
     referenced = false;
     device_id = key.device_id;
     stream = key.stream;
-    floor = h.floor;
     older = std::max(h.older, h.floor);
     window.clear();
     window.reserve(max + 1);  // Add inserts before it trims
@@ -86,6 +84,8 @@ struct Slot {
 struct Loading {
   int loaders = 0;
   std::vector<int64_t> recorded;
+  // The highest number whose write failed meanwhile (it may have committed).
+  int64_t doubt = INT64_MIN;
 };
 
 }  // namespace
@@ -279,6 +279,7 @@ absl::Status CachedLedger::LoadAndAnswer(absl::Span<const LedgerEntry> entries,
     auto lit =
         shard.loading.find(std::make_pair(keys[k].device_id, keys[k].stream));
     std::vector<int64_t> recorded;
+    const int64_t doubt = lit->second.doubt;
     if (--lit->second.loaders == 0) {
       recorded = std::move(lit->second.recorded);
       shard.loading.erase(lit);
@@ -302,6 +303,7 @@ absl::Status CachedLedger::LoadAndAnswer(absl::Span<const LedgerEntry> entries,
     // A new key starts unreferenced (Reset): one that is never asked about
     // again is the first to go.
     for (int64_t seq : recorded) slot->Add(seq, window);
+    if (doubt != INT64_MIN) slot->Doubt(doubt);
     for (size_t i : asking[k]) {
       Answer a = slot->Evaluate(entries[i].sequence_number);
       if (a == Answer::kUnknown) {
@@ -317,8 +319,28 @@ absl::Status CachedLedger::LoadAndAnswer(absl::Span<const LedgerEntry> entries,
 absl::Status CachedLedger::RecordApplied(
     absl::Span<const LedgerEntry> entries) {
   if (entries.empty()) return absl::OkStatus();
-  ASSIGN_OR_RETURN(int64_t present,
-                   store_->RecordAppliedCountingPresent(entries));
+  absl::StatusOr<int64_t> present_or =
+      store_->RecordAppliedCountingPresent(entries);
+  if (!present_or.ok()) {
+    // The write may have committed although it failed (a connection lost
+    // during COMMIT): the numbers become unknown here, so the next check of
+    // each asks the store instead of answering "not applied" from memory.
+    for (const LedgerEntry& e : entries) {
+      const KeyRef key(e.device_id, e.stream);
+      const size_t hash = HashOf(key);
+      Shard& shard = ShardFor(hash);
+      absl::MutexLock lock(&shard.mu);
+      auto it = shard.index.find(key, hash);
+      if (it != shard.index.end())
+        shard.slots[it->second].Doubt(e.sequence_number);
+      auto lit = shard.loading.find(std::make_pair(e.device_id, e.stream));
+      if (lit != shard.loading.end()) {
+        lit->second.doubt = std::max(lit->second.doubt, e.sequence_number);
+      }
+    }
+    return present_or.status();
+  }
+  const int64_t present = *present_or;
   if (present > 0) {
     counters_->conflicts.Increment(static_cast<double>(present));
     LOG_EVERY_N(WARNING, 100)
@@ -338,7 +360,10 @@ absl::Status CachedLedger::RecordApplied(
       Slot& slot = shard.slots[it->second];
       slot.referenced = true;
       slot.Add(e.sequence_number, window);
-    } else if (!shard.loading.empty()) {
+    }
+    // A load under way may have read the store before this commit, and may
+    // land after this key's slot is evicted: it gets the number either way.
+    if (!shard.loading.empty()) {
       auto lit = shard.loading.find(std::make_pair(e.device_id, e.stream));
       if (lit != shard.loading.end()) {
         lit->second.recorded.push_back(e.sequence_number);

@@ -1,29 +1,31 @@
 // An in-memory cache in front of the ledger store, so that checking a batch
 // against the exactly-once ledger costs no PostgreSQL statement per request.
 //
-// What it keeps: per (device, stream) key, the key's floor (every sequence
-// number at or below it counts as applied, see PgStore::CompactLedger) and a
-// window of the key's highest applied sequence numbers (Options::window, a
-// small sorted array whose memory is reused when the key is evicted, so
-// requests cause no heap allocation once the key is loaded). At most
+// What it keeps: per (device, stream) key, a window of the key's highest
+// applied sequence numbers (Options::window, a small sorted array whose
+// memory is reused when the key is evicted, so requests cause no heap
+// allocation once the key is loaded) and the number at or below which it
+// cannot judge (`older`: numbers left out of the window, the store's floor
+// of numbers retention forgot, numbers whose write failed in doubt). At most
 // Options::max_keys keys are held; beyond that, keys not looked at since the
 // clock hand last passed are evicted (second chance), counted in
 // fleetd_ledger_cache_evictions_total.
 //
 // AreApplied, per entry whose key is loaded (fleetd_ledger_cache_lookups_total
-// result="hit"): applied if the sequence number is at or below the floor or in
-// the window; not applied if it is above every number the window dropped;
-// otherwise ("miss_old": at or below the window's oldest dropped number, above
-// the floor, not in the window) the store answers for that entry. Keys not
-// loaded ("miss_key") are loaded from the store: their floor and their highest
-// `window` sequence numbers, one LoadHistory call for all missing keys of the
-// call, and one AreApplied call for all "miss_old" entries. So the store is
-// read only on a miss.
+// result="hit"): applied if the sequence number is in the window; not
+// applied if it is above `older`; otherwise ("miss_old") the store answers
+// for that entry. Keys not loaded ("miss_key") are loaded from the store:
+// their floor and their highest `window` sequence numbers, one LoadHistory
+// call for all missing keys of the call, and one AreApplied call for all
+// "miss_old" entries. So the store is read only on a miss, and "applied" is
+// only ever answered for a number whose row this server saw or wrote.
 //
 // RecordApplied writes through to the store first and adds the entries to the
-// loaded keys only after the store committed them; a failed write leaves the
-// cache as it was. Entries the store already had (recorded by another server,
-// or twice) are counted in fleetd_ledger_conflicts_total and logged.
+// loaded keys only after the store committed them; after a failed write (it
+// may have committed anyway) the entries' numbers become unknown, so the next
+// check of each asks the store. Entries the store already had (recorded by
+// another server, or twice) are counted in fleetd_ledger_conflicts_total and
+// logged.
 //
 // Several servers sharing one store: each has its own cache. A key is loaded
 // from the store on a server's first sight of it, so what another server

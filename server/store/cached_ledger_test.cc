@@ -103,20 +103,43 @@ TEST(CachedLedgerTest, BelowTheWindowTheStoreAnswersForThoseEntriesOnly) {
   EXPECT_EQ(store.calls().entries_checked, 3) << "90 is still in the window";
 }
 
-TEST(CachedLedgerTest, FloorAnswersForCompactedBatches) {
+TEST(CachedLedgerTest, CompactedBatchesAreForgottenNeverAssumedApplied) {
   FakeLedgerStore store;
   std::vector<LedgerEntry> flush = {
       TestEntry("dev-1", 10), TestEntry("dev-1", 20), TestEntry("dev-1", 30)};
   ASSERT_THAT(store.RecordApplied(flush), IsOk());
   store.Compact("dev-1", "metrics", 20);
   auto cache = *CachedLedger::Create(&store, {.max_keys = 10, .window = 4});
-  EXPECT_THAT(AppliedIn(*cache, "dev-1", 10), IsOkAndHolds(true));
-  EXPECT_THAT(AppliedIn(*cache, "dev-1", 15), IsOkAndHolds(true))
-      << "at or below the floor counts as applied";
+  // At or below the floor the cache cannot judge: the store answers, and a
+  // forgotten batch (or one a reset device numbers that low) is written
+  // again rather than acknowledged unseen.
+  EXPECT_THAT(AppliedIn(*cache, "dev-1", 10), IsOkAndHolds(false));
+  EXPECT_THAT(AppliedIn(*cache, "dev-1", 15), IsOkAndHolds(false));
+  EXPECT_EQ(store.calls().load_history, 1);
+  EXPECT_EQ(store.calls().are_applied, 2) << "both asked the store";
   EXPECT_THAT(AppliedIn(*cache, "dev-1", 30), IsOkAndHolds(true));
   EXPECT_THAT(AppliedIn(*cache, "dev-1", 25), IsOkAndHolds(false));
   EXPECT_THAT(AppliedIn(*cache, "dev-1", 40), IsOkAndHolds(false));
-  EXPECT_EQ(store.calls().reads(), 1) << "one load answered all";
+  EXPECT_EQ(store.calls().reads(), 3) << "above the floor: from memory";
+}
+
+TEST(CachedLedgerTest, AWriteFailedInDoubtIsAskedOfTheStoreNextTime) {
+  FakeLedgerStore store;
+  auto cache = *CachedLedger::Create(&store, {.max_keys = 10, .window = 4});
+  ASSERT_THAT(AppliedIn(*cache, "dev-1", 10), IsOkAndHolds(false));
+  // The commit lands but its answer is lost: the batch is applied, the
+  // caller sees an error and the device retries it.
+  store.SetRecordInDoubt(true);
+  std::vector<LedgerEntry> flush = {TestEntry("dev-1", 10)};
+  EXPECT_THAT(cache->RecordApplied(flush),
+              StatusIs(absl::StatusCode::kUnavailable));
+  store.SetRecordInDoubt(false);
+  const int64_t asked = store.calls().are_applied;
+  EXPECT_THAT(AppliedIn(*cache, "dev-1", 10), IsOkAndHolds(true))
+      << "a stale \"not applied\" from memory would write it twice";
+  EXPECT_EQ(store.calls().are_applied, asked + 1);
+  EXPECT_THAT(AppliedIn(*cache, "dev-1", 11), IsOkAndHolds(false));
+  EXPECT_EQ(store.calls().are_applied, asked + 1) << "newer: from memory";
 }
 
 TEST(CachedLedgerTest, RecordWritesThroughAndCachesOnlyWhatCommitted) {
@@ -127,9 +150,12 @@ TEST(CachedLedgerTest, RecordWritesThroughAndCachesOnlyWhatCommitted) {
   std::vector<LedgerEntry> flush = {TestEntry("dev-1", 1)};
   EXPECT_THAT(cache->RecordApplied(flush),
               StatusIs(absl::StatusCode::kUnavailable));
-  EXPECT_THAT(AppliedIn(*cache, "dev-1", 1), IsOkAndHolds(false))
-      << "answered from memory: the failed write was not cached";
+  EXPECT_THAT(AppliedIn(*cache, "dev-1", 1),
+              StatusIs(absl::StatusCode::kUnavailable))
+      << "a failed write may have committed: only the store can answer";
   store.SetDown(false);
+  EXPECT_THAT(AppliedIn(*cache, "dev-1", 1), IsOkAndHolds(false))
+      << "it had not";
   ASSERT_THAT(cache->RecordApplied(flush), IsOk());
   EXPECT_EQ(store.calls().entries_recorded, 1);
   store.SetDown(true);

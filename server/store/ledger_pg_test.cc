@@ -164,7 +164,7 @@ TEST_F(LedgerPgTest, AppliedAtComesFromTheInjectedClock) {
               IsOkAndHolds("1700000000"));
 }
 
-TEST_F(LedgerPgTest, CompactionKeepsTheAnswersAndDeletesTheRows) {
+TEST_F(LedgerPgTest, CompactionForgetsOldRowsAndKeepsEveryNewerAnswer) {
   // Per device: batches 10..100 applied at day 0, 200..250 at day 8.
   std::vector<LedgerEntry> old_flush, new_flush;
   for (int d = 0; d < 3; ++d) {
@@ -196,20 +196,22 @@ TEST_F(LedgerPgTest, CompactionKeepsTheAnswersAndDeletesTheRows) {
   EXPECT_THAT(
       pg_->QueryOn(db_, "SELECT DISTINCT floor_seq FROM sync_ledger_floor"),
       IsOkAndHolds("100"));
-  // Applied stays applied (through the floor); above the floor every answer
-  // is the same. At or below it, numbers never applied now count as applied:
-  // safe under the assumption that no device sends them after the retention.
+  // Above the floor every answer is the same. At or below it the compacted
+  // batches are forgotten: not applied, so a retry that old is written again
+  // (idempotently) instead of being acknowledged unseen.
   auto after = store_->AreApplied(probes);
   ASSERT_THAT(after, IsOk());
+  int forgotten = 0;
   for (size_t i = 0; i < probes.size(); ++i) {
     int64_t seq = probes[i].sequence_number;
-    if ((*before)[i]) {
-      EXPECT_TRUE((*after)[i]) << seq;
-    }
     if (seq > 100) {
       EXPECT_EQ((*after)[i], (*before)[i]) << seq;
+    } else {
+      EXPECT_FALSE((*after)[i]) << seq;
+      forgotten += (*before)[i] ? 1 : 0;
     }
   }
+  EXPECT_EQ(forgotten, 30);
   // A fresh cache (a restarted server) answers the same.
   auto cache =
       *CachedLedger::Create(store_.get(), {.max_keys = 100, .window = 4});
@@ -217,18 +219,18 @@ TEST_F(LedgerPgTest, CompactionKeepsTheAnswersAndDeletesTheRows) {
   ASSERT_THAT(cached, IsOk());
   EXPECT_EQ(*cached, *after);
   // Compacting again deletes nothing and never lowers a floor; a batch at or
-  // below the floor is not inserted again and counts as present.
+  // below the floor is recorded again (its backends were written again).
   auto again = store_->CompactLedger(clock_.Now() - absl::Hours(7 * 24));
   ASSERT_THAT(again, IsOk());
   EXPECT_EQ(again->rows_deleted, 0);
   std::vector<LedgerEntry> below = {TestEntry("dev-0", 50),
                                     TestEntry("dev-0", 260)};
-  EXPECT_THAT(store_->RecordAppliedCountingPresent(below), IsOkAndHolds(1));
-  EXPECT_EQ(Rows("sequence_number = 50"), 0);
+  EXPECT_THAT(store_->RecordAppliedCountingPresent(below), IsOkAndHolds(0));
+  EXPECT_EQ(Rows("sequence_number = 50"), 1);
   clock_.Advance(absl::Hours(8 * 24));
   auto all = store_->CompactLedger(clock_.Now() - absl::Hours(7 * 24));
   ASSERT_THAT(all, IsOk());
-  EXPECT_EQ(all->rows_deleted, 19);
+  EXPECT_EQ(all->rows_deleted, 20);
   EXPECT_EQ(Rows(), 0);
   EXPECT_THAT(pg_->QueryOn(db_,
                            "SELECT string_agg(floor_seq::text, ',' ORDER BY "
@@ -262,7 +264,8 @@ TEST_F(LedgerPgTest, CompactorRunsOnTheInjectedClockAndReportsTheRowCount) {
   EXPECT_THAT(rendered, HasSubstr("fleetd_ledger_rows 0\n"));
   EXPECT_THAT(rendered, HasSubstr("fleetd_ledger_floor_keys 1\n"));
   EXPECT_THAT(rendered, HasSubstr("fleetd_ledger_compacted_rows_total 2\n"));
-  EXPECT_THAT(AppliedIn(*store_, "dev-1", 2), IsOkAndHolds(true));
+  // Forgotten, not assumed applied: a retry that old is written again.
+  EXPECT_THAT(AppliedIn(*store_, "dev-1", 2), IsOkAndHolds(false));
   EXPECT_THAT(AppliedIn(*store_, "dev-1", 3), IsOkAndHolds(false));
 }
 
@@ -306,7 +309,7 @@ TEST_F(LedgerPgTest, TwoServersShareOnePostgres) {
   EXPECT_EQ(Rows(), 2);
 }
 
-TEST_F(LedgerPgTest, ShortRetentionRunKeepsEveryAnswer) {
+TEST_F(LedgerPgTest, ShortRetentionRunKeepsRecentAnswersAndForgetsOld) {
   LedgerWorkload w;
   w.devices = 200;
   w.batches_per_device = 100;
@@ -320,14 +323,20 @@ TEST_F(LedgerPgTest, ShortRetentionRunKeepsEveryAnswer) {
   EXPECT_GT(run->size.rows, 13'000);
   EXPECT_LT(run->size.rows, 14'600);
   EXPECT_EQ(run->size.floor_keys, 200);
+  // Within the retention (the last 7 of 10 days): applied. Older batches are
+  // forgotten (a retry that old is written again), and a batch never sent
+  // is not applied.
   std::vector<LedgerEntry> applied, not_applied;
   for (int d = 0; d < w.devices; ++d) {
-    for (int j : {0, 29, 50, 99}) {
+    for (int j : {50, 99}) {
       applied.push_back({LedgerWorkload::DeviceId(d), LedgerWorkload::kStream,
                          LedgerWorkload::Sequence(d, j), 100});
     }
-    not_applied.push_back({LedgerWorkload::DeviceId(d), LedgerWorkload::kStream,
-                           LedgerWorkload::Sequence(d, 100), 100});
+    for (int j : {0, 20, 100}) {
+      not_applied.push_back({LedgerWorkload::DeviceId(d),
+                             LedgerWorkload::kStream,
+                             LedgerWorkload::Sequence(d, j), 100});
+    }
   }
   auto cache = *CachedLedger::Create(store_.get(), {});
   auto yes = cache->AreApplied(applied);
@@ -363,12 +372,14 @@ TEST(LedgerPgDownTest, CacheHitsAnswerWhilePostgresIsStopped) {
   std::vector<LedgerEntry> next = {TestEntry("dev-1", 20)};
   EXPECT_THAT(cache->RecordApplied(next),
               StatusIs(absl::StatusCode::kUnavailable));
-  EXPECT_THAT(AppliedIn(*cache, "dev-1", 20), IsOkAndHolds(false))
-      << "a failed write is not cached";
+  EXPECT_THAT(AppliedIn(*cache, "dev-1", 20),
+              StatusIs(absl::StatusCode::kUnavailable))
+      << "a failed write may have committed: only PostgreSQL can answer";
 
   ASSERT_THAT((*pg)->Restart(), IsOk());
+  EXPECT_THAT(AppliedIn(*cache, "dev-1", 20), IsOkAndHolds(false));
   EXPECT_THAT(AppliedIn(*cache, "dev-2", 10), IsOkAndHolds(false));
-  EXPECT_EQ(cache->stats().hits, 3);
+  EXPECT_EQ(cache->stats().hits, 2);
 }
 
 }  // namespace

@@ -330,9 +330,7 @@ absl::StatusOr<std::vector<bool>> PgStore::AreApplied(
     pqxx::read_transaction r(c);
     pqxx::result rows = r.exec_params(
         "SELECT k.i, EXISTS (SELECT 1 FROM sync_ledger l WHERE l.device_id = "
-        "k.d AND l.stream = k.s AND l.sequence_number = k.q) OR EXISTS "
-        "(SELECT 1 FROM sync_ledger_floor f WHERE f.device_id = k.d AND "
-        "f.stream = k.s AND k.q <= f.floor_seq) "
+        "k.d AND l.stream = k.s AND l.sequence_number = k.q) "
         "FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY "
         "AS k(d, s, q, i)",
         devices, streams, seqs);
@@ -362,17 +360,14 @@ absl::StatusOr<int64_t> PgStore::RecordAppliedCountingPresent(
   absl::Status s = pool_->Run([&](pqxx::connection& c) {
     pqxx::work w(c);
     // In key order, so that two flushes sharing keys (two servers) wait on
-    // each other instead of deadlocking. Entries at or below their floor were
-    // applied and compacted: not inserted again.
+    // each other instead of deadlocking.
     inserted =
         w.exec_params(
              "INSERT INTO sync_ledger (device_id, stream, sequence_number, "
              "record_count, applied_at) "
              "SELECT k.d, k.s, k.q, k.c, $5::timestamptz "
              "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::integer[]) "
-             "AS k(d, s, q, c) WHERE NOT EXISTS (SELECT 1 FROM "
-             "sync_ledger_floor f WHERE f.device_id = k.d AND f.stream = k.s "
-             "AND k.q <= f.floor_seq) "
+             "AS k(d, s, q, c) "
              "ORDER BY k.d, k.s, k.q ON CONFLICT DO NOTHING",
              devices, streams, seqs, counts, now)
             .affected_rows();
@@ -401,8 +396,7 @@ absl::StatusOr<std::vector<LedgerHistory>> PgStore::LoadHistory(
         "FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(d, s, i) "
         "LEFT JOIN sync_ledger_floor f ON f.device_id = k.d AND f.stream = k.s "
         "LEFT JOIN LATERAL (SELECT sequence_number FROM sync_ledger l "
-        "WHERE l.device_id = k.d AND l.stream = k.s AND l.sequence_number > "
-        "COALESCE(f.floor_seq, -9223372036854775808) "
+        "WHERE l.device_id = k.d AND l.stream = k.s "
         "ORDER BY l.sequence_number DESC LIMIT $3) l ON true",
         devices, streams, limit + 1);
     for (const auto& row : rows) {
@@ -416,7 +410,7 @@ absl::StatusOr<std::vector<LedgerHistory>> PgStore::LoadHistory(
     std::sort(h.recent.begin(), h.recent.end());
     h.older = h.floor;
     if (h.recent.size() > static_cast<size_t>(limit)) {
-      h.older = h.recent.front();
+      h.older = std::max(h.floor, h.recent.front());
       h.recent.erase(h.recent.begin());
     }
   }

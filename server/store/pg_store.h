@@ -53,15 +53,15 @@ struct LedgerSize {
 // The ledger is two tables: sync_ledger, one row per applied batch (device,
 // stream, sequence number) stamped with `clock`'s wall time, and
 // sync_ledger_floor, one row per (device, stream) whose old rows were
-// compacted: every sequence number at or below its floor counts as applied.
-// Each ledger call is one statement, whatever the number of entries.
+// compacted: the highest sequence number retention deleted. Each ledger call
+// is one statement, whatever the number of entries.
 //
-// Retention (CompactLedger) rests on one assumption about devices: after the
-// retention has passed, a device never sends a batch numbered at or below one
-// of its own that was applied (our agent's sequence numbers are Unix
-// nanoseconds, increasing per stream, one batch in flight per stream; a
-// rejected batch is re-sent under a new, higher number). A device that broke
-// it would have such a batch acknowledged as a duplicate and not written.
+// Retention (CompactLedger) forgets: a batch whose row it deleted counts as
+// not applied again. A device that retries one after the retention (it held
+// the batch that long, or its numbering went back after a reset) has it
+// written again, which every backend writer absorbs (idempotent writes,
+// writer.h); it is never acknowledged without a write. The floor is kept so
+// that such batches can be recognised (numbers at or below it).
 class PgStore final : public KeyLookup,
                       public LedgerStore,
                       public DeviceRegistry {
@@ -99,10 +99,9 @@ class PgStore final : public KeyLookup,
   // KeyLookup
   absl::StatusOr<std::optional<DeviceIdentity>> LookupKeyHash(
       const std::string& sha256_hex) override;
-  // Ledger. An entry is applied if its row exists or its sequence number is
-  // at or below its key's floor. RecordApplied inserts all entries in one
-  // statement (ON CONFLICT DO NOTHING); entries at or below their floor are
-  // not inserted again and count as present.
+  // Ledger. An entry is applied if its row exists. RecordApplied inserts all
+  // entries in one statement (ON CONFLICT DO NOTHING); rows already there
+  // count as present.
   absl::StatusOr<std::vector<bool>> AreApplied(
       absl::Span<const LedgerEntry> entries) override;
   absl::Status RecordApplied(absl::Span<const LedgerEntry> entries) override;
@@ -114,8 +113,8 @@ class PgStore final : public KeyLookup,
 
   // Retention, in one transaction: for each key, raises its floor to the
   // highest sequence number among its rows applied before `older_than` (never
-  // lowers it) and deletes those rows. AreApplied answers the same before and
-  // after, under the assumption above. Concurrent compactions (several
+  // lowers it) and deletes those rows: AreApplied forgets them (see above)
+  // and answers every newer entry as before. Concurrent compactions (several
   // servers) run one after the other. Errors leave the ledger unchanged.
   absl::StatusOr<LedgerCompaction> CompactLedger(absl::Time older_than);
   // Row counts and disk size of the ledger tables (counts every row: meant

@@ -58,15 +58,17 @@ struct LedgerKey {
 
 // What a ledger store knows about one key, for a cache to answer from.
 struct LedgerHistory {
-  // Every sequence number <= floor counts as applied (rows compacted away);
-  // INT64_MIN when the key was never compacted.
+  // The highest sequence number whose row retention deleted (INT64_MIN when
+  // the key was never compacted). Numbers at or below it without a row are
+  // forgotten, not applied: a batch that old is written again (backends are
+  // idempotent) rather than acknowledged unseen.
   int64_t floor = INT64_MIN;
-  // The highest applied sequence numbers above `floor`, ascending, at most the
+  // The key's highest applied sequence numbers, ascending, at most the
   // requested limit.
   std::vector<int64_t> recent;
-  // The highest applied sequence number above `floor` that `recent` leaves
-  // out, or `floor` when `recent` lists them all. Sequence numbers in
-  // (floor, older] that are not in `recent` are unknown to the reader.
+  // The highest sequence number the reader cannot judge from `recent`: the
+  // highest applied one `recent` leaves out, or `floor` if higher. Numbers at
+  // or below it that are not in `recent` must be asked of the store.
   int64_t older = INT64_MIN;
 };
 

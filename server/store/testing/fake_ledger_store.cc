@@ -12,8 +12,7 @@ absl::Status Down() { return absl::UnavailableError("ledger store is down"); }
 bool FakeLedgerStore::IsApplied(const LedgerEntry& e) const {
   auto it = streams_.find({e.device_id, e.stream});
   if (it == streams_.end()) return false;
-  return e.sequence_number <= it->second.floor ||
-         it->second.applied.count(e.sequence_number) > 0;
+  return it->second.applied.count(e.sequence_number) > 0;
 }
 
 absl::StatusOr<std::vector<bool>> FakeLedgerStore::AreApplied(
@@ -47,6 +46,9 @@ absl::StatusOr<int64_t> FakeLedgerStore::RecordAppliedCountingPresent(
     }
     streams_[{e.device_id, e.stream}].applied.insert(e.sequence_number);
   }
+  if (in_doubt_) {
+    return absl::UnavailableError("connection lost during COMMIT");
+  }
   return present;
 }
 
@@ -65,9 +67,8 @@ absl::StatusOr<std::vector<LedgerHistory>> FakeLedgerStore::LoadHistory(
     h.older = h.floor;
     for (auto seq = it->second.applied.rbegin();
          seq != it->second.applied.rend(); ++seq) {
-      if (*seq <= h.floor) break;
       if (h.recent.size() == static_cast<size_t>(limit)) {
-        h.older = *seq;
+        h.older = std::max(h.floor, *seq);
         break;
       }
       h.recent.push_back(*seq);
@@ -83,6 +84,11 @@ void FakeLedgerStore::Compact(const std::string& device_id,
   Stream& s = streams_[{device_id, stream}];
   s.floor = std::max(s.floor, floor);
   s.applied.erase(s.applied.begin(), s.applied.upper_bound(s.floor));
+}
+
+void FakeLedgerStore::SetRecordInDoubt(bool in_doubt) {
+  absl::MutexLock lock(&mu_);
+  in_doubt_ = in_doubt;
 }
 
 void FakeLedgerStore::SetDown(bool down) {

@@ -41,11 +41,15 @@ class FakeLedgerStore final : public LedgerStore {
       absl::Span<const LedgerEntry> entries) override;
 
   // As PgStore::CompactLedger for one key: raises its floor to `floor` (never
-  // lowers it) and forgets the entries at or below it.
+  // lowers it) and forgets the entries at or below it (they count as not
+  // applied again).
   void Compact(const std::string& device_id, const std::string& stream,
                int64_t floor);
   // While down, every call fails UNAVAILABLE and changes nothing.
   void SetDown(bool down);
+  // While set, RecordApplied commits and then fails UNAVAILABLE anyway, as a
+  // connection lost during COMMIT does.
+  void SetRecordInDoubt(bool in_doubt);
   Calls calls() const;
 
  private:
@@ -59,6 +63,7 @@ class FakeLedgerStore final : public LedgerStore {
 
   mutable absl::Mutex mu_;
   bool down_ ABSL_GUARDED_BY(mu_) = false;
+  bool in_doubt_ ABSL_GUARDED_BY(mu_) = false;
   Calls calls_ ABSL_GUARDED_BY(mu_);
   std::map<Key, Stream> streams_ ABSL_GUARDED_BY(mu_);
 };
