@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <memory>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -15,6 +16,9 @@ namespace fleetd {
 namespace {
 
 constexpr size_t kChunk = 64 * 1024;
+// Largest zstd decoder a thread keeps between calls (a decoder sized for the
+// usual small windows of device batches is far below it).
+constexpr size_t kKeptDecoderBytes = 4 << 20;
 // Largest zstd window accepted: 2^27 = 128 MiB, zstd's own default limit and
 // the most any mainstream encoder uses without being told otherwise (levels
 // 1..19 stay at or below 2^27). It is fixed, not derived from the output
@@ -170,6 +174,14 @@ absl::StatusOr<std::string> ZstdDecompress(absl::string_view input,
     }
   }
   ZSTD_DCtx_reset(dctx.get(), ZSTD_reset_session_only);
+  // A frame with a large window leaves up to 2^27 bytes of buffers in the
+  // decoder; a thread does not keep that much after the call (128 workers
+  // would hold gigabytes).
+  absl::Cleanup shrink = [] {
+    if (dctx != nullptr && ZSTD_sizeof_DCtx(dctx.get()) > kKeptDecoderBytes) {
+      dctx.reset();
+    }
+  };
 
   std::string out;
   out.reserve(std::min(declared_total, max_output));
