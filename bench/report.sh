@@ -37,8 +37,15 @@ j() { jq -r "$fmt $1" "$results"; }
   echo "VictoriaMetrics JSON lines (\`fleetd-loadgen --export-vm-jsonl\`, with the device_id/org_id"
   echo "labels the server adds), sent by $(r .ceiling.posters) concurrent \`curl\`s in ~4 MB bodies: the *ceiling* straight into"
   echo "VictoriaMetrics' \`/api/v1/import\`, the *peer* into vmagent's, which remote-writes to"
-  echo "VictoriaMetrics. CPU-s: user + system time of each process over the run's window, from"
-  echo "\`/proc/<pid>/stat\`."
+  echo "VictoriaMetrics. The two vmagent baselines differ only in how vmagent is fed. The *peer*"
+  echo "gets the JSON lines in $(j '.vmagent.requests // "–" | tostring') large uncompressed requests, which spares it the"
+  echo "per-request work the server pays once per device batch. The *device-shaped peer*, a fresh vmagent,"
+  echo "gets one Prometheus remote-write request per device batch, as devices running a remote-write"
+  echo "agent would send them: $(j '.vmagent_device_shaped.requests | tostring') snappy-compressed protobuf bodies (encoded by the server's"
+  echo "\`RemoteWriteEncoder\`, \`fleetd-loadgen --export-remote-write\`) posted to its \`/api/v1/write\`"
+  echo "by \`curl --parallel\` with the burst's concurrency over $(j '.vmagent_device_shaped.connections | tostring') keep-alive connections."
+  echo "CPU-s: user + system time of each process over the run's window, from \`/proc/<pid>/stat\`"
+  echo "(the posters' is not counted)."
   echo
   echo "| run | process | samples/s | CPU-s | CPU-s per M samples | peak RSS |"
   echo "|---|---|---:|---:|---:|---:|"
@@ -49,6 +56,9 @@ j() { jq -r "$fmt $1" "$results"; }
   j '.ceiling | "| ceiling: VictoriaMetrics /api/v1/import, \(.samples | m) samples in \(.seconds | r(1)) s | VictoriaMetrics | \(.samples_per_second | k) | \(.cpu_s.victoriametrics | cpu) | \(.cpu_s_per_m_samples.victoriametrics | cpu) | |"'
   j '.vmagent |
     "| peer: vmagent → remote write → VictoriaMetrics, \(.rows_sent | m) samples in \(.seconds | r(1)) s | vmagent | \(.samples_per_second | k) | \(.cpu_s.vmagent | cpu) | **\(.cpu_s_per_m_samples.vmagent | cpu)** | \(.peak_rss_kb / 1024 | round) MiB |",
+    "| | VictoriaMetrics behind it | | \(.cpu_s.victoriametrics | cpu) | \(.cpu_s_per_m_samples.victoriametrics | cpu) | |"'
+  j '.vmagent_device_shaped |
+    "| device-shaped peer: vmagent fed \(.requests | m) remote-write requests (one per device batch) → VictoriaMetrics, \(.rows_sent | m) samples in \(.seconds | r(1)) s | vmagent | \(.samples_per_second | k) | \(.cpu_s.vmagent | cpu) | **\(.cpu_s_per_m_samples.vmagent | cpu)** | \(.peak_rss_kb / 1024 | round) MiB |",
     "| | VictoriaMetrics behind it | | \(.cpu_s.victoriametrics | cpu) | \(.cpu_s_per_m_samples.victoriametrics | cpu) | |"'
   echo
   if [[ $(r '.goal != null') == true ]]; then
@@ -61,6 +71,11 @@ j() { jq -r "$fmt $1" "$results"; }
       "- CPU-s per M samples: fleetd-server \($b.cpu_s_per_m_samples.server | cpu) / vmagent \($v.cpu_s_per_m_samples.vmagent | cpu) = \($g.cpu_per_m_samples_ratio | r(2)): " +
       (if $g.cpu_met then "**met**" else "**missed by \($g.cpu_per_m_samples_ratio | r(1))×** (ours spends \($g.cpu_per_m_samples_ratio | r(1)) times vmagent'"'"'s CPU per sample)" end) + ";",
       "- with PostgreSQL behind it counted as ours (vmagent has no ledger): \(($b.cpu_s_per_m_samples.server + $b.cpu_s_per_m_samples.postgresql) | cpu) CPU-s per M samples, \((($b.cpu_s_per_m_samples.server + $b.cpu_s_per_m_samples.postgresql) / $v.cpu_s_per_m_samples.vmagent) | r(1))× vmagent'"'"'s."'
+    j '.goal.device_shaped as $g | .vmagent_device_shaped as $v | if $g == null then empty else
+      "- against the device-shaped peer (one request per device batch, as ours gets them): samples/s \($g.samples_per_second_ratio | r(2))× vmagent'"'"'s \($v.samples_per_second | k) (" +
+      (if $g.throughput_met then "met" else "missed by \(1 - $g.samples_per_second_ratio | pct)" end) +
+      "), CPU-s per M samples \($g.cpu_per_m_samples_ratio | r(2))× vmagent'"'"'s \($v.cpu_s_per_m_samples.vmagent | cpu) (" +
+      (if $g.cpu_met then "met" else "missed by \($g.cpu_per_m_samples_ratio | r(1))×" end) + ")." end'
     j '(.bursts | map(select(.transport == "connect")) | first) as $c | .vmagent as $v |
       if $c == null then empty else
       "- over Connect: \($c.samples_per_second | k) samples/s (\($c.samples_per_second / $v.samples_per_second | r(2))× vmagent), \($c.cpu_s_per_m_samples.server | cpu) CPU-s per M samples (\($c.cpu_s_per_m_samples.server / $v.cpu_s_per_m_samples.vmagent | r(1))× vmagent'"'"'s)." end'
@@ -102,7 +117,9 @@ j() { jq -r "$fmt $1" "$results"; }
   echo "| | bytes per sample |"
   echo "|---|---:|"
   j '"| fleetd-server: device → server, metrics requests of the scale runs | \(.bytes_per_sample_ours|r(1)) |"'
+  j '"| devices → vmagent (device-shaped peer), one remote-write body per device batch | \(.vmagent_device_shaped.request_bytes_per_sample|r(1)) |"'
   j '"| vmagent → VictoriaMetrics, remote-write bodies | \(.vmagent.bytes_per_sample|r(1)) |"'
+  j '"| vmagent → VictoriaMetrics (device-shaped peer), remote-write bodies | \(.vmagent_device_shaped.bytes_per_sample|r(1)) |"'
   echo
   echo "Ours counts each metrics request as the transport sends it (protobuf, in-message zstd/gzip"
   echo "per tier, 5-byte gRPC frame); vmagent's is \`vmagent_remotewrite_bytes_sent_total\` over the"
@@ -136,7 +153,7 @@ j() { jq -r "$fmt $1" "$results"; }
   echo "  all its threads, live or exited, plus its reaped children's (PostgreSQL's backends)."
   echo "- Samples/s: the bursts count acknowledged samples from the first send to the last"
   echo "  acknowledgement; the baselines count wall time from the first POST until VictoriaMetrics"
-  echo "  was flushed (ceiling) or vmagent had nothing left to send (peer). VictoriaMetrics ingests"
+  echo "  was flushed (ceiling) or vmagent had nothing left to send (both peers). VictoriaMetrics ingests"
   echo "  asynchronously in every case, including behind fleetd-server."
   echo "- The load generator shares the 2 CPUs with the server during the bursts (it builds,"
   echo "  compresses and checksums every batch); the baselines' posters are \`curl\` sending"

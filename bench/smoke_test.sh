@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # ctest smoke test (label `bench`): bench/run with tiny parameters (3 devices,
-# 2 s, real backends and server; both bursts and both baselines on 3 devices x
-# 2 batches; no overload, no profile) must get samples acknowledged, no
-# errors, CPU figures for every process and a rendered report.
+# 2 s, real backends and server; both bursts and the three baselines on 3
+# devices x 2 batches; no overload, no profile) must get samples acknowledged,
+# no errors, CPU figures for every process and a rendered report.
 #   bench/smoke_test.sh BUILD_DIR
 set -euo pipefail
 build=$1
@@ -13,7 +13,8 @@ BENCH_QUICK=1 BENCH_REBUILD=0 BENCH_BUILD_DIR=$build BENCH_OUT=$out \
 q=$out/quick.json
 jq -c '{scale: [.scale[] | {samples_acked, errors}],
         bursts: [.bursts[] | {transport, samples_acked, drained, errors, cpu_s}],
-        ceiling: .ceiling.samples_per_second, vmagent: .vmagent.rows_sent, goal}' "$q"
+        ceiling: .ceiling.samples_per_second, vmagent: .vmagent.rows_sent,
+        vmagent_device_shaped: (.vmagent_device_shaped | {requests, rows_sent}), goal}' "$q"
 fail() {
   echo "FAIL: $*" >&2
   exit 1
@@ -29,5 +30,11 @@ jq -e --argjson s "$(jq .ceiling.samples "$q")" '.bursts | all(.drained and .sam
 jq -e '.ceiling.samples_per_second > 0 and .vmagent.rows_sent >= .vmagent.samples and
         (.vmagent.cpu_s.vmagent | type == "number") and (.goal.samples_per_second_ratio | type == "number")' \
   "$q" >/dev/null || fail "want both baselines measured and the goal's ratios computed"
+jq -e '.vmagent_device_shaped as $d | $d.requests == .backlog.devices * .backlog.batches and
+        $d.rows_sent >= $d.samples and $d.samples == .ceiling.samples and
+        ($d.cpu_s.vmagent | type == "number") and
+        (.goal.device_shaped.cpu_per_m_samples_ratio | type == "number")' "$q" >/dev/null ||
+  fail "want the device-shaped vmagent fed one request per device batch, every sample sent and its ratios"
 grep -q "Goal (issue 11)" "$out/REPORT.md" || fail "REPORT.md lacks the goal"
+grep -q "device-shaped peer: vmagent fed" "$out/REPORT.md" || fail "REPORT.md lacks the device-shaped row"
 echo "bench smoke test: ok"

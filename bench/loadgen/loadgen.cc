@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cmath>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <random>
@@ -16,6 +17,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "agent/transport/connect_transport.h"
 #include "agent/transport/grpc_transport.h"
@@ -32,6 +34,9 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "nlohmann/json.hpp"
+#include "server/model/batch.h"
+#include "server/model/metric_samples.h"
+#include "server/writers/remote_write.h"
 
 namespace fleetd::bench {
 namespace {
@@ -485,19 +490,21 @@ absl::StatusOr<LoadgenReport> RunLoadgen(const LoadgenOptions& options,
   return runner.Run();
 }
 
-absl::StatusOr<int64_t> ExportVmJsonl(const LoadgenOptions& options, int rounds,
-                                      const std::string& path, Clock* clock) {
+namespace {
+
+// Calls fn(key, batch) for every metrics batch the devices of `options` would
+// send in `rounds` rounds (round by round; each device one batch of its tier
+// per round, from the generator and seeds of RunLoadgen), the last round's
+// samples ending at `now`. Stops at the first error fn returns.
+template <typename Fn>
+absl::Status ForEachExportBatch(const LoadgenOptions& options, int rounds,
+                                absl::Time now, Fn fn) {
   if (static_cast<size_t>(options.devices) > options.keys.size()) {
     return absl::InvalidArgumentError("more devices than keys");
   }
-  std::ofstream out(path);
-  if (!out) return absl::NotFoundError(absl::StrCat("cannot write ", path));
-  absl::Time now = clock->Now();
   int64_t sequence_base = absl::ToUnixNanos(now);
-  int64_t samples = 0;
   for (int round = 0; round < rounds; ++round) {
     for (int i = 0; i < options.devices; ++i) {
-      const DeviceKey& key = options.keys[i];
       int records =
           options.batch > 0 ? options.batch : TierBatchSize(TierOfDevice(i));
       int64_t sequence = sequence_base + round;
@@ -506,31 +513,87 @@ absl::StatusOr<int64_t> ExportVmJsonl(const LoadgenOptions& options, int rounds,
                       static_cast<uint64_t>(sequence);
       absl::Time first = now - absl::Seconds(10 * ((records + 23) / 24)) -
                          absl::Seconds(rounds - round);
-      v1::MetricsBatch batch =
-          MakeMetricsBatch(records, first, seed, key.device_id);
-      std::map<std::string, nlohmann::json> series;
-      for (const v1::Metric& m : batch.metrics()) {
-        nlohmann::json labels = nlohmann::json::object();
-        labels["__name__"] = m.name();
-        for (const auto& [k, v] : m.labels()) labels[k] = v;
-        labels["device_id"] = key.device_id;
-        labels["org_id"] = key.org_id;
-        nlohmann::json& line = series[labels.dump()];
-        if (line.is_null()) {
-          line["metric"] = std::move(labels);
-          line["values"] = nlohmann::json::array();
-          line["timestamps"] = nlohmann::json::array();
-        }
-        line["values"].push_back(m.value());
-        line["timestamps"].push_back(m.timestamp().seconds() * 1000 +
-                                     m.timestamp().nanos() / 1'000'000);
-      }
-      for (auto& [k, line] : series) out << line.dump() << '\n';
-      samples += records;
+      const DeviceKey& key = options.keys[i];
+      absl::Status status = fn(
+          round, i, key, MakeMetricsBatch(records, first, seed, key.device_id));
+      if (!status.ok()) return status;
     }
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<int64_t> ExportVmJsonl(const LoadgenOptions& options, int rounds,
+                                      const std::string& path, Clock* clock) {
+  std::ofstream out(path);
+  if (!out) return absl::NotFoundError(absl::StrCat("cannot write ", path));
+  int64_t samples = 0;
+  absl::Status status = ForEachExportBatch(
+      options, rounds, clock->Now(),
+      [&](int, int, const DeviceKey& key, const v1::MetricsBatch& batch) {
+        std::map<std::string, nlohmann::json> series;
+        for (const v1::Metric& m : batch.metrics()) {
+          nlohmann::json labels = nlohmann::json::object();
+          labels["__name__"] = m.name();
+          for (const auto& [k, v] : m.labels()) labels[k] = v;
+          labels["device_id"] = key.device_id;
+          labels["org_id"] = key.org_id;
+          nlohmann::json& line = series[labels.dump()];
+          if (line.is_null()) {
+            line["metric"] = std::move(labels);
+            line["values"] = nlohmann::json::array();
+            line["timestamps"] = nlohmann::json::array();
+          }
+          line["values"].push_back(m.value());
+          line["timestamps"].push_back(m.timestamp().seconds() * 1000 +
+                                       m.timestamp().nanos() / 1'000'000);
+        }
+        for (auto& [k, line] : series) out << line.dump() << '\n';
+        samples += batch.metrics_size();
+        return absl::OkStatus();
+      });
+  if (!status.ok()) return status;
   out.close();
   if (!out) return absl::DataLossError(absl::StrCat("cannot write ", path));
+  return samples;
+}
+
+absl::StatusOr<int64_t> ExportRemoteWrite(const LoadgenOptions& options,
+                                          int rounds, const std::string& dir,
+                                          Clock* clock) {
+  std::error_code error;
+  std::filesystem::create_directories(dir, error);
+  if (error) {
+    return absl::NotFoundError(
+        absl::StrCat("cannot create ", dir, ": ", error.message()));
+  }
+  server::RemoteWriteEncoder encoder;
+  std::string body;
+  int64_t samples = 0;
+  absl::Status status = ForEachExportBatch(
+      options, rounds, clock->Now(),
+      [&](int round, int device, const DeviceKey& key,
+          const v1::MetricsBatch& batch) -> absl::Status {
+        server::DecodedBatch decoded;
+        decoded.device.device_id = key.device_id;
+        decoded.device.org_id = key.org_id;
+        decoded.kind = server::DataKind::kMetrics;
+        decoded.metrics = server::MetricSamples::FromProto(batch);
+        const server::DecodedBatch* batches[] = {&decoded};
+        absl::Status encoded = encoder.Encode(batches, &body);
+        if (!encoded.ok()) return encoded;
+        std::string path =
+            absl::StrFormat("%s/r%06d-d%07d.rw", dir, round, device);
+        std::ofstream out(path, std::ios::binary);
+        out.write(body.data(), static_cast<std::streamsize>(body.size()));
+        out.close();
+        if (!out)
+          return absl::DataLossError(absl::StrCat("cannot write ", path));
+        samples += static_cast<int64_t>(encoder.sample_count());
+        return absl::OkStatus();
+      });
+  if (!status.ok()) return status;
   return samples;
 }
 

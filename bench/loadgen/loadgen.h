@@ -116,6 +116,20 @@ absl::StatusOr<LoadgenReport> RunLoadgen(const LoadgenOptions& options,
 absl::StatusOr<int64_t> ExportVmJsonl(const LoadgenOptions& options, int rounds,
                                       const std::string& path, Clock* clock);
 
+// Writes the same samples as ExportVmJsonl (same batches, labels including
+// device_id and org_id, timestamps; the same clock reading gives the same
+// values) as Prometheus remote-write request bodies, the way devices running
+// a remote-write agent would send them: one file per device batch, each a
+// snappy-compressed prometheus.WriteRequest encoded by the server's
+// RemoteWriteEncoder (server/writers/remote_write.h; send it with
+// kRemoteWriteHeaders). Creates `dir` if needed; the files are named
+// r<round>-d<device>.rw, zero-padded, so that their names sort round by
+// round, as a fleet draining a backlog sends them. Returns the number of
+// samples written.
+absl::StatusOr<int64_t> ExportRemoteWrite(const LoadgenOptions& options,
+                                          int rounds, const std::string& dir,
+                                          Clock* clock);
+
 // The report as JSON (pretty-printed).
 std::string ReportToJson(const LoadgenReport& report);
 

@@ -1,11 +1,20 @@
 // Unit tests of the load generator's pieces that need no server: the keys
-// CSV, percentiles and the open-loop scheduler (on a SimulatedClock).
+// CSV, percentiles, the open-loop scheduler (on a SimulatedClock) and the
+// baselines' exports.
 #include "bench/loadgen/loadgen.h"
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "bench/loadgen/keys_csv.h"
 #include "bench/loadgen/latency.h"
@@ -14,6 +23,9 @@
 #include "common/testing/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "prometheus/remote.pb.h"
+#include "snappy.h"
 
 namespace fleetd::bench {
 namespace {
@@ -216,6 +228,124 @@ TEST(SchedulerTest, StopEndsWaitNext) {
   Consumer consumer(&scheduler);
   ASSERT_TRUE(clock.AwaitSleepers(1, absl::Seconds(10)));
   scheduler.Stop();
+}
+
+// A directory under the system's temporary directory, removed with its
+// content when the test ends.
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl =
+        (std::filesystem::temp_directory_path() / "loadgen-test-XXXXXX")
+            .string();
+    char* dir = mkdtemp(tmpl.data());
+    EXPECT_NE(dir, nullptr);
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream content;
+  content << in.rdbuf();
+  return content.str();
+}
+
+// "name=value,..." with the labels sorted by name, "@" and the timestamp (ms):
+// one sample's identity, to compare exports.
+std::string SampleKey(const std::map<std::string, std::string>& labels,
+                      int64_t ms) {
+  std::string key;
+  for (const auto& [name, value] : labels) {
+    key += name + "=" + value + ",";
+  }
+  return key + "@" + std::to_string(ms);
+}
+
+TEST(ExportTest, RemoteWriteHoldsTheJsonLinesSamplesOneRequestPerBatch) {
+  constexpr int kDevices = 10;  // every tier of the mix
+  constexpr int kRounds = 2;
+  LoadgenOptions options;
+  options.devices = kDevices;
+  for (int i = 0; i < kDevices; ++i) {
+    options.keys.push_back({absl::StrCat("dev-", i),
+                            absl::StrCat("org-", i % 3),
+                            absl::StrCat("fk_", i)});
+  }
+  SimulatedClock clock;
+  TempDir tmp;
+  std::string jsonl = tmp.path() + "/samples.jsonl";
+  std::string dir = tmp.path() + "/rw";
+  absl::StatusOr<int64_t> jsonl_samples =
+      ExportVmJsonl(options, kRounds, jsonl, &clock);
+  ASSERT_THAT(jsonl_samples, IsOk());
+  absl::StatusOr<int64_t> rw_samples =
+      ExportRemoteWrite(options, kRounds, dir, &clock);
+  ASSERT_THAT(rw_samples, IsOk());
+  int64_t want = 0;
+  for (int i = 0; i < kDevices; ++i) want += TierBatchSize(TierOfDevice(i));
+  want *= kRounds;
+  EXPECT_EQ(*jsonl_samples, want);
+  EXPECT_EQ(*rw_samples, want);
+
+  // Sample identity -> values, from the JSON lines.
+  std::map<std::string, std::vector<double>> from_jsonl;
+  std::ifstream lines(jsonl);
+  std::string line;
+  while (std::getline(lines, line)) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    std::map<std::string, std::string> labels =
+        j["metric"].get<std::map<std::string, std::string>>();
+    for (size_t k = 0; k < j["values"].size(); ++k) {
+      from_jsonl[SampleKey(labels, j["timestamps"][k].get<int64_t>())]
+          .push_back(j["values"][k].get<double>());
+    }
+  }
+
+  // One file per device batch, named so that they sort round by round.
+  std::vector<std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    files.push_back(entry.path().filename().string());
+  }
+  std::sort(files.begin(), files.end());
+  ASSERT_EQ(files.size(), size_t{kDevices * kRounds});
+  EXPECT_EQ(files.front(), "r000000-d0000000.rw");
+  EXPECT_EQ(files[1], "r000000-d0000001.rw");
+  EXPECT_EQ(files.back(), "r000001-d0000009.rw");
+
+  std::map<std::string, std::vector<double>> from_rw;
+  for (size_t f = 0; f < files.size(); ++f) {
+    int device = static_cast<int>(f % kDevices);
+    SCOPED_TRACE(files[f]);
+    std::string body = ReadAll(dir + "/" + files[f]);
+    std::string raw;
+    ASSERT_TRUE(snappy::Uncompress(body.data(), body.size(), &raw));
+    prometheus::WriteRequest request;
+    ASSERT_TRUE(request.ParseFromString(raw));
+    int samples = 0;
+    for (const prometheus::TimeSeries& ts : request.timeseries()) {
+      std::map<std::string, std::string> labels;
+      for (const prometheus::Label& l : ts.labels())
+        labels[l.name()] = l.value();
+      EXPECT_EQ(labels["device_id"], options.keys[device].device_id);
+      EXPECT_EQ(labels["org_id"], options.keys[device].org_id);
+      for (const prometheus::Sample& s : ts.samples()) {
+        from_rw[SampleKey(labels, s.timestamp())].push_back(s.value());
+        ++samples;
+      }
+    }
+    EXPECT_EQ(samples, TierBatchSize(TierOfDevice(device)));
+  }
+  EXPECT_EQ(from_rw.size(), from_jsonl.size());
+  EXPECT_TRUE(from_rw == from_jsonl);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <utility>
 
 #include "CLI/CLI.hpp"
 #include "absl/time/time.h"
@@ -71,6 +72,12 @@ int main(int argc, char** argv) {
   app.add_option("--export-vm-jsonl", export_path,
                  "instead of sending, write the samples the devices would "
                  "send as VictoriaMetrics import JSON lines (for baselines)");
+  std::string export_rw_dir;
+  app.add_option("--export-remote-write", export_rw_dir,
+                 "instead of sending, write the same samples as Prometheus "
+                 "remote-write bodies (snappy), one file per device batch, "
+                 "into this directory (with --export-vm-jsonl: the same "
+                 "timestamps in both)");
   app.add_option("--export-rounds", export_rounds,
                  "batches per device to export")
       ->check(CLI::Range(1, 100000));
@@ -80,7 +87,8 @@ int main(int argc, char** argv) {
       !ParseDurationFlag(grace, &o.grace, "--grace")) {
     return 2;
   }
-  if (o.server_url.empty() && export_path.empty()) {
+  bool exporting = !export_path.empty() || !export_rw_dir.empty();
+  if (o.server_url.empty() && !exporting) {
     std::cerr << "fleetd-loadgen: --server is required\n";
     return 2;
   }
@@ -91,14 +99,28 @@ int main(int argc, char** argv) {
   }
   o.keys = *std::move(keys);
 
-  if (!export_path.empty()) {
-    auto samples = fleetd::bench::ExportVmJsonl(o, export_rounds, export_path,
-                                                fleetd::Clock::Real());
-    if (!samples.ok()) {
-      std::cerr << "fleetd-loadgen: " << samples.status() << "\n";
-      return 2;
+  if (exporting) {
+    // One clock reading for both exports, so they hold the same samples.
+    fleetd::SimulatedClock clock(fleetd::Clock::Real()->Now());
+    int64_t exported = -1;
+    for (const auto& [path, export_fn] :
+         {std::pair{export_path, &fleetd::bench::ExportVmJsonl},
+          std::pair{export_rw_dir, &fleetd::bench::ExportRemoteWrite}}) {
+      if (path.empty()) continue;
+      auto samples = export_fn(o, export_rounds, path, &clock);
+      if (!samples.ok()) {
+        std::cerr << "fleetd-loadgen: " << samples.status() << "\n";
+        return 2;
+      }
+      if (exported >= 0 && *samples != exported) {
+        std::cerr << "fleetd-loadgen: exported " << exported
+                  << " samples as JSON lines but " << *samples
+                  << " as remote write\n";
+        return 2;
+      }
+      exported = *samples;
     }
-    std::cout << *samples << "\n";
+    std::cout << exported << "\n";
     return 0;
   }
   auto report = fleetd::bench::RunLoadgen(o, fleetd::Clock::Real());
