@@ -1,11 +1,10 @@
 #include "agent/sync/sync_manager.h"
 
-#include <openssl/sha.h>
-
 #include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/crypto/sha256.h"
 #include "common/status/error_class.h"
 #include "common/status/retry_after.h"
 #include "common/status/status_macros.h"
@@ -31,12 +30,6 @@ void SetTimestamp(google::protobuf::Timestamp* ts, absl::Time t) {
   int64_t nanos = absl::ToUnixNanos(t);
   ts->set_seconds(nanos / 1'000'000'000);
   ts->set_nanos(static_cast<int32_t>(nanos % 1'000'000'000));
-}
-
-std::string Sha256(const std::string& data) {
-  unsigned char d[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), d);
-  return std::string(reinterpret_cast<const char*>(d), sizeof(d));
 }
 
 // Per-kind pieces, so the send path is written once.

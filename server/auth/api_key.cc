@@ -1,12 +1,12 @@
 #include "server/auth/api_key.h"
 
 #include <openssl/rand.h>
-#include <openssl/sha.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/crypto/sha256.h"
 
 namespace fleetd::server {
 namespace {
@@ -41,13 +41,7 @@ absl::StatusOr<GeneratedKey> GenerateApiKey() {
   return key;
 }
 
-std::string HashApiKey(absl::string_view api_key) {
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(api_key.data()), api_key.size(),
-         digest);
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
-}
+std::string HashApiKey(absl::string_view api_key) { return Sha256Hex(api_key); }
 
 bool LooksLikeApiKey(absl::string_view api_key) {
   if (api_key.size() != kPrefix.size() + kIdHex + 1 + kSecretHex) return false;

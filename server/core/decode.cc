@@ -1,7 +1,5 @@
 #include "server/core/decode.h"
 
-#include <openssl/sha.h>
-
 #include <cmath>
 #include <optional>
 #include <string>
@@ -10,6 +8,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/codec/codec.h"
+#include "common/crypto/sha256.h"
 #include "common/status/error_class.h"
 #include "common/status/status_macros.h"
 #include "server/model/metric_samples.h"
@@ -44,13 +43,6 @@ absl::Status CheckTimestamp(int64_t seconds, int32_t nanos, const Where& what) {
 absl::Status CheckTimestamp(const google::protobuf::Timestamp& ts,
                             const Where& what) {
   return CheckTimestamp(ts.seconds(), ts.nanos(), what);
-}
-
-std::string Sha256(absl::string_view data) {
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(),
-         digest);
-  return std::string(reinterpret_cast<const char*>(digest), sizeof(digest));
 }
 
 // Validates a label set: names, counts and sizes, and the reserved identity
@@ -104,7 +96,7 @@ absl::StatusOr<std::optional<std::string>> Inflate(
     int wire_records, const DecodeLimits& limits) {
   if (wire.compressed_data().empty()) {
     if (!metadata.checksum().empty() &&
-        metadata.checksum().size() != SHA256_DIGEST_LENGTH) {
+        metadata.checksum().size() != kSha256Size) {
       return absl::InvalidArgumentError("checksum must be a 32-byte SHA-256");
     }
     return std::nullopt;

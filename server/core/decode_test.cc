@@ -1,9 +1,9 @@
 #include "server/core/decode.h"
 
-#include <openssl/sha.h>
 #include <zstd.h>
 
 #include "common/codec/codec.h"
+#include "common/crypto/sha256.h"
 #include "common/status/error_class.h"
 #include "common/testing/status_matchers.h"
 #include "gmock/gmock.h"
@@ -30,12 +30,6 @@ v1::SyncMetricsRequest Request(int n) {
     (*m->mutable_labels())["core"] = std::to_string(i);
   }
   return r;
-}
-
-std::string Sha256(const std::string& s) {
-  unsigned char d[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), d);
-  return std::string(reinterpret_cast<char*>(d), sizeof(d));
 }
 
 v1::SyncMetricsRequest Compressed(v1::SyncMetricsRequest r, Compression c) {

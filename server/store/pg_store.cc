@@ -303,7 +303,7 @@ absl::StatusOr<std::optional<DeviceIdentity>> PgStore::LookupKeyHash(
   std::optional<DeviceIdentity> identity;
   absl::Status s = pool_->Run([&](pqxx::connection& c) {
     identity.reset();
-    pqxx::read_transaction r(c);
+    pqxx::nontransaction r(c);  // one statement: its own snapshot
     pqxx::result res = r.exec_params(
         "SELECT device_id, org_id, key_id FROM api_keys "
         "WHERE key_hash = $1 AND revoked_at IS NULL",
@@ -327,7 +327,7 @@ absl::StatusOr<std::vector<bool>> PgStore::AreApplied(
   const std::string seqs =
       IntArray(entries, [](const LedgerEntry& e) { return e.sequence_number; });
   absl::Status s = pool_->Run([&](pqxx::connection& c) {
-    pqxx::read_transaction r(c);
+    pqxx::nontransaction r(c);  // one statement: its own snapshot
     pqxx::result rows = r.exec_params(
         "SELECT k.i, EXISTS (SELECT 1 FROM sync_ledger l WHERE l.device_id = "
         "k.d AND l.stream = k.s AND l.sequence_number = k.q) "
@@ -358,7 +358,11 @@ absl::StatusOr<int64_t> PgStore::RecordAppliedCountingPresent(
   const std::string now = ToTimestamptz(clock_->Now());
   int64_t inserted = 0;
   absl::Status s = pool_->Run([&](pqxx::connection& c) {
-    pqxx::work w(c);
+    // One statement, so no transaction around it: BEGIN and COMMIT would be
+    // two more round trips per flush. A connection lost while it runs leaves
+    // the outcome unknown, exactly as a COMMIT lost in flight would (the
+    // caller treats every failure as "may have been recorded").
+    pqxx::nontransaction w(c);
     // In key order, so that two flushes sharing keys (two servers) wait on
     // each other instead of deadlocking.
     inserted =
@@ -371,7 +375,6 @@ absl::StatusOr<int64_t> PgStore::RecordAppliedCountingPresent(
              "ORDER BY k.d, k.s, k.q ON CONFLICT DO NOTHING",
              devices, streams, seqs, counts, now)
             .affected_rows();
-    w.commit();
   });
   if (!s.ok()) return s;
   return static_cast<int64_t>(entries.size()) - inserted;
@@ -389,7 +392,7 @@ absl::StatusOr<std::vector<LedgerHistory>> PgStore::LoadHistory(
       keys, [](const LedgerKey& k) -> const std::string& { return k.stream; });
   absl::Status s = pool_->Run([&](pqxx::connection& c) {
     for (LedgerHistory& h : out) h = LedgerHistory();
-    pqxx::read_transaction r(c);
+    pqxx::nontransaction r(c);  // one statement: its own snapshot
     // One row more than asked tells whether older rows exist (`older`).
     pqxx::result rows = r.exec_params(
         "SELECT k.i, f.floor_seq, l.sequence_number "
@@ -461,17 +464,22 @@ absl::StatusOr<LedgerSize> PgStore::GetLedgerSize() {
 absl::Status PgStore::TouchDevices(absl::Span<const std::string> device_ids,
                                    absl::Time seen) {
   if (device_ids.empty()) return absl::OkStatus();
+  const std::string ids =
+      TextArray(device_ids,
+                [](const std::string& id) -> const std::string& { return id; });
+  const std::string when = ToTimestamptz(seen);
   return pool_->Run([&](pqxx::connection& c) {
-    pqxx::work w(c);
-    std::string when = ToTimestamptz(seen);
-    for (const std::string& id : device_ids) {
-      w.exec_params(
-          "UPDATE devices SET last_seen = GREATEST(COALESCE(last_seen, "
-          "$2::timestamptz), "
-          "$2::timestamptz) WHERE device_id = $1",
-          id, when);
-    }
-    w.commit();
+    // One statement for every device (a round trip per device made a flush
+    // of a large fleet cost thousands). Rows are locked in device order, so
+    // two servers touching overlapping devices wait instead of deadlocking.
+    pqxx::nontransaction w(c);
+    w.exec_params(
+        "WITH k AS (SELECT device_id FROM devices "
+        "WHERE device_id = ANY($1::text[]) ORDER BY device_id FOR UPDATE) "
+        "UPDATE devices d SET last_seen = GREATEST(COALESCE(d.last_seen, "
+        "$2::timestamptz), $2::timestamptz) FROM k "
+        "WHERE d.device_id = k.device_id",
+        ids, when);
   });
 }
 

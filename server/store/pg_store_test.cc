@@ -1,6 +1,9 @@
 #include "server/store/pg_store.h"
 
+#include <map>
 #include <set>
+#include <string>
+#include <vector>
 
 #include "common/testing/status_matchers.h"
 #include "gmock/gmock.h"
@@ -193,6 +196,37 @@ TEST_F(PgStoreTest, DeviceInfoAndLastSeenAreStored) {
   EXPECT_EQ(hostname, "pi-kitchen");
   EXPECT_EQ(tier, 2);
   EXPECT_EQ(last_seen, 1'760'000'000);
+}
+
+// One statement touches every device of the flush: each known device gets
+// the newer time, an unknown id changes nothing, and an older time never moves
+// last_seen back.
+TEST_F(PgStoreTest, TouchDevicesUpdatesEveryListedDevice) {
+  std::vector<std::string> ids = {"dev-b", "dev-a", "dev-\"q\"", "dev-c"};
+  for (const std::string& id : ids) {
+    ASSERT_THAT(store_->CreateKey(id, "org-1"), IsOk());
+  }
+  const absl::Time t = absl::FromUnixSeconds(1'760'000'000);
+  ASSERT_THAT(store_->TouchDevices({"dev-c"}, t + absl::Hours(2)), IsOk());
+  std::vector<std::string> touched = ids;
+  touched.push_back("dev-unknown");
+  ASSERT_THAT(store_->TouchDevices(touched, t), IsOk());
+  std::map<std::string, int64_t> last_seen;
+  ASSERT_THAT(pool_->Run([&](pqxx::connection& c) {
+    last_seen.clear();
+    pqxx::read_transaction r(c);
+    for (const auto& row :
+         r.exec("SELECT device_id, extract(epoch from last_seen)::bigint "
+                "FROM devices")) {
+      last_seen[row[0].as<std::string>()] = row[1].as<int64_t>();
+    }
+  }),
+              IsOk());
+  EXPECT_THAT(last_seen, ::testing::UnorderedElementsAre(
+                             ::testing::Pair("dev-a", 1'760'000'000),
+                             ::testing::Pair("dev-b", 1'760'000'000),
+                             ::testing::Pair("dev-\"q\"", 1'760'000'000),
+                             ::testing::Pair("dev-c", 1'760'000'000 + 7200)));
 }
 
 TEST(PgPoolTest, UnreachableServerIsUnavailable) {

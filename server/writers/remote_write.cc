@@ -186,7 +186,7 @@ absl::Status RemoteWriteEncoder::SortedLabels(const Series& series) {
 }
 
 void RemoteWriteEncoder::Clear() {
-  raw_.clear();
+  raw_size_ = 0;
   samples_.clear();
   series_.clear();
 }
@@ -244,7 +244,10 @@ absl::Status RemoteWriteEncoder::Encode(
   }
 
   // Sizes are known, so every length prefix is written before its content.
-  raw_.resize(total);
+  // raw_ only grows (resizing a string writes zeros over it first), so a
+  // steady stream of flushes writes each byte once.
+  if (raw_.size() < total) raw_.resize(total);
+  raw_size_ = total;
   char* p = raw_.data();
   for (const Series& s : series_) {
     absl::Status sorted = SortedLabels(s);
@@ -273,11 +276,18 @@ absl::Status RemoteWriteEncoder::Encode(
       p = PutVarint(p, static_cast<uint64_t>(sample.ms));
     }
   }
-  if (p != raw_.data() + raw_.size()) {
+  if (p != raw_.data() + raw_size_) {
     Clear();
     return absl::InternalError("remote write: encoded size differs from plan");
   }
-  snappy::Compress(raw_.data(), raw_.size(), body);
+  // Into scratch that only grows, then copied: snappy::Compress into a
+  // std::string would zero its worst-case size on every call first.
+  const size_t bound = snappy::MaxCompressedLength(raw_size_);
+  if (compressed_.size() < bound) compressed_.resize(bound);
+  size_t compressed_size = 0;
+  snappy::RawCompress(raw_.data(), raw_size_, compressed_.data(),
+                      &compressed_size);
+  body->assign(compressed_.data(), compressed_size);
   return absl::OkStatus();
 }
 

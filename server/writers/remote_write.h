@@ -55,7 +55,8 @@ inline constexpr std::pair<const char*, const char*> kRemoteWriteHeaders[] = {
 // Cost: no heap allocation per sample or series. Scratch space (the grouping
 // table, the uncompressed request) lives in the encoder and only grows, and
 // the caller's body keeps its capacity between calls; snappy allocates its
-// working memory once per call. Labels are sorted and checked once per series.
+// working memory once per call. Scratch is not zeroed before use. Labels are
+// sorted and checked once per series.
 //
 // Not thread-safe: use one encoder per concurrent caller (keep a pool).
 class RemoteWriteEncoder {
@@ -75,7 +76,9 @@ class RemoteWriteEncoder {
 
   // The uncompressed WriteRequest of the last successful Encode (for tests and
   // benchmarks). Valid until the next call.
-  absl::string_view uncompressed() const { return raw_; }
+  absl::string_view uncompressed() const {
+    return absl::string_view(raw_.data(), raw_size_);
+  }
   // Series and samples of the last successful Encode.
   size_t series_count() const { return series_.size(); }
   size_t sample_count() const { return samples_.size(); }
@@ -113,7 +116,11 @@ class RemoteWriteEncoder {
   std::vector<Series> series_;
   std::vector<uint32_t> slots_;  // open addressing: series index + 1, 0 empty
   std::vector<std::pair<absl::string_view, absl::string_view>> labels_;
+  // The uncompressed request is raw_'s first raw_size_ bytes; raw_ and
+  // compressed_ (snappy's output) only grow.
   std::string raw_;
+  size_t raw_size_ = 0;
+  std::string compressed_;
 };
 
 }  // namespace fleetd::server
