@@ -1,11 +1,10 @@
 #include "bench/workload.h"
 
-#include <openssl/sha.h>
-
 #include <random>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/crypto/sha256.h"
 #include "google/protobuf/util/time_util.h"
 
 namespace fleetd::bench {
@@ -58,10 +57,7 @@ template <typename Batch>
 void Pack(Compression codec, int records, Batch* batch,
           v1::SyncMetadata* metadata) {
   std::string raw = batch->SerializeAsString();
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(raw.data()), raw.size(),
-         digest);
-  metadata->set_checksum(reinterpret_cast<const char*>(digest), sizeof(digest));
+  metadata->set_checksum(Sha256(raw));
   metadata->set_record_count(records);
   if (codec == Compression::kNone) return;
   absl::StatusOr<std::string> packed = Compress(codec, raw);
