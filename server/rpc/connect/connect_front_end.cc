@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <functional>
-#include <map>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -17,13 +16,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/codec/codec.h"
-#include "common/status/error_class.h"
-#include "common/status/retry_after.h"
 #include "glog/logging.h"
-#include "google/protobuf/descriptor.h"
-#include "google/protobuf/descriptor.pb.h"
 #include "server/rpc/connect/connect_protocol.h"
 #include "server/rpc/connect/http_server.h"
+#include "server/rpc/connect/procedures.h"
 #include "server/rpc/net/net.h"
 #include "server/rpc/net/tls_context.h"
 
@@ -33,60 +29,8 @@ namespace {
 using connect::Codec;
 using connect::ContentType;
 using connect::HttpServer;
-using connect::Metadata;
 using connect::WireProtocol;
 using google::protobuf::Message;
-
-using Invoker = std::function<absl::StatusOr<std::unique_ptr<Message>>(
-    SyncHandler*, const CallContext&, const Message&)>;
-
-// One procedure of fleetd.v1.SyncService, as read from its descriptor.
-struct Procedure {
-  std::string name;
-  bool bidi = false;
-  bool no_side_effects = false;
-  const google::protobuf::Descriptor* input = nullptr;
-  Invoker invoke;  // unary only; null if the handler has no such method
-};
-
-template <typename Req, typename Resp>
-Invoker MakeInvoker(absl::StatusOr<Resp> (SyncHandler::*method)(
-    const CallContext&, const Req&)) {
-  return
-      [method](
-          SyncHandler* handler, const CallContext& context,
-          const Message& request) -> absl::StatusOr<std::unique_ptr<Message>> {
-        absl::StatusOr<Resp> response =
-            (handler->*method)(context, static_cast<const Req&>(request));
-        if (!response.ok()) return response.status();
-        return std::unique_ptr<Message>(new Resp(*std::move(response)));
-      };
-}
-
-std::map<std::string, Invoker> Invokers() {
-  return {
-      {"SyncMetrics", MakeInvoker(&SyncHandler::SyncMetrics)},
-      {"SyncLogs", MakeInvoker(&SyncHandler::SyncLogs)},
-      {"GetSyncConfig", MakeInvoker(&SyncHandler::GetSyncConfig)},
-      {"SyncEvents", MakeInvoker(&SyncHandler::SyncEvents)},
-      {"UpdateDeviceInfo", MakeInvoker(&SyncHandler::UpdateDeviceInfo)},
-  };
-}
-
-// The body a request may carry at most, for a protocol.
-size_t BodyLimit(WireProtocol protocol, int64_t max_message_bytes) {
-  size_t max = static_cast<size_t>(max_message_bytes);
-  switch (protocol) {
-    case WireProtocol::kConnectUnary:
-      return max;
-    case WireProtocol::kConnectStream:
-    case WireProtocol::kGrpcWeb:
-      return max + connect::kEnvelopeHeaderBytes;
-    case WireProtocol::kGrpcWebText:
-      return (max + connect::kEnvelopeHeaderBytes + 2) / 3 * 4 + 4;
-  }
-  return max;
-}
 
 bool BodyPresent(const httplib::Request& req) {
   if (req.has_header("Transfer-Encoding")) return true;
@@ -104,33 +48,6 @@ HttpServer::RequestInfo& Info() {
 void CloseAfter(httplib::Response& res) {
   Info().close_after_response = true;
   res.set_header("Connection", "close");
-}
-
-// A request message of a batch method (SyncMetrics, SyncLogs, SyncEvents) that
-// does not parse (e.g. a log line that is not UTF-8, which protobuf's C++
-// serializer still sends) is our verdict on that batch: resending the same
-// bytes can never succeed, so the device sets it aside instead of retrying it
-// forever.
-absl::Status RequestDecodeVerdict(const Procedure& procedure,
-                                  absl::Status decoded) {
-  if (absl::IsInvalidArgument(decoded) &&
-      (procedure.name == "SyncMetrics" || procedure.name == "SyncLogs" ||
-       procedure.name == "SyncEvents")) {
-    return MarkBatchRejected(std::move(decoded));
-  }
-  return decoded;
-}
-
-Metadata RetryMetadata(const absl::Status& status) {
-  Metadata metadata;
-  if (std::optional<absl::Duration> retry = GetRetryAfter(status)) {
-    metadata.emplace_back("retry-after-ms",
-                          absl::StrCat(absl::ToInt64Milliseconds(*retry)));
-  }
-  if (IsBatchRejected(status)) {
-    metadata.emplace_back(kVerdictMetadataKey, kVerdictRejected);
-  }
-  return metadata;
 }
 
 // Buffers a half-duplex stream's responses until the request body is done.
@@ -173,12 +90,8 @@ class ConnectFrontEndImpl final : public ConnectFrontEnd {
       : options_(options),
         clock_(options.clock != nullptr ? options.clock : Clock::Real()),
         handler_(handler) {
+    calls_ = FrontEndRequests(options.metrics);
     if (options.metrics != nullptr) {
-      calls_ = &options.metrics->CounterFamily(
-          "fleetd_rpc_frontend_requests_total",
-          "Requests a front end finished, by protocol, method and status "
-          "code, including those refused before reaching the handler.",
-          {"protocol", "method", "code"});
       dropped_ = &options.metrics
                       ->CounterFamily(
                           "fleetd_rpc_stream_responses_dropped_total",
@@ -197,8 +110,7 @@ class ConnectFrontEndImpl final : public ConnectFrontEnd {
 
  private:
   const Procedure* Find(const std::string& path) const {
-    auto it = procedures_.find(path);
-    return it == procedures_.end() ? nullptr : &it->second;
+    return FindProcedure(procedures_, path);
   }
 
   httplib::Server::HandlerResponse PreRoute(const httplib::Request& req,
@@ -259,7 +171,7 @@ class ConnectFrontEndImpl final : public ConnectFrontEnd {
   SyncHandler* const handler_;
   metrics::Family<metrics::Counter>* calls_ = nullptr;
   metrics::Counter* dropped_ = nullptr;
-  std::map<std::string, Procedure> procedures_;
+  ProcedureTable procedures_;
   std::unique_ptr<HttpServer> server_;
   std::thread thread_;
   int port_ = 0;
@@ -267,31 +179,10 @@ class ConnectFrontEndImpl final : public ConnectFrontEnd {
 };
 
 absl::Status ConnectFrontEndImpl::Init() {
-  const google::protobuf::ServiceDescriptor* service =
-      v1::SyncMetricsRequest::descriptor()->file()->FindServiceByName(
-          "SyncService");
-  if (service == nullptr) {
-    return absl::InternalError("fleetd.v1.SyncService descriptor not found");
-  }
-  std::map<std::string, Invoker> invokers = Invokers();
-  for (int i = 0; i < service->method_count(); ++i) {
-    const google::protobuf::MethodDescriptor* method = service->method(i);
-    Procedure procedure;
-    procedure.name = method->name();
-    procedure.bidi = method->client_streaming() || method->server_streaming();
-    procedure.no_side_effects =
-        method->options().idempotency_level() ==
-        google::protobuf::MethodOptions::NO_SIDE_EFFECTS;
-    procedure.input = method->input_type();
-    auto invoker = invokers.find(method->name());
-    if (invoker != invokers.end()) procedure.invoke = invoker->second;
-    if (!procedure.bidi && !procedure.invoke) {
-      LOG(WARNING) << "Connect front end: no handler method for "
-                   << method->full_name() << "; it answers unimplemented";
-    }
-    procedures_[absl::StrCat("/", service->full_name(), "/", method->name())] =
-        std::move(procedure);
-  }
+  absl::StatusOr<ProcedureTable> procedures =
+      SyncServiceProcedures("Connect front end");
+  if (!procedures.ok()) return procedures.status();
+  procedures_ = *std::move(procedures);
 
   absl::StatusOr<HostPort> address = ParseHostPort(options_.address);
   if (!address.ok()) return address.status();
@@ -380,17 +271,12 @@ CallContext ConnectFrontEndImpl::MakeContext(const httplib::Request& req,
 
 absl::Status ConnectFrontEndImpl::CheckConnectVersion(
     const httplib::Request& req) const {
+  std::optional<std::string> version;
   if (req.has_header("Connect-Protocol-Version")) {
-    std::string version = req.get_header_value("Connect-Protocol-Version");
-    if (version != "1") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "connect-protocol-version must be \"1\": got \"", version, "\""));
-    }
-  } else if (options_.require_connect_protocol_version) {
-    return absl::InvalidArgumentError(
-        "missing required header: set connect-protocol-version to \"1\"");
+    version = req.get_header_value("Connect-Protocol-Version");
   }
-  return absl::OkStatus();
+  return CheckConnectProtocolVersion(version,
+                                     options_.require_connect_protocol_version);
 }
 
 absl::Status ConnectFrontEndImpl::ApplyTimeout(
@@ -402,17 +288,8 @@ absl::Status ConnectFrontEndImpl::ApplyTimeout(
 
 absl::StatusOr<std::string> ConnectFrontEndImpl::Decompress(
     Compression coding, std::string body) const {
-  if (coding == Compression::kNone || body.empty()) return body;
-  absl::StatusOr<std::string> out = fleetd::Decompress(
-      coding, body, static_cast<size_t>(options_.max_message_bytes));
-  if (!out.ok() &&
-      out.status().code() == absl::StatusCode::kResourceExhausted) {
-    LOG_EVERY_N(WARNING, 100)
-        << "Connect front end: refusing a " << CompressionName(coding)
-        << " message that inflates beyond " << options_.max_message_bytes
-        << " bytes";
-  }
-  return out;
+  return DecompressMessage(coding, std::move(body), options_.max_message_bytes,
+                           "Connect front end");
 }
 
 absl::StatusOr<std::string> ConnectFrontEndImpl::ReadBody(
@@ -477,16 +354,10 @@ void ConnectFrontEndImpl::HandleGet(const httplib::Request& req,
     return;
   }
   CallContext call = MakeContext(req, "connect");
-  absl::Status status;
-  if (req.has_param("connect") && req.get_param_value("connect") != "v1") {
-    status = absl::InvalidArgumentError(
-        absl::StrCat("connect must be \"v1\": got \"",
-                     req.get_param_value("connect"), "\""));
-  } else if (!req.has_param("connect") &&
-             options_.require_connect_protocol_version) {
-    status = absl::InvalidArgumentError(
-        "missing required query parameter: set connect to \"v1\"");
-  }
+  std::optional<std::string> version;
+  if (req.has_param("connect")) version = req.get_param_value("connect");
+  absl::Status status = CheckConnectGetVersion(
+      version, options_.require_connect_protocol_version);
   if (status.ok() && req.has_header("Connect-Timeout-Ms")) {
     status = ApplyTimeout(connect::ParseConnectTimeout(
                               req.get_header_value("Connect-Timeout-Ms")),
@@ -595,18 +466,7 @@ void ConnectFrontEndImpl::ServeUnary(const Procedure& procedure,
                                      Compression response_coding,
                                      httplib::Response& res) {
   absl::StatusOr<std::unique_ptr<Message>> response =
-      absl::UnimplementedError(absl::StrCat(
-          "fleetd.v1.SyncService/", procedure.name, " is not implemented"));
-  if (procedure.invoke) {
-    std::unique_ptr<Message> request(
-        google::protobuf::MessageFactory::generated_factory()
-            ->GetPrototype(procedure.input)
-            ->New());
-    absl::Status decoded = RequestDecodeVerdict(
-        procedure, connect::DecodeMessage(codec, bytes, request.get()));
-    response = decoded.ok() ? procedure.invoke(handler_, call, *request)
-                            : absl::StatusOr<std::unique_ptr<Message>>(decoded);
-  }
+      InvokeProcedure(procedure, handler_, call, codec, bytes);
   absl::StatusOr<std::string> encoded =
       response.ok() ? connect::EncodeMessage(codec, **response)
                     : absl::StatusOr<std::string>(response.status());
@@ -633,14 +493,8 @@ void ConnectFrontEndImpl::ServeUnary(const Procedure& procedure,
 void ConnectFrontEndImpl::ConnectError(httplib::Response& res,
                                        const absl::Status& status) {
   res.status = connect::HttpStatusFor(status.code());
-  if (std::optional<absl::Duration> retry = GetRetryAfter(status)) {
-    int64_t ms = absl::ToInt64Milliseconds(*retry);
-    res.set_header("Retry-After", absl::StrCat((ms + 999) / 1000));
-    res.set_header("Trailer-Retry-After-Ms", absl::StrCat(ms));
-  }
-  if (IsBatchRejected(status)) {
-    res.set_header(absl::StrCat("Trailer-", kVerdictMetadataKey),
-                   kVerdictRejected);
+  for (const auto& [name, value] : ConnectErrorHeaders(status)) {
+    res.set_header(name, value);
   }
   res.set_content(connect::ErrorJson(status), "application/json");
 }
@@ -678,14 +532,9 @@ absl::Status ConnectFrontEndImpl::RunHalfDuplex(
           "protocol error: end-of-stream flag set on a request message");
       break;
     }
-    absl::StatusOr<std::string> payload = envelope.payload;
-    if ((envelope.flags & connect::kFlagCompressed) != 0) {
-      payload = request_coding == Compression::kNone
-                    ? absl::InvalidArgumentError(
-                          "protocol error: compressed message without an "
-                          "encoding")
-                    : Decompress(request_coding, envelope.payload);
-    }
+    absl::StatusOr<std::string> payload =
+        EnvelopeMessage(envelope, request_coding, "an encoding",
+                        options_.max_message_bytes, "Connect front end");
     v1::StreamSyncRequest request;
     status = payload.status();
     if (status.ok()) status = connect::DecodeMessage(codec, *payload, &request);
@@ -803,47 +652,18 @@ void ConnectFrontEndImpl::ServeGrpcWeb(const Procedure& procedure,
     status = RunHalfDuplex(call, type.codec, *envelopes, request_coding,
                            connect::kFlagGrpcTrailers, frame);
   } else if (status.ok()) {
-    if (envelopes->size() != 1 ||
-        (envelopes->front().flags & connect::kFlagGrpcTrailers) != 0) {
-      status = absl::InvalidArgumentError(absl::StrCat(
-          "protocol error: a unary call takes exactly one message, got ",
-          envelopes->size(), " frames"));
-    }
-    absl::StatusOr<std::string> payload;
-    if (status.ok()) {
-      const connect::Envelope& envelope = envelopes->front();
-      payload = envelope.payload;
-      if ((envelope.flags & connect::kFlagCompressed) != 0) {
-        payload = request_coding == Compression::kNone
-                      ? absl::InvalidArgumentError(
-                            "protocol error: compressed message without "
-                            "grpc-encoding")
-                      : Decompress(request_coding, envelope.payload);
-      }
-      status = payload.status();
-    }
-    if (status.ok() && !procedure.invoke) {
-      status = absl::UnimplementedError(absl::StrCat(
-          "fleetd.v1.SyncService/", procedure.name, " is not implemented"));
-    }
-    std::unique_ptr<Message> request;
-    if (status.ok()) {
-      request.reset(google::protobuf::MessageFactory::generated_factory()
-                        ->GetPrototype(procedure.input)
-                        ->New());
-      status = RequestDecodeVerdict(
-          procedure,
-          connect::DecodeMessage(type.codec, *payload, request.get()));
-    }
-    if (status.ok()) {
-      absl::StatusOr<std::unique_ptr<Message>> response =
-          procedure.invoke(handler_, call, *request);
-      absl::StatusOr<std::string> encoded =
-          response.ok() ? connect::EncodeMessage(type.codec, **response)
-                        : absl::StatusOr<std::string>(response.status());
-      status = encoded.status();
-      if (encoded.ok()) frame(*encoded);
-    }
+    absl::StatusOr<std::string> payload = UnaryEnvelopeMessage(
+        *envelopes, connect::kFlagGrpcTrailers, request_coding,
+        options_.max_message_bytes, "Connect front end");
+    absl::StatusOr<std::unique_ptr<Message>> response =
+        payload.ok()
+            ? InvokeProcedure(procedure, handler_, call, type.codec, *payload)
+            : absl::StatusOr<std::unique_ptr<Message>>(payload.status());
+    absl::StatusOr<std::string> encoded =
+        response.ok() ? connect::EncodeMessage(type.codec, **response)
+                      : absl::StatusOr<std::string>(response.status());
+    status = encoded.status();
+    if (encoded.ok()) frame(*encoded);
   }
   Count("grpc-web", procedure.name, status.code());
   connect::AppendEnvelope(

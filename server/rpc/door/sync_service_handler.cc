@@ -1,0 +1,652 @@
+#include "server/rpc/door/sync_service_handler.h"
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "common/codec/codec.h"
+#include "common/status/retry_after.h"
+#include "common/status/status_macros.h"
+#include "glog/logging.h"
+#include "google/protobuf/message.h"
+#include "server/rpc/connect/connect_protocol.h"
+#include "server/rpc/connect/procedures.h"
+
+namespace fleetd::server::rpc {
+namespace {
+
+using connect::Codec;
+using connect::WireProtocol;
+using google::protobuf::Message;
+using http::Exchange;
+using http::FindHeader;
+using http::Headers;
+
+constexpr absl::string_view kServicePrefix = "/fleetd.v1.SyncService/";
+constexpr char kFrontEnd[] = "front door";
+constexpr char kGrpcAcceptEncoding[] = "gzip,zstd";
+constexpr char kStreamElsewhere[] =
+    "fleetd.v1.SyncService/StreamSync is not served on this address yet: the "
+    "stream is served by the other front end (the gRPC or Connect port) for "
+    "now";
+
+// The wire protocol of a request, from its content-type (GET: Connect).
+enum class Wire {
+  kGrpc,
+  kGrpcWeb,
+  kGrpcWebText,
+  kConnectUnary,
+  kConnectStream
+};
+
+struct Protocol {
+  Wire wire = Wire::kConnectUnary;
+  Codec codec = Codec::kProto;
+  std::string response_type;  // the response's content-type
+};
+
+std::optional<Protocol> ClassifyRequest(absl::string_view content_type) {
+  std::string type = absl::AsciiStrToLower(absl::StripAsciiWhitespace(
+      content_type.substr(0, content_type.find(';'))));
+  if (type == "application/grpc" || type == "application/grpc+proto") {
+    return Protocol{Wire::kGrpc, Codec::kProto, type};
+  }
+  std::optional<connect::ContentType> connect_type =
+      connect::ClassifyContentType(content_type);
+  if (!connect_type.has_value()) return std::nullopt;
+  Protocol protocol{Wire::kConnectUnary, connect_type->codec,
+                    std::move(connect_type->response_type)};
+  switch (connect_type->protocol) {
+    case WireProtocol::kConnectUnary:
+      break;
+    case WireProtocol::kConnectStream:
+      protocol.wire = Wire::kConnectStream;
+      break;
+    case WireProtocol::kGrpcWeb:
+      protocol.wire = Wire::kGrpcWeb;
+      break;
+    case WireProtocol::kGrpcWebText:
+      protocol.wire = Wire::kGrpcWebText;
+      break;
+  }
+  return protocol;
+}
+
+// The protocol label of CallContext and the metrics.
+const char* Label(Wire wire) {
+  switch (wire) {
+    case Wire::kGrpc:
+      return "grpc";
+    case Wire::kGrpcWeb:
+    case Wire::kGrpcWebText:
+      return "grpc-web";
+    case Wire::kConnectUnary:
+    case Wire::kConnectStream:
+      return "connect";
+  }
+  return "unknown";
+}
+
+// The body limit of a protocol (gRPC frames as gRPC-Web does).
+size_t WireBodyLimit(Wire wire, int64_t max_message_bytes) {
+  switch (wire) {
+    case Wire::kGrpc:
+    case Wire::kGrpcWeb:
+      return BodyLimit(WireProtocol::kGrpcWeb, max_message_bytes);
+    case Wire::kGrpcWebText:
+      return BodyLimit(WireProtocol::kGrpcWebText, max_message_bytes);
+    case Wire::kConnectUnary:
+      return BodyLimit(WireProtocol::kConnectUnary, max_message_bytes);
+    case Wire::kConnectStream:
+      return BodyLimit(WireProtocol::kConnectStream, max_message_bytes);
+  }
+  return static_cast<size_t>(max_message_bytes);
+}
+
+// Decodes %XX escapes and '+' (a space) of a query component; a malformed
+// escape stays as it is.
+std::string QueryUnescape(absl::string_view in) {
+  std::string out;
+  out.reserve(in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] == '+') {
+      out.push_back(' ');
+    } else if (in[i] == '%' && i + 2 < in.size() &&
+               absl::ascii_isxdigit(in[i + 1]) &&
+               absl::ascii_isxdigit(in[i + 2])) {
+      std::string byte = absl::HexStringToBytes(in.substr(i + 1, 2));
+      out.append(byte);
+      i += 2;
+    } else {
+      out.push_back(in[i]);
+    }
+  }
+  return out;
+}
+
+// The query parameters of a request target (the first value of each name).
+std::map<std::string, std::string> ParseQuery(absl::string_view query) {
+  std::map<std::string, std::string> params;
+  for (absl::string_view pair : absl::StrSplit(query, '&', absl::SkipEmpty())) {
+    std::pair<absl::string_view, absl::string_view> kv =
+        absl::StrSplit(pair, absl::MaxSplits('=', 1));
+    params.emplace(QueryUnescape(kv.first), QueryUnescape(kv.second));
+  }
+  return params;
+}
+
+std::optional<std::string> Param(
+    const std::map<std::string, std::string>& params, const std::string& name) {
+  auto it = params.find(name);
+  if (it == params.end()) return std::nullopt;
+  return it->second;
+}
+
+// One call, shared by the strand (its observer) and the worker running it.
+struct Call {
+  std::shared_ptr<Exchange> exchange;
+  const Procedure* procedure = nullptr;  // null: not a method of the service
+  Protocol protocol;
+  CallContext context;
+  Compression request_coding = Compression::kNone;
+  // Set on the strand by OnCancel; read by the worker before the handler.
+  std::atomic<bool> cancelled{false};
+};
+
+// A response whose whole body is known: content-length set.
+void SendWhole(Exchange& exchange, int status, Headers headers,
+               std::string body) {
+  headers.push_back({"content-length", absl::StrCat(body.size())});
+  exchange.SendHeaders(status, std::move(headers), false);
+  exchange.SendData(std::move(body), true);
+}
+
+// A gRPC-Web response: `frames` (the data envelopes), then the trailers
+// envelope with `status`; all of it base64 for grpc-web-text.
+void SendGrpcWeb(const Call& call, std::string frames,
+                 const absl::Status& status) {
+  connect::AppendEnvelope(
+      connect::kFlagGrpcTrailers,
+      connect::GrpcWebTrailers(status, RetryMetadata(status)), &frames);
+  if (call.protocol.wire == Wire::kGrpcWebText) {
+    frames = absl::Base64Escape(frames);
+  }
+  SendWhole(*call.exchange, 200,
+            {{"content-type", call.protocol.response_type},
+             {"grpc-accept-encoding", kGrpcAcceptEncoding}},
+            std::move(frames));
+}
+
+// The SyncService's protocols over Exchange. Immutable once built; shared by
+// the handler function and every call's task.
+class Door : public std::enable_shared_from_this<Door> {
+ public:
+  Door(SyncHandler* handler, DoorOptions options, ProcedureTable procedures)
+      : handler_(handler),
+        options_(options),
+        clock_(options.clock != nullptr ? options.clock : Clock::Real()),
+        procedures_(std::move(procedures)),
+        calls_(FrontEndRequests(options.metrics)) {}
+
+  // On the strand: routes the request and returns the observer of its body.
+  std::unique_ptr<http::RequestObserver> Accept(
+      std::shared_ptr<Exchange> exchange) const;
+
+  // On the strand: the body is complete; runs the call on a worker.
+  void Dispatch(std::shared_ptr<Call> call, std::string body) const;
+
+  // Any thread: answers `call` with `status` in its protocol's form and
+  // counts it (calls of a known procedure only).
+  void Fail(const Call& call, const absl::Status& status) const;
+
+  size_t body_limit(Wire wire) const {
+    return WireBodyLimit(wire, options_.max_message_bytes);
+  }
+
+ private:
+  void ServeGet(const std::shared_ptr<Exchange>& exchange,
+                const Procedure* procedure, absl::string_view query) const;
+  // Reads the protocol's request headers (timeout, coding, version) into
+  // `call`.
+  absl::Status ReadCallHeaders(Call& call) const;
+  absl::Status ApplyTimeout(absl::StatusOr<absl::Duration> timeout,
+                            CallContext& context) const {
+    if (!timeout.ok()) return timeout.status();
+    context.deadline = clock_->Now() + *timeout;
+    return absl::OkStatus();
+  }
+  std::shared_ptr<Call> NewCall(std::shared_ptr<Exchange> exchange,
+                                const Procedure* procedure,
+                                Protocol protocol) const;
+  // On a worker: decode, call the handler, respond.
+  void Run(const Call& call, std::string body) const;
+  absl::StatusOr<std::string> RequestMessage(const Call& call,
+                                             std::string body) const;
+  void Succeed(const Call& call, std::string message) const;
+  void Count(const Call& call, absl::StatusCode code) const {
+    if (calls_ == nullptr || call.procedure == nullptr) return;
+    calls_
+        ->WithLabels({Label(call.protocol.wire), call.procedure->name,
+                      absl::StatusCodeToString(code)})
+        .Increment();
+  }
+
+  SyncHandler* const handler_;
+  const DoorOptions options_;
+  Clock* const clock_;
+  const ProcedureTable procedures_;
+  metrics::Family<metrics::Counter>* const calls_;
+};
+
+// Reads a body nobody needs (the response is already on its way).
+class DiscardObserver final : public http::RequestObserver {
+ public:
+  void OnData(absl::string_view) override {}
+  void OnEnd() override {}
+  void OnCancel() override {}
+};
+
+// Accumulates a request body up to the protocol's limit, then dispatches.
+class BodyObserver final : public http::RequestObserver {
+ public:
+  BodyObserver(std::shared_ptr<const Door> door, std::shared_ptr<Call> call)
+      : door_(std::move(door)),
+        call_(std::move(call)),
+        limit_(door_->body_limit(call_->protocol.wire)) {}
+
+  void OnData(absl::string_view chunk) override {
+    if (done_) return;
+    if (chunk.size() > limit_ - body_.size()) {
+      done_ = true;
+      std::string().swap(body_);
+      door_->Fail(*call_, absl::ResourceExhaustedError(absl::StrCat(
+                              "request body is larger than the limit of ",
+                              limit_, " bytes")));
+      return;
+    }
+    body_.append(chunk.data(), chunk.size());
+  }
+
+  void OnEnd() override {
+    if (done_) return;
+    done_ = true;
+    door_->Dispatch(call_, std::move(body_));
+  }
+
+  void OnCancel() override {
+    call_->cancelled.store(true);
+    done_ = true;
+  }
+
+ private:
+  const std::shared_ptr<const Door> door_;
+  const std::shared_ptr<Call> call_;
+  const size_t limit_;
+  std::string body_;
+  bool done_ = false;  // answered, dispatched or cancelled
+};
+
+std::shared_ptr<Call> Door::NewCall(std::shared_ptr<Exchange> exchange,
+                                    const Procedure* procedure,
+                                    Protocol protocol) const {
+  auto call = std::make_shared<Call>();
+  call->context.protocol = Label(protocol.wire);
+  if (std::optional<absl::string_view> key =
+          FindHeader(exchange->headers(), "x-api-key")) {
+    call->context.api_key = std::string(*key);
+  }
+  call->context.peer = exchange->peer();
+  call->exchange = std::move(exchange);
+  call->procedure = procedure;
+  call->protocol = std::move(protocol);
+  return call;
+}
+
+std::unique_ptr<http::RequestObserver> Door::Accept(
+    std::shared_ptr<Exchange> exchange) const {
+  absl::string_view target = exchange->path();
+  size_t question = target.find('?');
+  absl::string_view path = target.substr(0, question);
+  absl::string_view query = question == absl::string_view::npos
+                                ? absl::string_view()
+                                : target.substr(question + 1);
+  auto discard = std::make_unique<DiscardObserver>();
+  if (!absl::StartsWith(path, kServicePrefix)) {
+    exchange->SendHeaders(404, {}, true);
+    return discard;
+  }
+  const Procedure* procedure = FindProcedure(procedures_, path);
+  const std::string& method = exchange->method();
+  if (method == "GET") {
+    ServeGet(exchange, procedure, query);
+    return discard;
+  }
+  if (method != "POST") {
+    if (procedure == nullptr) {
+      exchange->SendHeaders(404, {}, true);
+    } else {
+      bool get = procedure->no_side_effects && !procedure->bidi;
+      exchange->SendHeaders(405, {{"allow", get ? "GET, POST" : "POST"}}, true);
+    }
+    return discard;
+  }
+  std::optional<Protocol> protocol = ClassifyRequest(
+      FindHeader(exchange->headers(), "content-type").value_or(""));
+  if (!protocol.has_value()) {
+    if (procedure == nullptr) {
+      exchange->SendHeaders(404, {}, true);
+    } else {
+      exchange->SendHeaders(
+          415,
+          {{"accept-post",
+            absl::StrCat("application/grpc, application/grpc+proto, ",
+                         connect::SupportedContentTypes())}},
+          true);
+    }
+    return discard;
+  }
+  if (protocol->wire == Wire::kGrpc &&
+      exchange->version() != http::HttpVersion::kHttp2) {
+    SendWhole(*exchange, 505, {{"content-type", "text/plain"}},
+              "gRPC needs HTTP/2\n");
+    return discard;
+  }
+  bool stream_type = protocol->wire == Wire::kConnectStream;
+  bool unary_type = protocol->wire == Wire::kConnectUnary;
+  if (procedure != nullptr &&
+      ((procedure->bidi && unary_type) || (!procedure->bidi && stream_type))) {
+    exchange->SendHeaders(
+        415, {{"accept-post", std::string(connect::SupportedContentTypes())}},
+        true);
+    return discard;
+  }
+  std::shared_ptr<Call> call =
+      NewCall(std::move(exchange), procedure, *std::move(protocol));
+  if (procedure == nullptr) {
+    Fail(*call,
+         absl::UnimplementedError(absl::StrCat(
+             path.substr(1), " is not a method of fleetd.v1.SyncService")));
+    return discard;
+  }
+  if (procedure->bidi) {
+    Fail(*call, absl::UnimplementedError(kStreamElsewhere));
+    return discard;
+  }
+  if (absl::Status status = ReadCallHeaders(*call); !status.ok()) {
+    Fail(*call, status);
+    return discard;
+  }
+  return std::make_unique<BodyObserver>(shared_from_this(), std::move(call));
+}
+
+absl::Status Door::ReadCallHeaders(Call& call) const {
+  const Headers& headers = call.exchange->headers();
+  absl::string_view coding_header = "grpc-encoding";
+  if (call.protocol.wire == Wire::kConnectUnary) {
+    coding_header = "content-encoding";
+    RETURN_IF_ERROR(CheckConnectProtocolVersion(
+        FindHeader(headers, "connect-protocol-version"),
+        options_.require_connect_protocol_version));
+    if (std::optional<absl::string_view> timeout =
+            FindHeader(headers, "connect-timeout-ms")) {
+      RETURN_IF_ERROR(
+          ApplyTimeout(connect::ParseConnectTimeout(*timeout), call.context));
+    }
+  } else if (std::optional<absl::string_view> timeout =
+                 FindHeader(headers, "grpc-timeout")) {
+    RETURN_IF_ERROR(
+        ApplyTimeout(connect::ParseGrpcTimeout(*timeout), call.context));
+  }
+  absl::StatusOr<Compression> coding = connect::ParseContentCoding(
+      FindHeader(headers, coding_header).value_or(""));
+  if (!coding.ok()) return coding.status();
+  call.request_coding = *coding;
+  return absl::OkStatus();
+}
+
+void Door::ServeGet(const std::shared_ptr<Exchange>& exchange,
+                    const Procedure* procedure, absl::string_view query) const {
+  std::map<std::string, std::string> params = ParseQuery(query);
+  std::optional<std::string> encoding = Param(params, "encoding");
+  Protocol protocol;
+  if (encoding == "json") {
+    protocol.codec = Codec::kJson;
+    protocol.response_type = "application/json";
+  } else {
+    protocol.response_type = "application/proto";
+  }
+  std::shared_ptr<Call> call = NewCall(exchange, procedure, protocol);
+  if (procedure == nullptr) {
+    Fail(*call, absl::UnimplementedError("not a method of SyncService"));
+    return;
+  }
+  if (!procedure->no_side_effects || procedure->bidi) {
+    exchange->SendHeaders(405, {{"allow", "POST"}}, true);
+    return;
+  }
+  if (encoding != "proto" && encoding != "json") {
+    exchange->SendHeaders(415, {}, true);
+    return;
+  }
+  absl::Status status = CheckConnectGetVersion(
+      Param(params, "connect"), options_.require_connect_protocol_version);
+  if (std::optional<absl::string_view> timeout =
+          FindHeader(exchange->headers(), "connect-timeout-ms");
+      status.ok() && timeout.has_value()) {
+    status =
+        ApplyTimeout(connect::ParseConnectTimeout(*timeout), call->context);
+  }
+  absl::StatusOr<Compression> coding =
+      connect::ParseContentCoding(Param(params, "compression").value_or(""));
+  if (status.ok()) status = coding.status();
+  std::string message = Param(params, "message").value_or("");
+  if (status.ok() &&
+      message.size() >
+          WireBodyLimit(Wire::kGrpcWebText, options_.max_message_bytes)) {
+    status = absl::ResourceExhaustedError("message query parameter too large");
+  }
+  absl::StatusOr<std::string> bytes;
+  if (status.ok()) {
+    bytes = connect::DecodeGetMessage(message, Param(params, "base64") == "1");
+    status = bytes.status();
+  }
+  if (!status.ok()) {
+    Fail(*call, status);
+    return;
+  }
+  call->request_coding = *coding;
+  Dispatch(std::move(call), *std::move(bytes));
+}
+
+void Door::Dispatch(std::shared_ptr<Call> call, std::string body) const {
+  absl::Status submitted = options_.workers->Submit(
+      [door = shared_from_this(), call,
+       body = std::move(body)](absl::Status run) mutable {
+        if (!run.ok()) {
+          door->Fail(*call, absl::UnavailableError("server shutting down"));
+          return;
+        }
+        door->Run(*call, std::move(body));
+      });
+  if (absl::IsResourceExhausted(submitted)) {
+    LOG_EVERY_T(WARNING, 1) << "front door " << call->procedure->name
+                            << ": refusing a call, " << submitted.message();
+    Fail(*call,
+         WithRetryAfter(absl::ResourceExhaustedError(
+                            "server overloaded: every worker is busy and the "
+                            "call queue is full"),
+                        options_.overload_retry_after));
+  } else if (!submitted.ok()) {
+    Fail(*call, absl::UnavailableError("server shutting down"));
+  }
+}
+
+absl::StatusOr<std::string> Door::RequestMessage(const Call& call,
+                                                 std::string body) const {
+  const int64_t max = options_.max_message_bytes;
+  switch (call.protocol.wire) {
+    case Wire::kConnectUnary:
+      return DecompressMessage(call.request_coding, std::move(body), max,
+                               kFrontEnd);
+    case Wire::kGrpcWebText: {
+      absl::StatusOr<std::string> decoded = connect::DecodeGrpcWebText(body);
+      if (!decoded.ok()) return decoded.status();
+      body = *std::move(decoded);
+      break;
+    }
+    case Wire::kGrpc:
+    case Wire::kGrpcWeb:
+      break;
+    case Wire::kConnectStream:
+      return absl::InternalError("Connect streaming reached a unary call");
+  }
+  absl::StatusOr<std::vector<connect::Envelope>> envelopes =
+      connect::ParseEnvelopes(body, static_cast<size_t>(max));
+  if (!envelopes.ok()) return envelopes.status();
+  return UnaryEnvelopeMessage(*envelopes, connect::kFlagGrpcTrailers,
+                              call.request_coding, max, kFrontEnd);
+}
+
+void Door::Run(const Call& call, std::string body) const {
+  if (call.cancelled.load()) {
+    // The client is gone: its answer could not arrive anyway.
+    Fail(call, absl::CancelledError("call cancelled before it ran"));
+    return;
+  }
+  if (clock_->Now() >= call.context.deadline) {
+    Fail(call, absl::DeadlineExceededError(
+                   "deadline passed while the call waited for a worker"));
+    return;
+  }
+  absl::StatusOr<std::string> message = RequestMessage(call, std::move(body));
+  absl::StatusOr<std::unique_ptr<Message>> response =
+      message.ok() ? InvokeProcedure(*call.procedure, handler_, call.context,
+                                     call.protocol.codec, *message)
+                   : absl::StatusOr<std::unique_ptr<Message>>(message.status());
+  absl::StatusOr<std::string> encoded =
+      response.ok() ? connect::EncodeMessage(call.protocol.codec, **response)
+                    : absl::StatusOr<std::string>(response.status());
+  if (!encoded.ok()) {
+    Fail(call, encoded.status());
+    return;
+  }
+  Succeed(call, *std::move(encoded));
+}
+
+void Door::Succeed(const Call& call, std::string message) const {
+  Exchange& exchange = *call.exchange;
+  const Protocol& protocol = call.protocol;
+  std::string out;
+  switch (protocol.wire) {
+    case Wire::kConnectUnary:
+      Count(call, absl::StatusCode::kOk);
+      SendWhole(exchange, 200,
+                {{"content-type", protocol.response_type},
+                 {"accept-encoding", connect::kAcceptedCodings}},
+                std::move(message));
+      return;
+    case Wire::kGrpc:
+      Count(call, absl::StatusCode::kOk);
+      connect::AppendEnvelope(0, message, &out);
+      exchange.SendHeaders(200,
+                           {{"content-type", protocol.response_type},
+                            {"grpc-accept-encoding", kGrpcAcceptEncoding}},
+                           false);
+      exchange.SendData(std::move(out), false);
+      exchange.SendTrailers({{"grpc-status", "0"}});
+      return;
+    case Wire::kGrpcWeb:
+    case Wire::kGrpcWebText:
+      Count(call, absl::StatusCode::kOk);
+      connect::AppendEnvelope(0, message, &out);
+      SendGrpcWeb(call, std::move(out), absl::OkStatus());
+      return;
+    case Wire::kConnectStream:
+      Fail(call, absl::InternalError("Connect streaming reached a unary call"));
+      return;
+  }
+}
+
+void Door::Fail(const Call& call, const absl::Status& status) const {
+  Count(call, status.code());
+  Exchange& exchange = *call.exchange;
+  const Protocol& protocol = call.protocol;
+  connect::Metadata metadata = RetryMetadata(status);
+  switch (protocol.wire) {
+    case Wire::kGrpc: {
+      // Trailers-only: the status in the one header block, ending the
+      // stream.
+      Headers headers = {
+          {"content-type", protocol.response_type},
+          {"grpc-status", absl::StrCat(static_cast<int>(status.code()))}};
+      if (!status.message().empty()) {
+        headers.push_back({"grpc-message", connect::PercentEncodeGrpcMessage(
+                                               status.message())});
+      }
+      for (auto& [name, value] : metadata) {
+        headers.push_back({std::move(name), std::move(value)});
+      }
+      headers.push_back({"grpc-accept-encoding", kGrpcAcceptEncoding});
+      exchange.SendHeaders(200, std::move(headers), true);
+      return;
+    }
+    case Wire::kGrpcWeb:
+    case Wire::kGrpcWebText:
+      SendGrpcWeb(call, std::string(), status);
+      return;
+    case Wire::kConnectStream: {
+      std::string out;
+      connect::AppendEnvelope(connect::kFlagEndStream,
+                              connect::EndStreamJson(status, metadata), &out);
+      SendWhole(exchange, 200,
+                {{"content-type", protocol.response_type},
+                 {"connect-accept-encoding", connect::kAcceptedCodings}},
+                std::move(out));
+      return;
+    }
+    case Wire::kConnectUnary: {
+      Headers headers = {{"content-type", "application/json"},
+                         {"accept-encoding", connect::kAcceptedCodings}};
+      for (const auto& [name, value] : ConnectErrorHeaders(status)) {
+        headers.push_back({absl::AsciiStrToLower(name), value});
+      }
+      // connect-go answers a procedure it does not know with 404.
+      int http_status = call.procedure == nullptr
+                            ? 404
+                            : connect::HttpStatusFor(status.code());
+      SendWhole(exchange, http_status, std::move(headers),
+                connect::ErrorJson(status));
+      return;
+    }
+  }
+}
+
+}  // namespace
+
+http::ExchangeHandler NewSyncServiceHandler(SyncHandler* handler,
+                                            DoorOptions options) {
+  CHECK(handler != nullptr) << "the front door needs a SyncHandler";
+  CHECK(options.workers != nullptr) << "the front door needs a WorkerPool";
+  CHECK_GT(options.max_message_bytes, 0);
+  absl::StatusOr<ProcedureTable> procedures = SyncServiceProcedures(kFrontEnd);
+  CHECK(procedures.ok()) << procedures.status();
+  auto door =
+      std::make_shared<const Door>(handler, options, *std::move(procedures));
+  return [door](std::shared_ptr<Exchange> exchange) {
+    return door->Accept(std::move(exchange));
+  };
+}
+
+}  // namespace fleetd::server::rpc

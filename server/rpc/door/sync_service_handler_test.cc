@@ -1,0 +1,793 @@
+#include "server/rpc/door/sync_service_handler.h"
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "common/clock/clock.h"
+#include "common/codec/codec.h"
+#include "common/concurrency/worker_pool.h"
+#include "common/metrics/metrics.h"
+#include "common/status/retry_after.h"
+#include "common/testing/status_matchers.h"
+#include "fleetd/v1/sync.pb.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/rpc/connect/connect_protocol.h"
+#include "server/rpc/http/exchange.h"
+#include "server/rpc/testing/fake_sync_handler.h"
+
+namespace fleetd::server::rpc {
+namespace {
+
+using ::fleetd::server::testing::FakeSyncHandler;
+using ::fleetd::server::testing::RecordedCall;
+using ::fleetd::testing::IsOk;
+using http::Headers;
+using http::HttpVersion;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+constexpr absl::Duration kWait = absl::Seconds(10);
+constexpr char kPeer[] = "192.0.2.7:4711";
+constexpr char kApiKey[] = "key-1";
+
+std::string Path(const std::string& method) {
+  return "/fleetd.v1.SyncService/" + method;
+}
+
+// Records the response of one exchange; the test waits (with a deadline) for
+// its end. Like the real ones, response calls after the end or after the
+// exchange was cancelled do nothing (they are counted).
+class FakeExchange final : public http::Exchange {
+ public:
+  FakeExchange(std::string method, std::string path, Headers headers,
+               HttpVersion version)
+      : method_(std::move(method)),
+        path_(std::move(path)),
+        headers_(std::move(headers)),
+        version_(version) {}
+
+  const std::string& method() const override { return method_; }
+  const std::string& path() const override { return path_; }
+  const Headers& headers() const override { return headers_; }
+  const std::string& authority() const override { return authority_; }
+  HttpVersion version() const override { return version_; }
+  const std::string& peer() const override { return peer_; }
+  bool secure() const override { return true; }
+
+  void SendHeaders(int status, Headers headers, bool end_stream) override {
+    absl::MutexLock lock(&mu_);
+    if (Ignored()) return;
+    EXPECT_EQ(status_, 0) << "SendHeaders twice";
+    status_ = status;
+    headers_sent_ = std::move(headers);
+    headers_ended_ = end_stream;
+    ended_ = end_stream;
+  }
+  void SendData(std::string data, bool end_stream) override {
+    absl::MutexLock lock(&mu_);
+    if (Ignored()) return;
+    EXPECT_NE(status_, 0) << "SendData before SendHeaders";
+    body_ += data;
+    ended_ = end_stream;
+  }
+  void SendTrailers(Headers trailers) override {
+    absl::MutexLock lock(&mu_);
+    if (Ignored()) return;
+    EXPECT_NE(status_, 0) << "SendTrailers before SendHeaders";
+    trailers_ = std::move(trailers);
+    ended_ = true;
+  }
+  void Reset(bool internal_error) override {
+    absl::MutexLock lock(&mu_);
+    if (Ignored()) return;
+    reset_ = true;
+    ended_ = true;
+  }
+
+  // The client went away: later response calls do nothing.
+  void Cancel() {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+  }
+
+  bool WaitForEnd(absl::Duration timeout = kWait) {
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(absl::Condition(&ended_), timeout);
+  }
+  // Waits for a response call that was ignored (after Cancel).
+  bool WaitForIgnored(absl::Duration timeout = kWait) {
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(absl::Condition(
+                                    +[](int* n) { return *n > 0; }, &ignored_),
+                                timeout);
+  }
+
+  bool ended() const {
+    absl::MutexLock lock(&mu_);
+    return ended_;
+  }
+  int status() const {
+    absl::MutexLock lock(&mu_);
+    return status_;
+  }
+  bool headers_ended() const {
+    absl::MutexLock lock(&mu_);
+    return headers_ended_;
+  }
+  std::string body() const {
+    absl::MutexLock lock(&mu_);
+    return body_;
+  }
+  std::optional<std::string> header(absl::string_view name) const {
+    absl::MutexLock lock(&mu_);
+    std::optional<absl::string_view> value =
+        http::FindHeader(headers_sent_, name);
+    if (!value.has_value()) return std::nullopt;
+    return std::string(*value);
+  }
+  std::optional<std::string> trailer(absl::string_view name) const {
+    absl::MutexLock lock(&mu_);
+    std::optional<absl::string_view> value = http::FindHeader(trailers_, name);
+    if (!value.has_value()) return std::nullopt;
+    return std::string(*value);
+  }
+  bool has_trailers() const {
+    absl::MutexLock lock(&mu_);
+    return !trailers_.empty();
+  }
+  int ignored() const {
+    absl::MutexLock lock(&mu_);
+    return ignored_;
+  }
+
+ private:
+  bool Ignored() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!cancelled_ && !ended_) return false;
+    ++ignored_;
+    return true;
+  }
+
+  const std::string method_;
+  const std::string path_;
+  const Headers headers_;
+  const std::string authority_ = "fleet.test";
+  const HttpVersion version_;
+  const std::string peer_ = kPeer;
+
+  mutable absl::Mutex mu_;
+  int status_ ABSL_GUARDED_BY(mu_) = 0;
+  Headers headers_sent_ ABSL_GUARDED_BY(mu_);
+  bool headers_ended_ ABSL_GUARDED_BY(mu_) = false;
+  std::string body_ ABSL_GUARDED_BY(mu_);
+  Headers trailers_ ABSL_GUARDED_BY(mu_);
+  bool reset_ ABSL_GUARDED_BY(mu_) = false;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  int ignored_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// A FakeSyncHandler whose SyncMetrics waits for a gate, so a test can act
+// while the handler runs.
+class GatedSyncHandler final : public FakeSyncHandler {
+ public:
+  absl::StatusOr<v1::SyncMetricsResponse> SyncMetrics(
+      const CallContext& context,
+      const v1::SyncMetricsRequest& request) override {
+    entered_.Notify();
+    gate_.WaitForNotificationWithTimeout(kWait);
+    return FakeSyncHandler::SyncMetrics(context, request);
+  }
+  absl::Notification& entered() { return entered_; }
+  absl::Notification& gate() { return gate_; }
+
+ private:
+  absl::Notification entered_;
+  absl::Notification gate_;
+};
+
+v1::SyncMetricsRequest MetricsRequest(int64_t sequence) {
+  v1::SyncMetricsRequest request;
+  request.mutable_metadata()->set_device_id("dev-1");
+  request.mutable_metadata()->set_sequence_number(sequence);
+  request.mutable_batch()->add_metrics()->set_name("cpu");
+  return request;
+}
+
+std::string Frame(uint8_t flags, absl::string_view payload) {
+  std::string out;
+  connect::AppendEnvelope(flags, payload, &out);
+  return out;
+}
+
+std::vector<connect::Envelope> Frames(absl::string_view body) {
+  absl::StatusOr<std::vector<connect::Envelope>> frames =
+      connect::ParseEnvelopes(body, 1 << 30);
+  EXPECT_THAT(frames, IsOk());
+  return frames.ok() ? *frames : std::vector<connect::Envelope>{};
+}
+
+class SyncServiceHandlerTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Start(); }
+
+  void Start(int32_t threads = 2, int64_t max_queued = 16,
+             int64_t max_message_bytes = int64_t{16} << 20) {
+    WorkerPool::Options pool;
+    pool.name = "door-test";
+    pool.threads = threads;
+    pool.max_queued = max_queued;
+    absl::StatusOr<std::unique_ptr<WorkerPool>> workers =
+        WorkerPool::Start(pool);
+    ASSERT_THAT(workers, IsOk());
+    if (workers_ != nullptr) workers_->Shutdown();
+    workers_ = *std::move(workers);
+    DoorOptions options;
+    options.max_message_bytes = max_message_bytes;
+    options.workers = workers_.get();
+    options.clock = &clock_;
+    options.metrics = &registry_;
+    options.overload_retry_after = absl::Milliseconds(1500);
+    door_ = NewSyncServiceHandler(handler(), options);
+  }
+
+  void TearDown() override { workers_->Shutdown(); }
+
+  virtual SyncHandler* handler() { return &handler_; }
+
+  // Runs one exchange: headers, the body in one piece (if any), the end.
+  std::shared_ptr<FakeExchange> Serve(
+      const std::string& method, const std::string& path, Headers headers,
+      const std::string& body, HttpVersion version = HttpVersion::kHttp2) {
+    auto exchange = std::make_shared<FakeExchange>(method, path,
+                                                   std::move(headers), version);
+    std::unique_ptr<http::RequestObserver> observer = door_(exchange);
+    EXPECT_NE(observer, nullptr);
+    if (!body.empty()) observer->OnData(body);
+    observer->OnEnd();
+    EXPECT_TRUE(exchange->WaitForEnd()) << "no response";
+    return exchange;
+  }
+
+  std::shared_ptr<FakeExchange> Grpc(const std::string& method,
+                                     const std::string& body,
+                                     Headers extra = {}) {
+    Headers headers = {{"content-type", "application/grpc"},
+                       {"te", "trailers"},
+                       {"x-api-key", kApiKey}};
+    headers.insert(headers.end(), extra.begin(), extra.end());
+    return Serve("POST", Path(method), std::move(headers), body);
+  }
+
+  std::shared_ptr<FakeExchange> Connect(
+      const std::string& method, const std::string& body, Headers extra = {},
+      const std::string& type = "application/proto") {
+    Headers headers = {{"content-type", type},
+                       {"connect-protocol-version", "1"},
+                       {"x-api-key", kApiKey}};
+    headers.insert(headers.end(), extra.begin(), extra.end());
+    return Serve("POST", Path(method), std::move(headers), body,
+                 HttpVersion::kHttp11);
+  }
+
+  std::shared_ptr<FakeExchange> GrpcWeb(
+      const std::string& method, const std::string& body,
+      const std::string& type = "application/grpc-web+proto") {
+    return Serve("POST", Path(method),
+                 {{"content-type", type}, {"x-api-key", kApiKey}}, body,
+                 HttpVersion::kHttp11);
+  }
+
+  // Checks the one recorded call: a SyncMetrics with sequence `sequence`
+  // over `protocol`, deadline `deadline`.
+  void ExpectMetricsCall(const std::string& protocol, int64_t sequence,
+                         absl::Time deadline) {
+    std::vector<RecordedCall> calls = handler_.calls();
+    ASSERT_EQ(calls.size(), 1u);
+    EXPECT_EQ(calls[0].method, "SyncMetrics");
+    EXPECT_EQ(calls[0].context.api_key, kApiKey);
+    EXPECT_EQ(calls[0].context.peer, kPeer);
+    EXPECT_EQ(calls[0].context.protocol, protocol);
+    EXPECT_EQ(calls[0].context.deadline, deadline);
+    const auto* request =
+        dynamic_cast<const v1::SyncMetricsRequest*>(calls[0].request.get());
+    ASSERT_NE(request, nullptr);
+    EXPECT_EQ(request->metadata().sequence_number(), sequence);
+    EXPECT_EQ(request->metadata().device_id(), "dev-1");
+  }
+
+  // The one data frame of a gRPC response, decoded.
+  v1::SyncMetricsResponse GrpcResponse(const FakeExchange& exchange) {
+    v1::SyncMetricsResponse response;
+    std::vector<connect::Envelope> frames = Frames(exchange.body());
+    EXPECT_EQ(frames.size(), 1u);
+    if (frames.size() == 1) {
+      EXPECT_EQ(frames[0].flags, 0);
+      EXPECT_TRUE(response.ParseFromString(frames[0].payload));
+    }
+    return response;
+  }
+
+  // A gRPC-Web body: the data frames' payloads and the trailers frame's text.
+  struct GrpcWebBody {
+    std::vector<std::string> messages;
+    std::string trailers;
+  };
+  GrpcWebBody ParseGrpcWeb(const std::string& body) {
+    GrpcWebBody out;
+    std::vector<connect::Envelope> frames = Frames(body);
+    for (size_t i = 0; i < frames.size(); ++i) {
+      if (frames[i].flags & connect::kFlagGrpcTrailers) {
+        EXPECT_EQ(i, frames.size() - 1) << "trailers frame not last";
+        out.trailers = frames[i].payload;
+      } else {
+        out.messages.push_back(frames[i].payload);
+      }
+    }
+    return out;
+  }
+
+  std::string Metrics() const { return registry_.Render(); }
+
+  // Keeps a worker busy until `release` is notified; true once it is.
+  bool OccupyWorker(absl::Notification& release) {
+    auto running = std::make_shared<absl::Notification>();
+    absl::Status submitted =
+        workers_->Submit([running, &release](absl::Status) {
+          running->Notify();
+          release.WaitForNotificationWithTimeout(kWait);
+        });
+    return submitted.ok() && running->WaitForNotificationWithTimeout(kWait);
+  }
+
+  FakeSyncHandler handler_;
+  SimulatedClock clock_;
+  metrics::Registry registry_;
+  std::unique_ptr<WorkerPool> workers_;
+  http::ExchangeHandler door_;
+};
+
+// ---- Success, per protocol ------------------------------------------------
+
+TEST_F(SyncServiceHandlerTest, GrpcSyncMetrics) {
+  auto ex = Grpc("SyncMetrics", Frame(0, MetricsRequest(7).SerializeAsString()),
+                 {{"grpc-timeout", "5S"}});
+  EXPECT_EQ(ex->status(), 200);
+  EXPECT_EQ(ex->header("content-type"), "application/grpc");
+  EXPECT_FALSE(ex->headers_ended());
+  EXPECT_EQ(GrpcResponse(*ex).last_sequence_ack(), 7);
+  EXPECT_EQ(ex->trailer("grpc-status"), "0");
+  ExpectMetricsCall("grpc", 7, clock_.Now() + absl::Seconds(5));
+  EXPECT_THAT(Metrics(),
+              HasSubstr("fleetd_rpc_frontend_requests_total{protocol=\"grpc\","
+                        "method=\"SyncMetrics\",code=\"OK\"} 1"));
+}
+
+TEST_F(SyncServiceHandlerTest, GrpcWebSyncMetrics) {
+  auto ex = Serve("POST", Path("SyncMetrics"),
+                  {{"content-type", "application/grpc-web+proto"},
+                   {"x-api-key", kApiKey},
+                   {"grpc-timeout", "250m"}},
+                  Frame(0, MetricsRequest(8).SerializeAsString()),
+                  HttpVersion::kHttp11);
+  EXPECT_EQ(ex->status(), 200);
+  EXPECT_EQ(ex->header("content-type"), "application/grpc-web+proto");
+  EXPECT_FALSE(ex->has_trailers());
+  GrpcWebBody body = ParseGrpcWeb(ex->body());
+  ASSERT_EQ(body.messages.size(), 1u);
+  v1::SyncMetricsResponse response;
+  ASSERT_TRUE(response.ParseFromString(body.messages[0]));
+  EXPECT_EQ(response.last_sequence_ack(), 8);
+  EXPECT_EQ(body.trailers, "grpc-status: 0\r\n");
+  ExpectMetricsCall("grpc-web", 8, clock_.Now() + absl::Milliseconds(250));
+}
+
+TEST_F(SyncServiceHandlerTest, GrpcWebTextSyncMetrics) {
+  auto ex = GrpcWeb(
+      "SyncMetrics",
+      absl::Base64Escape(Frame(0, MetricsRequest(9).SerializeAsString())),
+      "application/grpc-web-text");
+  EXPECT_EQ(ex->status(), 200);
+  std::string raw;
+  ASSERT_TRUE(absl::Base64Unescape(ex->body(), &raw));
+  GrpcWebBody body = ParseGrpcWeb(raw);
+  ASSERT_EQ(body.messages.size(), 1u);
+  v1::SyncMetricsResponse response;
+  ASSERT_TRUE(response.ParseFromString(body.messages[0]));
+  EXPECT_EQ(response.last_sequence_ack(), 9);
+  ExpectMetricsCall("grpc-web", 9, absl::InfiniteFuture());
+}
+
+TEST_F(SyncServiceHandlerTest, ConnectProtoSyncMetrics) {
+  auto ex = Connect("SyncMetrics", MetricsRequest(10).SerializeAsString(),
+                    {{"connect-timeout-ms", "1500"}});
+  EXPECT_EQ(ex->status(), 200);
+  EXPECT_EQ(ex->header("content-type"), "application/proto");
+  v1::SyncMetricsResponse response;
+  ASSERT_TRUE(response.ParseFromString(ex->body()));
+  EXPECT_EQ(response.last_sequence_ack(), 10);
+  EXPECT_EQ(ex->header("content-length"), absl::StrCat(ex->body().size()));
+  ExpectMetricsCall("connect", 10, clock_.Now() + absl::Milliseconds(1500));
+}
+
+TEST_F(SyncServiceHandlerTest, ConnectJsonSyncMetrics) {
+  auto ex =
+      Connect("SyncMetrics",
+              R"({"metadata":{"deviceId":"dev-1","sequenceNumber":"11"}})", {},
+              "application/json");
+  EXPECT_EQ(ex->status(), 200);
+  EXPECT_EQ(ex->header("content-type"), "application/json");
+  EXPECT_THAT(ex->body(), HasSubstr("\"lastSequenceAck\":\"11\""));
+  ExpectMetricsCall("connect", 11, absl::InfiniteFuture());
+}
+
+// ---- Request compression --------------------------------------------------
+
+class CompressionTest : public SyncServiceHandlerTest,
+                        public ::testing::WithParamInterface<Compression> {};
+
+TEST_P(CompressionTest, Grpc) {
+  absl::StatusOr<std::string> compressed =
+      Compress(GetParam(), MetricsRequest(21).SerializeAsString());
+  ASSERT_THAT(compressed, IsOk());
+  auto ex = Grpc("SyncMetrics", Frame(connect::kFlagCompressed, *compressed),
+                 {{"grpc-encoding", std::string(CompressionName(GetParam()))}});
+  EXPECT_EQ(ex->trailer("grpc-status"), "0");
+  EXPECT_EQ(GrpcResponse(*ex).last_sequence_ack(), 21);
+  ExpectMetricsCall("grpc", 21, absl::InfiniteFuture());
+}
+
+TEST_P(CompressionTest, Connect) {
+  absl::StatusOr<std::string> compressed =
+      Compress(GetParam(), MetricsRequest(22).SerializeAsString());
+  ASSERT_THAT(compressed, IsOk());
+  auto ex =
+      Connect("SyncMetrics", *compressed,
+              {{"content-encoding", std::string(CompressionName(GetParam()))}});
+  EXPECT_EQ(ex->status(), 200);
+  v1::SyncMetricsResponse response;
+  ASSERT_TRUE(response.ParseFromString(ex->body()));
+  EXPECT_EQ(response.last_sequence_ack(), 22);
+}
+
+INSTANTIATE_TEST_SUITE_P(Codings, CompressionTest,
+                         ::testing::Values(Compression::kGzip,
+                                           Compression::kZstd));
+
+TEST_F(SyncServiceHandlerTest, UnknownGrpcEncodingIsUnimplemented) {
+  auto ex = Grpc("SyncMetrics", Frame(1, "xx"), {{"grpc-encoding", "br"}});
+  EXPECT_TRUE(ex->headers_ended());
+  EXPECT_EQ(ex->header("grpc-status"), "12");
+  EXPECT_EQ(ex->header("grpc-accept-encoding"), "gzip,zstd");
+  EXPECT_THAT(handler_.calls(), IsEmpty());
+}
+
+TEST_F(SyncServiceHandlerTest, CompressedFlagWithoutEncodingIsInvalid) {
+  auto ex = Grpc("SyncMetrics", Frame(connect::kFlagCompressed, "xx"));
+  EXPECT_EQ(ex->header("grpc-status"), "3");
+  EXPECT_THAT(handler_.calls(), IsEmpty());
+}
+
+// ---- Error mapping --------------------------------------------------------
+
+absl::Status Overloaded() {
+  return WithRetryAfter(absl::ResourceExhaustedError("overloaded"),
+                        absl::Milliseconds(1500));
+}
+
+// A body no protobuf parser accepts (a truncated varint tag).
+constexpr char kUnparsable[] = "\xff";
+
+TEST_F(SyncServiceHandlerTest, GrpcErrorIsTrailersOnlyWithRetryHint) {
+  handler_.SetStatus("SyncMetrics", Overloaded());
+  auto ex =
+      Grpc("SyncMetrics", Frame(0, MetricsRequest(1).SerializeAsString()));
+  EXPECT_EQ(ex->status(), 200);
+  EXPECT_TRUE(ex->headers_ended());  // one header block, end of stream
+  EXPECT_EQ(ex->header("content-type"), "application/grpc");
+  EXPECT_EQ(ex->header("grpc-status"), "8");
+  EXPECT_EQ(ex->header("grpc-message"), "overloaded");
+  EXPECT_EQ(ex->header("retry-after-ms"), "1500");
+  EXPECT_EQ(ex->header("fleetd-verdict"), std::nullopt);
+  EXPECT_EQ(ex->body(), "");
+  EXPECT_THAT(Metrics(),
+              HasSubstr("fleetd_rpc_frontend_requests_total{protocol=\"grpc\","
+                        "method=\"SyncMetrics\",code=\"RESOURCE_EXHAUSTED\"} "
+                        "1"));
+}
+
+TEST_F(SyncServiceHandlerTest, GrpcUnparsableBatchIsRejected) {
+  auto ex = Grpc("SyncMetrics", Frame(0, kUnparsable));
+  EXPECT_TRUE(ex->headers_ended());
+  EXPECT_EQ(ex->header("grpc-status"), "3");
+  EXPECT_EQ(ex->header("fleetd-verdict"), "rejected");
+  EXPECT_THAT(handler_.calls(), IsEmpty());
+}
+
+TEST_F(SyncServiceHandlerTest, GrpcMessageIsPercentEncoded) {
+  handler_.SetStatus("SyncMetrics",
+                     absl::UnavailableError("store 100% down\n"));
+  auto ex =
+      Grpc("SyncMetrics", Frame(0, MetricsRequest(1).SerializeAsString()));
+  EXPECT_EQ(ex->header("grpc-status"), "14");
+  EXPECT_EQ(ex->header("grpc-message"), "store 100%25 down%0A");
+}
+
+TEST_F(SyncServiceHandlerTest, ConnectErrorIsJsonWithRetryHeaders) {
+  handler_.SetStatus("SyncMetrics", Overloaded());
+  auto ex = Connect("SyncMetrics", MetricsRequest(1).SerializeAsString());
+  EXPECT_EQ(ex->status(), 429);
+  EXPECT_EQ(ex->header("content-type"), "application/json");
+  EXPECT_EQ(ex->body(),
+            R"({"code":"resource_exhausted","message":"overloaded"})");
+  EXPECT_EQ(ex->header("retry-after"), "2");
+  EXPECT_EQ(ex->header("trailer-retry-after-ms"), "1500");
+  EXPECT_EQ(ex->header("trailer-fleetd-verdict"), std::nullopt);
+  EXPECT_THAT(
+      Metrics(),
+      HasSubstr("fleetd_rpc_frontend_requests_total{protocol=\"connect\","
+                "method=\"SyncMetrics\",code=\"RESOURCE_EXHAUSTED\"} 1"));
+}
+
+TEST_F(SyncServiceHandlerTest, ConnectUnparsableBatchIsRejected) {
+  auto ex = Connect("SyncLogs", kUnparsable);
+  EXPECT_EQ(ex->status(), 400);
+  EXPECT_THAT(ex->body(), HasSubstr("\"code\":\"invalid_argument\""));
+  EXPECT_EQ(ex->header("trailer-fleetd-verdict"), "rejected");
+}
+
+TEST_F(SyncServiceHandlerTest, ConnectUnparsableConfigRequestIsNotRejected) {
+  auto ex = Connect("GetSyncConfig", kUnparsable);
+  EXPECT_EQ(ex->status(), 400);
+  EXPECT_EQ(ex->header("trailer-fleetd-verdict"), std::nullopt);
+}
+
+TEST_F(SyncServiceHandlerTest, ConnectWrongProtocolVersion) {
+  auto ex = Serve("POST", Path("SyncMetrics"),
+                  {{"content-type", "application/proto"},
+                   {"connect-protocol-version", "2"}},
+                  MetricsRequest(1).SerializeAsString(), HttpVersion::kHttp11);
+  EXPECT_EQ(ex->status(), 400);
+  EXPECT_THAT(ex->body(), HasSubstr("connect-protocol-version"));
+  EXPECT_THAT(handler_.calls(), IsEmpty());
+}
+
+TEST_F(SyncServiceHandlerTest, GrpcWebErrorIsTrailerFrame) {
+  handler_.SetStatus("SyncMetrics", Overloaded());
+  auto ex =
+      GrpcWeb("SyncMetrics", Frame(0, MetricsRequest(1).SerializeAsString()));
+  EXPECT_EQ(ex->status(), 200);
+  GrpcWebBody body = ParseGrpcWeb(ex->body());
+  EXPECT_THAT(body.messages, IsEmpty());
+  EXPECT_EQ(body.trailers,
+            "grpc-status: 8\r\ngrpc-message: overloaded\r\n"
+            "retry-after-ms: 1500\r\n");
+
+  auto rejected = GrpcWeb("SyncEvents", Frame(0, kUnparsable));
+  GrpcWebBody rejected_body = ParseGrpcWeb(rejected->body());
+  EXPECT_THAT(rejected_body.trailers, HasSubstr("grpc-status: 3\r\n"));
+  EXPECT_THAT(rejected_body.trailers, HasSubstr("fleetd-verdict: rejected"));
+}
+
+// ---- Framing and limits ---------------------------------------------------
+
+TEST_F(SyncServiceHandlerTest, BodyOverLimitIsRefusedBeforeTheEnd) {
+  Start(/*threads=*/2, /*max_queued=*/16, /*max_message_bytes=*/1024);
+  for (bool grpc : {true, false}) {
+    auto exchange = std::make_shared<FakeExchange>(
+        "POST", Path("SyncMetrics"),
+        Headers{
+            {"content-type", grpc ? "application/grpc" : "application/proto"}},
+        HttpVersion::kHttp2);
+    std::unique_ptr<http::RequestObserver> observer = door_(exchange);
+    observer->OnData(std::string(1000, 'a'));
+    EXPECT_FALSE(exchange->ended());
+    observer->OnData(std::string(1000, 'a'));
+    // Answered at once, without OnEnd.
+    ASSERT_TRUE(exchange->ended());
+    if (grpc) {
+      EXPECT_EQ(exchange->header("grpc-status"), "8");
+    } else {
+      EXPECT_EQ(exchange->status(), 429);
+      EXPECT_THAT(exchange->body(), HasSubstr("resource_exhausted"));
+    }
+    observer->OnData(std::string(1000, 'a'));
+    observer->OnEnd();
+  }
+  EXPECT_THAT(handler_.calls(), IsEmpty());
+}
+
+TEST_F(SyncServiceHandlerTest, MalformedEnvelopes) {
+  // Truncated: the header declares 100 bytes, 3 follow.
+  std::string truncated = Frame(0, std::string(100, 'x')).substr(0, 8);
+  EXPECT_EQ(Grpc("SyncMetrics", truncated)->header("grpc-status"), "3");
+  // Two messages for a unary method.
+  std::string two = Frame(0, MetricsRequest(1).SerializeAsString()) +
+                    Frame(0, MetricsRequest(2).SerializeAsString());
+  auto ex = Grpc("SyncMetrics", two);
+  EXPECT_EQ(ex->header("grpc-status"), "3");
+  EXPECT_THAT(ex->header("grpc-message").value_or(""),
+              HasSubstr("exactly one message"));
+  // Not base64.
+  auto text = GrpcWeb("SyncMetrics", "!!!!", "application/grpc-web-text");
+  std::string raw;
+  ASSERT_TRUE(absl::Base64Unescape(text->body(), &raw));
+  EXPECT_THAT(ParseGrpcWeb(raw).trailers, HasSubstr("grpc-status: 3\r\n"));
+  EXPECT_THAT(handler_.calls(), IsEmpty());
+}
+
+// ---- Routing --------------------------------------------------------------
+
+TEST_F(SyncServiceHandlerTest, UnknownMethod) {
+  auto grpc = Grpc("NoSuchMethod", Frame(0, ""));
+  EXPECT_EQ(grpc->status(), 200);
+  EXPECT_TRUE(grpc->headers_ended());
+  EXPECT_EQ(grpc->header("grpc-status"), "12");
+
+  auto connect = Connect("NoSuchMethod", "");
+  EXPECT_EQ(connect->status(), 404);
+  EXPECT_THAT(connect->body(), HasSubstr(R"({"code":"unimplemented")"));
+
+  auto other = Serve("POST", "/other.Service/Call",
+                     {{"content-type", "application/grpc"}}, "");
+  EXPECT_EQ(other->status(), 404);
+  EXPECT_TRUE(other->headers_ended());
+  EXPECT_THAT(handler_.calls(), IsEmpty());
+}
+
+TEST_F(SyncServiceHandlerTest, WrongContentTypeIs415) {
+  auto ex = Serve("POST", Path("SyncMetrics"), {{"content-type", "text/plain"}},
+                  "hello", HttpVersion::kHttp11);
+  EXPECT_EQ(ex->status(), 415);
+  EXPECT_THAT(ex->header("accept-post").value_or(""),
+              HasSubstr("application/grpc"));
+  EXPECT_THAT(ex->header("accept-post").value_or(""),
+              HasSubstr("application/proto"));
+  // A streaming content type for a unary method.
+  auto stream = Connect("SyncMetrics", "", {}, "application/connect+proto");
+  EXPECT_EQ(stream->status(), 415);
+}
+
+TEST_F(SyncServiceHandlerTest, ConnectGetGetSyncConfig) {
+  v1::GetSyncConfigRequest request;
+  request.set_device_id("dev-9");
+  request.mutable_capability()->set_tier(2);
+  std::string message;
+  absl::WebSafeBase64Escape(request.SerializeAsString(), &message);
+  auto ex = Serve("GET",
+                  Path("GetSyncConfig") +
+                      "?connect=v1&encoding=proto&base64=1&message=" + message,
+                  {{"x-api-key", kApiKey}}, "", HttpVersion::kHttp11);
+  EXPECT_EQ(ex->status(), 200);
+  EXPECT_EQ(ex->header("content-type"), "application/proto");
+  v1::GetSyncConfigResponse response;
+  ASSERT_TRUE(response.ParseFromString(ex->body()));
+  EXPECT_EQ(response.config().batch_size(), 102);
+  EXPECT_EQ(response.metrics_endpoint(), "metrics/dev-9");
+  std::vector<RecordedCall> calls = handler_.calls();
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0].context.protocol, "connect");
+  EXPECT_EQ(calls[0].context.api_key, kApiKey);
+
+  // JSON, percent-encoded.
+  auto json = Serve("GET",
+                    Path("GetSyncConfig") +
+                        "?encoding=json&message=%7B%22deviceId%22%3A%22dev-"
+                        "3%22%7D",
+                    {}, "", HttpVersion::kHttp11);
+  EXPECT_EQ(json->status(), 200);
+  EXPECT_THAT(json->body(), HasSubstr("metrics/dev-3"));
+}
+
+TEST_F(SyncServiceHandlerTest, GetOfPostOnlyMethodIs405) {
+  auto ex = Serve("GET", Path("SyncMetrics") + "?encoding=proto&message=", {},
+                  "", HttpVersion::kHttp11);
+  EXPECT_EQ(ex->status(), 405);
+  EXPECT_EQ(ex->header("allow"), "POST");
+  auto put = Serve("PUT", Path("GetSyncConfig"), {}, "", HttpVersion::kHttp11);
+  EXPECT_EQ(put->status(), 405);
+  EXPECT_EQ(put->header("allow"), "GET, POST");
+  EXPECT_THAT(handler_.calls(), IsEmpty());
+}
+
+TEST_F(SyncServiceHandlerTest, StreamSyncIsUnimplementedForNow) {
+  auto grpc = Grpc("StreamSync", "");
+  EXPECT_TRUE(grpc->headers_ended());
+  EXPECT_EQ(grpc->header("grpc-status"), "12");
+  EXPECT_THAT(grpc->header("grpc-message").value_or(""),
+              HasSubstr("other front end"));
+
+  auto connect = Connect("StreamSync", "", {}, "application/connect+proto");
+  EXPECT_EQ(connect->status(), 200);
+  std::vector<connect::Envelope> frames = Frames(connect->body());
+  ASSERT_EQ(frames.size(), 1u);
+  EXPECT_EQ(frames[0].flags, connect::kFlagEndStream);
+  EXPECT_THAT(frames[0].payload,
+              HasSubstr(R"({"error":{"code":"unimplemented")"));
+
+  auto web = GrpcWeb("StreamSync", "");
+  EXPECT_THAT(ParseGrpcWeb(web->body()).trailers,
+              HasSubstr("grpc-status: 12\r\n"));
+  EXPECT_EQ(handler_.call_count(), 0);
+}
+
+TEST_F(SyncServiceHandlerTest, GrpcOverHttp11IsRefused) {
+  auto ex = Serve(
+      "POST", Path("SyncMetrics"), {{"content-type", "application/grpc"}},
+      Frame(0, MetricsRequest(1).SerializeAsString()), HttpVersion::kHttp11);
+  EXPECT_EQ(ex->status(), 505);
+  EXPECT_THAT(handler_.calls(), IsEmpty());
+}
+
+// ---- Workers and cancellation ---------------------------------------------
+
+TEST_F(SyncServiceHandlerTest, FullWorkerPoolIsResourceExhaustedWithHint) {
+  Start(/*threads=*/1, /*max_queued=*/0);
+  absl::Notification release;
+  ASSERT_TRUE(OccupyWorker(release));
+  auto grpc =
+      Grpc("SyncMetrics", Frame(0, MetricsRequest(1).SerializeAsString()));
+  EXPECT_EQ(grpc->header("grpc-status"), "8");
+  EXPECT_EQ(grpc->header("retry-after-ms"), "1500");
+  auto connect = Connect("SyncMetrics", MetricsRequest(1).SerializeAsString());
+  EXPECT_EQ(connect->status(), 429);
+  EXPECT_EQ(connect->header("retry-after"), "2");
+  release.Notify();
+  EXPECT_THAT(handler_.calls(), IsEmpty());
+}
+
+TEST_F(SyncServiceHandlerTest, CancelBeforeTheCallRunsSkipsTheHandler) {
+  Start(/*threads=*/1, /*max_queued=*/4);
+  absl::Notification release;
+  ASSERT_TRUE(OccupyWorker(release));
+  auto exchange = std::make_shared<FakeExchange>(
+      "POST", Path("SyncMetrics"),
+      Headers{{"content-type", "application/grpc"}}, HttpVersion::kHttp2);
+  std::unique_ptr<http::RequestObserver> observer = door_(exchange);
+  observer->OnData(Frame(0, MetricsRequest(1).SerializeAsString()));
+  observer->OnEnd();  // queued behind the blocked worker
+  exchange->Cancel();
+  observer->OnCancel();
+  observer.reset();
+  release.Notify();
+  ASSERT_TRUE(exchange->WaitForIgnored());
+  EXPECT_EQ(exchange->status(), 0);
+  EXPECT_THAT(handler_.calls(), IsEmpty());
+}
+
+class CancelWhileRunningTest : public SyncServiceHandlerTest {
+ protected:
+  SyncHandler* handler() override { return &gated_; }
+  GatedSyncHandler gated_;
+};
+
+TEST_F(CancelWhileRunningTest, HandlerFinishingAfterCancelIsHarmless) {
+  auto exchange = std::make_shared<FakeExchange>(
+      "POST", Path("SyncMetrics"),
+      Headers{{"content-type", "application/grpc"}}, HttpVersion::kHttp2);
+  std::unique_ptr<http::RequestObserver> observer = door_(exchange);
+  observer->OnData(Frame(0, MetricsRequest(5).SerializeAsString()));
+  observer->OnEnd();
+  ASSERT_TRUE(gated_.entered().WaitForNotificationWithTimeout(kWait));
+  exchange->Cancel();
+  observer->OnCancel();
+  observer.reset();
+  gated_.gate().Notify();
+  // The response the handler's answer produced went nowhere.
+  ASSERT_TRUE(exchange->WaitForIgnored());
+  EXPECT_EQ(exchange->status(), 0);
+  EXPECT_EQ(gated_.call_count(), 1);
+}
+
+}  // namespace
+}  // namespace fleetd::server::rpc
