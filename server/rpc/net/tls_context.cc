@@ -42,6 +42,26 @@ int SelectHttp11(SSL*, const unsigned char** out, unsigned char* outlen,
              : SSL_TLSEXT_ERR_NOACK;
 }
 
+int SelectH2OrHttp11(SSL*, const unsigned char** out, unsigned char* outlen,
+                     const unsigned char* in, unsigned int inlen, void*) {
+  return FindProtocol(in, inlen, "h2", out, outlen) ||
+                 FindProtocol(in, inlen, "http/1.1", out, outlen)
+             ? SSL_TLSEXT_ERR_OK
+             : SSL_TLSEXT_ERR_NOACK;
+}
+
+SSL_CTX_alpn_select_cb_func AlpnCallback(AlpnPolicy alpn) {
+  switch (alpn) {
+    case AlpnPolicy::kRequireH2:
+      return SelectH2;
+    case AlpnPolicy::kHttp11:
+      return SelectHttp11;
+    case AlpnPolicy::kH2OrHttp11:
+      return SelectH2OrHttp11;
+  }
+  return SelectHttp11;
+}
+
 }  // namespace
 
 std::string DrainOpenSslErrors() {
@@ -92,9 +112,7 @@ absl::StatusOr<SslCtxPtr> NewTls13ServerContext(
   SSL_CTX_set_mode(ctx.get(), SSL_MODE_ENABLE_PARTIAL_WRITE |
                                   SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                                   SSL_MODE_RELEASE_BUFFERS);
-  SSL_CTX_set_alpn_select_cb(
-      ctx.get(), alpn == AlpnPolicy::kRequireH2 ? SelectH2 : SelectHttp11,
-      nullptr);
+  SSL_CTX_set_alpn_select_cb(ctx.get(), AlpnCallback(alpn), nullptr);
   return ctx;
 }
 

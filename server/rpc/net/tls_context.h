@@ -37,6 +37,12 @@ enum class AlpnPolicy {
   // other protocols (e.g. only "h2") gets no ALPN answer and falls back or
   // fails on its side.
   kHttp11,
+  // The front door (server/rpc/http/server.h): "h2" when the client offers
+  // it, else "http/1.1" when offered. A client offering neither, or no ALPN
+  // at all, gets no ALPN answer and the handshake goes on: the server then
+  // speaks HTTP/1.1 (RFC 7301 lets the server pick only from the client's
+  // list, so http/1.1 cannot be named to such a client).
+  kH2OrHttp11,
 };
 
 // A server context speaking TLS 1.3 only, with the certificate chain and
