@@ -79,6 +79,11 @@ j() { jq -r "$fmt $1" "$results"; }
     j '(.bursts | map(select(.transport == "connect")) | first) as $c | .vmagent as $v |
       if $c == null then empty else
       "- over Connect: \($c.samples_per_second | k) samples/s (\($c.samples_per_second / $v.samples_per_second | r(2))× vmagent), \($c.cpu_s_per_m_samples.server | cpu) CPU-s per M samples (\($c.cpu_s_per_m_samples.server / $v.cpu_s_per_m_samples.vmagent | r(1))× vmagent'"'"'s)." end'
+    # The front door (issue 12) against the front end it replaces, same client.
+    j '.bursts as $all | .vmagent as $v | $all[] | select(.transport | startswith("door-")) |
+      (.transport | ltrimstr("door-")) as $t | ($all | map(select(.transport == $t)) | first) as $old |
+      "- through the front door (\($t) client): \(.samples_per_second | k) samples/s at \(.cpu_s_per_m_samples.server | cpu) CPU-s per M samples (\(.cpu_s_per_m_samples.server / $v.cpu_s_per_m_samples.vmagent | r(1))× vmagent'"'"'s)" +
+      (if $old == null then "." else "; the \($t) front end it replaces: \($old.samples_per_second | k) samples/s at \($old.cpu_s_per_m_samples.server | cpu) (door / old CPU per sample: \(.cpu_s_per_m_samples.server / $old.cpu_s_per_m_samples.server | r(2)))." end)'
     echo
   fi
   echo "Server throughput, best of all runs / ceiling: **$(r '.ceiling_ratio * 100 | round') %**."

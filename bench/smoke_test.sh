@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ctest smoke test (label `bench`): bench/run with tiny parameters (3 devices,
-# 2 s, real backends and server; both bursts and the three baselines on 3
+# 2 s, real backends and server; the four bursts and the three baselines on 3
 # devices x 2 batches; no overload, no profile) must get samples acknowledged,
 # no errors, CPU figures for every process and a rendered report.
 #   bench/smoke_test.sh BUILD_DIR
@@ -21,8 +21,8 @@ fail() {
 }
 jq -e '.scale | length > 0 and all(.samples_acked > 0 and .errors == {})' "$q" >/dev/null ||
   fail "want samples acknowledged and no errors in every scale run"
-jq -e '[.bursts[].transport] == ["grpc", "connect"]' "$q" >/dev/null ||
-  fail "want a gRPC and a Connect burst"
+jq -e '[.bursts[].transport] == ["grpc", "connect", "door-grpc", "door-connect"]' "$q" >/dev/null ||
+  fail "want a gRPC and a Connect burst, each through its own front end and through the front door"
 jq -e --argjson s "$(jq .ceiling.samples "$q")" '.bursts | all(.drained and .samples_acked == $s and .errors == {} and
         (.cpu_s | [.server, .victoriametrics, .postgresql] | all(type == "number" and . >= 0)))' \
   "$q" >/dev/null ||
@@ -37,4 +37,5 @@ jq -e '.vmagent_device_shaped as $d | $d.requests == .backlog.devices * .backlog
   fail "want the device-shaped vmagent fed one request per device batch, every sample sent and its ratios"
 grep -q "Goal (issue 11)" "$out/REPORT.md" || fail "REPORT.md lacks the goal"
 grep -q "device-shaped peer: vmagent fed" "$out/REPORT.md" || fail "REPORT.md lacks the device-shaped row"
+grep -q "through the front door (grpc client)" "$out/REPORT.md" || fail "REPORT.md lacks the front door's line"
 echo "bench smoke test: ok"

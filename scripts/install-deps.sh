@@ -13,6 +13,8 @@ PACKAGES=(
   libzstd-dev zlib1g-dev libsqlite3-dev libsqlcipher-dev sqlcipher sqlite3 libpqxx-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcurl4-openssl-dev libcpp-httplib-dev
   libsnappy-dev libssl-dev nlohmann-json3-dev libcli11-dev libgoogle-glog-dev
+  # The front door (server/rpc/http): HTTP/2 (nghttp2), Boost.Asio and Boost.Beast.
+  libnghttp2-dev libboost-dev
   # Real backends for tests and the demo.
   postgresql victoria-metrics clickhouse-server
   # Test and report tools.

@@ -9,6 +9,7 @@
 #include "server/router/group_commit.h"
 #include "server/router/router.h"
 #include "server/rpc/connect/connect_front_end.h"
+#include "server/rpc/door/front_door.h"
 #include "server/rpc/grpc/grpc_front_end.h"
 #include "server/store/cached_ledger.h"
 #include "server/store/ledger_compactor.h"
@@ -34,6 +35,7 @@ struct ServerApp::Parts {
   std::unique_ptr<SyncCore> core;
   std::unique_ptr<rpc::GrpcFrontEnd> grpc;
   std::unique_ptr<rpc::ConnectFrontEnd> connect;
+  std::unique_ptr<rpc::FrontDoor> door;  // null unless FLEET_DOOR_ADDR is set
   std::unique_ptr<AdminServer> admin;
   bool stopped = false;
 };
@@ -200,6 +202,19 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(
   ASSIGN_OR_RETURN(p.connect,
                    rpc::ConnectFrontEnd::Start(connect_options, p.core.get()));
 
+  if (!c.door_addr.empty()) {
+    rpc::FrontDoorOptions door;
+    door.address = c.door_addr;
+    door.tls_cert_file = c.tls_cert;
+    door.tls_key_file = c.tls_key;
+    door.insecure = c.insecure;
+    door.workers = c.grpc_workers;
+    door.max_queued_calls = c.grpc_queue;
+    door.max_message_bytes = c.max_message_bytes;
+    door.metrics = &p.metrics;
+    ASSIGN_OR_RETURN(p.door, rpc::FrontDoor::Start(door, p.core.get()));
+  }
+
   std::vector<AdminServer::Check> checks;
   PgStore* store = p.store.get();
   checks.push_back(
@@ -224,6 +239,9 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(
 
 int ServerApp::grpc_port() const { return parts_->grpc->port(); }
 int ServerApp::http_port() const { return parts_->connect->port(); }
+int ServerApp::door_port() const {
+  return parts_->door != nullptr ? parts_->door->port() : 0;
+}
 int ServerApp::admin_port() const { return parts_->admin->port(); }
 metrics::Registry* ServerApp::metrics() { return &parts_->metrics; }
 
@@ -233,6 +251,7 @@ void ServerApp::Shutdown() {
   p.stopped = true;
   if (p.grpc != nullptr) p.grpc->Shutdown();
   if (p.connect != nullptr) p.connect->Shutdown();
+  if (p.door != nullptr) p.door->Shutdown();
   p.core.reset();        // flushes last-seen times
   p.committers.clear();  // fails anything still queued as UNAVAILABLE
   p.ledger_compactor.reset();

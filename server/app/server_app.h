@@ -30,6 +30,8 @@ class ServerApp {
 
   int grpc_port() const;
   int http_port() const;
+  // The front door's port; 0 when FLEET_DOOR_ADDR is not set.
+  int door_port() const;
   int admin_port() const;
   metrics::Registry* metrics();
 

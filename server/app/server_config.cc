@@ -18,6 +18,12 @@ void DeclareServerSettings(Settings& s, ServerConfig& c) {
            &c.grpc_queue, 0, int64_t{1} << 24)
       .String("FLEET_HTTP_ADDR", "http-addr",
               "Connect and gRPC-Web (HTTP/1.1) listen address", &c.http_addr)
+      .String("FLEET_DOOR_ADDR", "door-addr",
+              "front door listen address: gRPC, gRPC-Web and Connect unary "
+              "calls on one port, HTTP/1.1 and HTTP/2, on a fixed set of "
+              "threads (StreamSync still needs the gRPC or Connect address); "
+              "empty: off",
+              &c.door_addr)
       .String("FLEET_ADMIN_ADDR", "admin-addr",
               "admin listen address (/metrics, /healthz, /readyz)",
               &c.admin_addr)

@@ -20,6 +20,10 @@ struct ServerConfig {
   int32_t grpc_workers = 128;
   int64_t grpc_queue = 2048;
   std::string http_addr = "0.0.0.0:8080";
+  // The front door (server/rpc/door): gRPC, gRPC-Web and Connect unary calls
+  // on one address, HTTP/1.1 and HTTP/2; empty: off. Its workers and queue
+  // are sized by grpc_workers and grpc_queue.
+  std::string door_addr;
   std::string admin_addr = "127.0.0.1:9090";
   std::string tls_cert;
   std::string tls_key;

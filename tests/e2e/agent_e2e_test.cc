@@ -13,7 +13,9 @@
 #include <set>
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "agent/api/agent.h"
 #include "agent/storage/sqlite_storage.h"
@@ -47,6 +49,7 @@ struct Stack {
   std::unique_ptr<server::PgStore> store;
   int grpc_port = 0;
   int http_port = 0;
+  int door_port = 0;  // the front door (gRPC, gRPC-Web, Connect on one port)
 };
 Stack* stack = nullptr;
 
@@ -56,9 +59,11 @@ absl::Status StartServer() {
   stack->app = *std::move(app);
   stack->grpc_port = stack->app->grpc_port();
   stack->http_port = stack->app->http_port();
+  stack->door_port = stack->app->door_port();
   // Restarts come back on the same ports, as a real server would.
   stack->config.grpc_addr = absl::StrCat("127.0.0.1:", stack->grpc_port);
   stack->config.http_addr = absl::StrCat("127.0.0.1:", stack->http_port);
+  stack->config.door_addr = absl::StrCat("127.0.0.1:", stack->door_port);
   return absl::OkStatus();
 }
 
@@ -81,6 +86,7 @@ class AgentE2eTest : public ::testing::Test {
     stack->ch = stack->backends->ch;
     stack->loki = stack->backends->loki.get();
     stack->config = testing::LoopbackServerConfig(*stack->backends);
+    stack->config.door_addr = "127.0.0.1:0";
     ASSERT_THAT(StartServer(), IsOk());
     auto pool =
         server::PgPool::Connect({.dsn = stack->backends->dsn, .size = 2});
@@ -102,11 +108,15 @@ class AgentE2eTest : public ::testing::Test {
     return k.ok() ? k->api_key : "";
   }
 
+  // `door`: through the front door's one port instead of the transport's own.
   AgentOptions Options(const std::string& device, const std::string& transport,
-                       std::map<std::string, std::string> overrides = {}) {
+                       std::map<std::string, std::string> overrides = {},
+                       bool door = false) {
     AgentOptions o;
     o.data_dir = dir_ + "/" + device;
-    int port = transport == "grpc" ? stack->grpc_port : stack->http_port;
+    int port = door                  ? stack->door_port
+               : transport == "grpc" ? stack->grpc_port
+                                     : stack->http_port;
     o.server_url = absl::StrCat("http://127.0.0.1:", port);
     o.transport = transport;
     o.api_key = Key(device);
@@ -142,18 +152,21 @@ class AgentTransportTest : public AgentE2eTest,
                            public ::testing::WithParamInterface<std::string> {};
 
 TEST_P(AgentTransportTest, MetricsLogsAndEventsArriveInEveryBackend) {
-  const std::string variant = GetParam();  // "grpc", "connect" or "grpc-stream"
-  const std::string transport = variant == "connect" ? "connect" : "grpc";
+  // "grpc", "connect", "grpc-stream", or "door-grpc" / "door-connect": the
+  // agent's gRPC (grpc++ client, HTTP/2) or Connect (libcurl) transport
+  // against the front door's single port.
+  const std::string variant = GetParam();
+  const bool door = absl::StartsWith(variant, "door-");
+  const std::string transport =
+      absl::EndsWith(variant, "connect") ? "connect" : "grpc";
   const std::string device = "agent-" + variant;
-  AgentOptions options = Options(device, transport);
+  AgentOptions options = Options(device, transport, {}, door);
   options.sync_stream = variant == "grpc-stream";
   auto agent = Agent::Create(options);
   ASSERT_THAT(agent, IsOk());
   ASSERT_THAT((*agent)->Start(), IsOk());
-  const std::string metric =
-      "agent_e2e_" + std::string(variant == "connect" ? "connect"
-                                 : variant == "grpc"  ? "grpc"
-                                                      : "stream");
+  std::string metric = "agent_e2e_" + variant;
+  absl::StrReplaceAll({{"-", "_"}}, &metric);
   for (int i = 0; i < 250; ++i) {
     ASSERT_THAT((*agent)->StoreMetric(metric, i, {{"id", std::to_string(i)}}),
                 IsOk());
@@ -204,11 +217,10 @@ TEST_P(AgentTransportTest, MetricsLogsAndEventsArriveInEveryBackend) {
 }
 
 INSTANTIATE_TEST_SUITE_P(BothTransports, AgentTransportTest,
-                         ::testing::Values("grpc", "connect", "grpc-stream"),
+                         ::testing::Values("grpc", "connect", "grpc-stream",
+                                           "door-grpc", "door-connect"),
                          [](const auto& info) {
-                           return info.param == "grpc-stream"
-                                      ? std::string("grpc_stream")
-                                      : info.param;
+                           return absl::StrReplaceAll(info.param, {{"-", "_"}});
                          });
 
 TEST_F(AgentE2eTest, ServerOutageLosesNothingAndDoublesNothing) {

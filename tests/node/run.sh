@@ -2,7 +2,9 @@
 # Independent client test: starts real backends (fleetd-devstack), migrates, creates a
 # device key, starts `fleetd-server serve` in plaintext on free loopback ports, generates
 # the Connect-ES code from proto/ (npx buf generate) and runs connect_client.test.mjs with
-# node's test runner against it. Everything started here is stopped on exit (and, through
+# node's test runner against it: once against the gRPC and Connect front ends (two
+# ports), once with every protocol against the front door's single port
+# (FLEET_DOOR_ADDR: Connect, gRPC-Web over HTTP/1.1 and gRPC over h2c on one address). Everything started here is stopped on exit (and, through
 # PR_SET_PDEATHSIG, when this script is killed).
 #
 # usage: tests/node/run.sh FLEETD_SERVER_BINARY FLEETD_DEVSTACK_BINARY
@@ -85,14 +87,20 @@ key=$("$server_bin" keys create --device "$device" --org "$org" 2>"$work/keys.lo
 grpc_port=$(free_port)
 http_port=$(free_port)
 admin_port=$(free_port)
-echo "== fleetd-server serve (gRPC :$grpc_port, HTTP :$http_port, admin :$admin_port, plaintext)"
+door_port=$(free_port)
+echo "== fleetd-server serve (gRPC :$grpc_port, HTTP :$http_port, door :$door_port, admin :$admin_port, plaintext)"
 FLEET_INSECURE=1 FLEET_GRPC_ADDR=127.0.0.1:$grpc_port FLEET_HTTP_ADDR=127.0.0.1:$http_port \
-  FLEET_ADMIN_ADDR=127.0.0.1:$admin_port setpriv --pdeathsig TERM "$server_bin" serve 2>"$work/server.log" &
+  FLEET_DOOR_ADDR=127.0.0.1:$door_port FLEET_ADMIN_ADDR=127.0.0.1:$admin_port setpriv --pdeathsig TERM "$server_bin" serve 2>"$work/server.log" &
 pids+=($!)
 wait_for "curl -fsS http://127.0.0.1:$admin_port/readyz" 60
 
-echo "== node --test"
+echo "== node --test: the gRPC and Connect front ends"
 FLEETD_HTTP_URL=http://127.0.0.1:$http_port FLEETD_GRPC_URL=http://127.0.0.1:$grpc_port \
+  FLEETD_API_KEY=$key FLEETD_DEVICE_ID=$device FLEETD_ORG_ID=$org \
+  node --test --test-reporter=spec tests/node/connect_client.test.mjs
+
+echo "== node --test: every protocol through the front door's one port"
+FLEETD_HTTP_URL=http://127.0.0.1:$door_port FLEETD_GRPC_URL=http://127.0.0.1:$door_port \
   FLEETD_API_KEY=$key FLEETD_DEVICE_ID=$device FLEETD_ORG_ID=$org \
   node --test --test-reporter=spec tests/node/connect_client.test.mjs
 

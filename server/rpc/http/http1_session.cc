@@ -49,7 +49,7 @@ absl::string_view ReasonPhrase(int status) {
 constexpr size_t kKeepBufferBytes = 4096;
 
 // The request line and header fields, as parsed.
-struct RequestHead {
+struct Http1Head {
   std::string method;
   std::string path;
   Headers headers;
@@ -62,24 +62,17 @@ class Http1Session;
 // Everything in it stays valid after the session is gone: `session_` is
 // dereferenced only in closures run on the strand, and posted closures run
 // only while the session lives (session.h).
-class Http1Exchange final : public Exchange {
+class Http1Exchange final : public HeadExchange {
  public:
-  Http1Exchange(RequestHead head, const SessionOptions& options,
+  Http1Exchange(Http1Head head, const SessionOptions& options,
                 Http1Session* session, uint64_t id)
-      : head_(std::move(head)),
-        peer_(options.peer),
-        secure_(options.secure),
+      : HeadExchange(RequestHead{std::move(head.method), std::move(head.path),
+                                 std::move(head.authority),
+                                 std::move(head.headers), HttpVersion::kHttp11,
+                                 options.peer, options.secure}),
         poster_(options.poster),
         session_(session),
         id_(id) {}
-
-  const std::string& method() const override { return head_.method; }
-  const std::string& path() const override { return head_.path; }
-  const Headers& headers() const override { return head_.headers; }
-  const std::string& authority() const override { return head_.authority; }
-  HttpVersion version() const override { return HttpVersion::kHttp11; }
-  const std::string& peer() const override { return peer_; }
-  bool secure() const override { return secure_; }
 
   void SendHeaders(int status, Headers headers, bool end_stream) override;
   void SendData(std::string data, bool end_stream) override;
@@ -91,9 +84,6 @@ class Http1Exchange final : public Exchange {
   template <typename Fn>
   void OnStrand(Fn fn);
 
-  const RequestHead head_;
-  const std::string peer_;
-  const bool secure_;
   const std::shared_ptr<StrandPoster> poster_;
   Http1Session* const session_;
   const uint64_t id_;
@@ -143,7 +133,7 @@ class Http1Session final : public ConnectionSession {
   };
 
   // Parser callbacks.
-  void OnRequestHeaders(RequestHead head, bool keep_alive);
+  void OnRequestHeaders(Http1Head head, bool keep_alive);
   void OnRequestData(absl::string_view data);
   void OnRequestEnd();
 
@@ -249,7 +239,7 @@ class Http1Session::Parser final : public bhttp::basic_parser<true> {
   void on_finish_impl(error_code&) override { session_.OnRequestEnd(); }
 
   Http1Session& session_;
-  RequestHead head_;
+  Http1Head head_;
   int host_count_ = 0;
   bool header_done_ = false;
   bool missing_host_ = false;
@@ -296,7 +286,7 @@ absl::Status Http1Session::ProcessInput() {
   return status;
 }
 
-void Http1Session::OnRequestHeaders(RequestHead head, bool keep_alive) {
+void Http1Session::OnRequestHeaders(Http1Head head, bool keep_alive) {
   // HTTP/1.0 keep-alive is not offered: such clients are rare, and a
   // response without content-length must then be delimited by the close.
   http10_ = head.version == 10;

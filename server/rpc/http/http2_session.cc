@@ -40,29 +40,14 @@ class Http2Session;
 // What a handler holds. Only the poster, the ids and the immutable request:
 // the session is dereferenced solely inside closures posted to the strand,
 // which run only while the session lives (the driver closes the poster first).
-class Http2Exchange final : public Exchange {
+class Http2Exchange final : public HeadExchange {
  public:
   Http2Exchange(Http2Session* session, std::shared_ptr<StrandPoster> poster,
-                int32_t stream_id, std::string method, std::string path,
-                std::string authority, Headers headers, std::string peer,
-                bool secure)
-      : session_(session),
+                int32_t stream_id, RequestHead head)
+      : HeadExchange(std::move(head)),
+        session_(session),
         poster_(std::move(poster)),
-        stream_id_(stream_id),
-        method_(std::move(method)),
-        path_(std::move(path)),
-        authority_(std::move(authority)),
-        headers_(std::move(headers)),
-        peer_(std::move(peer)),
-        secure_(secure) {}
-
-  const std::string& method() const override { return method_; }
-  const std::string& path() const override { return path_; }
-  const Headers& headers() const override { return headers_; }
-  const std::string& authority() const override { return authority_; }
-  HttpVersion version() const override { return HttpVersion::kHttp2; }
-  const std::string& peer() const override { return peer_; }
-  bool secure() const override { return secure_; }
+        stream_id_(stream_id) {}
 
   void SendHeaders(int status, Headers headers, bool end_stream) override;
   void SendData(std::string data, bool end_stream) override;
@@ -73,12 +58,6 @@ class Http2Exchange final : public Exchange {
   Http2Session* const session_;
   const std::shared_ptr<StrandPoster> poster_;
   const int32_t stream_id_;
-  const std::string method_;
-  const std::string path_;
-  const std::string authority_;
-  const Headers headers_;
-  const std::string peer_;
-  const bool secure_;
 };
 
 // Per-stream state, owned by the session and found by stream id.
@@ -423,9 +402,10 @@ class Http2Session final : public ConnectionSession {
     std::string authority =
         stream.authority.empty() ? stream.host : std::move(stream.authority);
     auto exchange = std::make_shared<Http2Exchange>(
-        this, options_.poster, id, std::move(stream.method),
-        std::move(stream.path), std::move(authority), std::move(stream.headers),
-        options_.peer, options_.secure);
+        this, options_.poster, id,
+        RequestHead{std::move(stream.method), std::move(stream.path),
+                    std::move(authority), std::move(stream.headers),
+                    HttpVersion::kHttp2, options_.peer, options_.secure});
     stream.observer = options_.handler(std::move(exchange));
     if (stream.observer == nullptr) {
       stream.observer = std::make_unique<NullObserver>();

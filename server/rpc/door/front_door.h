@@ -1,0 +1,73 @@
+// The front door: fleetd.v1.SyncService over gRPC, gRPC-Web and Connect on
+// ONE address, HTTP/1.1 and HTTP/2, TLS 1.3 (ALPN h2 / http/1.1) or plaintext
+// (h2c prior knowledge / HTTP/1.1), on a fixed set of threads: the I/O threads
+// of the HTTP layer (server/rpc/http/server.h) and the workers that run
+// handler calls. Neither grows with connections.
+//
+// Issue 12, first step: the unary methods (sync_service_handler.h).
+// StreamSync still needs the gRPC or Connect front end. Off unless
+// FLEET_DOOR_ADDR is set; the two older front ends keep serving meanwhile.
+#ifndef FLEETD_SERVER_RPC_DOOR_FRONT_DOOR_H_
+#define FLEETD_SERVER_RPC_DOOR_FRONT_DOOR_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/clock/clock.h"
+#include "common/metrics/metrics.h"
+#include "server/core/handler.h"
+
+namespace fleetd::server::rpc {
+
+struct FrontDoorOptions {
+  // "host:port" or "[ipv6]:port"; port 0 picks a free one (see port()).
+  std::string address = "0.0.0.0:8443";
+  // TLS 1.3 certificate chain and key (PEM files). Both empty only with
+  // `insecure`.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // Plaintext (development only): h2c with prior knowledge or HTTP/1.1.
+  bool insecure = false;
+  // Event-loop threads; 0: one per CPU.
+  int io_threads = 0;
+  // Threads running handler calls (which block until the backends have the
+  // batch), all started at once, and calls that may wait for one; more get
+  // RESOURCE_EXHAUSTED with a retry hint.
+  int workers = 128;
+  int64_t max_queued_calls = 2048;
+  int64_t max_message_bytes = int64_t{16} << 20;
+  // Connection limits (server/rpc/http/server.h).
+  size_t max_connections = 50'000;
+  absl::Duration idle_timeout = absl::Minutes(10);
+  // Shutdown() lets calls in flight run this long, then cancels them.
+  absl::Duration shutdown_grace = absl::Seconds(5);
+  // Not owned; may be null (metrics) or null for the real clock.
+  metrics::Registry* metrics = nullptr;
+  Clock* clock = nullptr;
+};
+
+// Safe for concurrent use.
+class FrontDoor {
+ public:
+  // Starts serving `handler` (not owned; must outlive the front door).
+  // InvalidArgument for a bad address, missing certificate files or
+  // options; Unavailable when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<FrontDoor>> Start(
+      const FrontDoorOptions& options, SyncHandler* handler);
+  virtual ~FrontDoor() = default;
+
+  virtual int port() const = 0;
+  // Open connections.
+  virtual size_t connections() const = 0;
+  // Stops accepting, lets calls in flight finish within the grace, runs or
+  // refuses queued calls and stops every thread. Idempotent.
+  virtual void Shutdown() = 0;
+};
+
+}  // namespace fleetd::server::rpc
+
+#endif  // FLEETD_SERVER_RPC_DOOR_FRONT_DOOR_H_
