@@ -15,6 +15,8 @@ PACKAGES=(
   libsnappy-dev libssl-dev nlohmann-json3-dev libcli11-dev libgoogle-glog-dev
   # The front door (server/rpc/http): HTTP/2 (nghttp2), Boost.Asio and Boost.Beast.
   libnghttp2-dev libboost-dev
+  # tcmalloc for the fleetd-server binary (server/app/CMakeLists.txt says why).
+  libgoogle-perftools-dev
   # Real backends for tests and the demo.
   postgresql victoria-metrics clickhouse-server
   # Test and report tools.
