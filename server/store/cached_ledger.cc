@@ -316,6 +316,22 @@ absl::Status CachedLedger::LoadAndAnswer(absl::Span<const LedgerEntry> entries,
   return loaded.status();
 }
 
+template <typename Fn>
+void CachedLedger::WithKey(const LedgerEntry& e, Fn fn) const {
+  const KeyRef key(e.device_id, e.stream);
+  const size_t hash = HashOf(key);
+  Shard& shard = ShardFor(hash);
+  absl::MutexLock lock(&shard.mu);
+  auto it = shard.index.find(key, hash);
+  Slot* slot = it != shard.index.end() ? &shard.slots[it->second] : nullptr;
+  Loading* loading = nullptr;
+  if (!shard.loading.empty()) {
+    auto lit = shard.loading.find(std::make_pair(e.device_id, e.stream));
+    if (lit != shard.loading.end()) loading = &lit->second;
+  }
+  fn(slot, loading);
+}
+
 absl::Status CachedLedger::RecordApplied(
     absl::Span<const LedgerEntry> entries) {
   if (entries.empty()) return absl::OkStatus();
@@ -326,17 +342,12 @@ absl::Status CachedLedger::RecordApplied(
     // during COMMIT): the numbers become unknown here, so the next check of
     // each asks the store instead of answering "not applied" from memory.
     for (const LedgerEntry& e : entries) {
-      const KeyRef key(e.device_id, e.stream);
-      const size_t hash = HashOf(key);
-      Shard& shard = ShardFor(hash);
-      absl::MutexLock lock(&shard.mu);
-      auto it = shard.index.find(key, hash);
-      if (it != shard.index.end())
-        shard.slots[it->second].Doubt(e.sequence_number);
-      auto lit = shard.loading.find(std::make_pair(e.device_id, e.stream));
-      if (lit != shard.loading.end()) {
-        lit->second.doubt = std::max(lit->second.doubt, e.sequence_number);
-      }
+      WithKey(e, [&](Slot* slot, Loading* loading) {
+        if (slot != nullptr) slot->Doubt(e.sequence_number);
+        if (loading != nullptr) {
+          loading->doubt = std::max(loading->doubt, e.sequence_number);
+        }
+      });
     }
     return present_or.status();
   }
@@ -351,25 +362,17 @@ absl::Status CachedLedger::RecordApplied(
   }
   const size_t window = static_cast<size_t>(options_.window);
   for (const LedgerEntry& e : entries) {
-    const KeyRef key(e.device_id, e.stream);
-    const size_t hash = HashOf(key);
-    Shard& shard = ShardFor(hash);
-    absl::MutexLock lock(&shard.mu);
-    auto it = shard.index.find(key, hash);
-    if (it != shard.index.end()) {
-      Slot& slot = shard.slots[it->second];
-      slot.referenced = true;
-      slot.Add(e.sequence_number, window);
-    }
-    // A load under way may have read the store before this commit, and may
-    // land after this key's slot is evicted: it gets the number either way.
-    if (!shard.loading.empty()) {
-      auto lit = shard.loading.find(std::make_pair(e.device_id, e.stream));
-      if (lit != shard.loading.end()) {
-        lit->second.recorded.push_back(e.sequence_number);
+    WithKey(e, [&](Slot* slot, Loading* loading) {
+      if (slot != nullptr) {
+        slot->referenced = true;
+        slot->Add(e.sequence_number, window);
       }
-    }
-    // A key neither held nor loading is read from the store when next asked.
+      // A load under way may have read the store before this commit, and
+      // may land after this key's slot is evicted: it gets the number either
+      // way. A key neither held nor loading is read from the store when next
+      // asked.
+      if (loading != nullptr) loading->recorded.push_back(e.sequence_number);
+    });
   }
   return absl::OkStatus();
 }

@@ -106,6 +106,11 @@ class CachedLedger final : public Ledger {
   struct Counters;
   CachedLedger(LedgerStore* store, Options options);
   Shard& ShardFor(size_t hash) const;
+  // Runs `fn(slot, loading)` under the lock of the shard of `entry`'s key,
+  // with the key's cached slot and its load under way, each null when
+  // absent. Defined in the .cc, its only user.
+  template <typename Fn>
+  void WithKey(const LedgerEntry& entry, Fn fn) const;
   // Loads the keys of entries[i] for i in `missing` and answers those
   // entries, adding the ones the store must answer to `unknown`.
   absl::Status LoadAndAnswer(absl::Span<const LedgerEntry> entries,

@@ -31,6 +31,7 @@
 namespace fleetd::server::rpc {
 namespace {
 
+using ::fleetd::server::testing::ConnectLoopback;
 using ::fleetd::server::testing::FakeSyncHandler;
 using ::fleetd::server::testing::RecordedCall;
 using ::fleetd::server::testing::TestCertificate;
@@ -74,17 +75,8 @@ std::vector<connect::Envelope> Frames(const std::string& body) {
 // closes it (bounded by a 10 s receive timeout). Appends "[EOF]" when the
 // server closed the connection, "[TIMEOUT]" otherwise.
 std::string RawExchange(int port, const std::string& request) {
-  UniqueFd fd(::socket(AF_INET, SOCK_STREAM, 0));
-  timeval tv{10, 0};
-  ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) !=
-      0) {
-    return "[CONNECT FAILED]";
-  }
+  UniqueFd fd = ConnectLoopback(port, absl::Seconds(10));
+  if (!fd.valid()) return "[CONNECT FAILED]";
   ::send(fd.get(), request.data(), request.size(), MSG_NOSIGNAL);
   std::string out;
   char buf[4096];

@@ -104,16 +104,7 @@ CurlResult Curl(const std::string& args) {
 
 // A blocking TCP connection to 127.0.0.1:`port`.
 UniqueFd ConnectTcp(int port) {
-  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) !=
-      0) {
-    return UniqueFd();
-  }
-  return fd;
+  return ::fleetd::server::testing::ConnectLoopback(port);
 }
 
 bool SendAll(int fd, absl::string_view bytes) {

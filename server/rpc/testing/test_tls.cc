@@ -139,22 +139,32 @@ TestCertificate::~TestCertificate() {
   }
 }
 
-absl::StatusOr<HandshakeResult> TryTlsHandshake(
-    int port, int min_version, int max_version,
-    const std::vector<std::string>& alpn, absl::Duration timeout) {
-  // The server may hang up mid-handshake; that must fail the handshake, not
-  // kill the test with SIGPIPE.
-  rpc::ScopedSigpipeBlock no_sigpipe;
+rpc::UniqueFd ConnectLoopback(int port, absl::Duration timeout) {
   rpc::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  timeval tv = absl::ToTimeval(timeout);
-  ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  if (timeout > absl::ZeroDuration()) {
+    timeval tv = absl::ToTimeval(timeout);
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  }
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) !=
       0) {
+    return rpc::UniqueFd();
+  }
+  return fd;
+}
+
+absl::StatusOr<HandshakeResult> TryTlsHandshake(
+    int port, int min_version, int max_version,
+    const std::vector<std::string>& alpn, absl::Duration timeout) {
+  // The server may hang up mid-handshake; that must fail the handshake, not
+  // kill the test with SIGPIPE.
+  rpc::ScopedSigpipeBlock no_sigpipe;
+  rpc::UniqueFd fd = ConnectLoopback(port, timeout);
+  if (!fd.valid()) {
     return absl::UnavailableError(
         absl::StrCat("connect: ", std::strerror(errno)));
   }

@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/rpc/net/net.h"
 
 namespace fleetd::server::testing {
 
@@ -31,6 +32,12 @@ class TestCertificate {
   TestCertificate() = default;
   std::string dir_, cert_file_, key_file_, cert_pem_;
 };
+
+// A blocking TCP connection to 127.0.0.1:`port`, invalid when the connect
+// fails. With a positive `timeout`, reads and writes on it time out after
+// that long (SO_RCVTIMEO, SO_SNDTIMEO).
+rpc::UniqueFd ConnectLoopback(int port,
+                              absl::Duration timeout = absl::ZeroDuration());
 
 struct HandshakeResult {
   std::string version;  // e.g. "TLSv1.3"
