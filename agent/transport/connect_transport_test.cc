@@ -437,20 +437,26 @@ TEST_F(ConnectTransportTest, NonProtoSuccessIsUnavailable) {
 
 TEST_F(ConnectTransportTest, SlowServerIsDeadlineExceeded) {
   auto transport = MakeTransport();
-  absl::Notification release;
-  absl::Notification arrived;
-  server_.Answer([&](const httplib::Request&, httplib::Response& res) {
-    if (!arrived.HasBeenNotified()) {
-      arrived.Notify();
-      release.WaitForNotification();
+  // Shared with the handler: the first request's server thread may still be
+  // leaving WaitForNotification when the test body ends, so the
+  // notifications must outlive it (the handler copy it runs holds them).
+  struct Gates {
+    absl::Notification release;
+    absl::Notification arrived;
+  };
+  auto gates = std::make_shared<Gates>();
+  server_.Answer([gates](const httplib::Request&, httplib::Response& res) {
+    if (!gates->arrived.HasBeenNotified()) {
+      gates->arrived.Notify();
+      gates->release.WaitForNotification();
     }
     res.set_content("", "application/proto");
   });
   EXPECT_THAT(transport->SyncMetrics({}, absl::Milliseconds(200)),
               StatusIs(absl::StatusCode::kDeadlineExceeded));
-  EXPECT_TRUE(arrived.HasBeenNotified());
+  EXPECT_TRUE(gates->arrived.HasBeenNotified());
   EXPECT_EQ(server_.seen()[0].Header("Connect-Timeout-Ms"), "200");
-  release.Notify();
+  gates->release.Notify();
   // The abandoned connection is replaced on the next call.
   EXPECT_THAT(transport->SyncMetrics({}, kTimeout), IsOk());
 }

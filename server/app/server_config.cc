@@ -19,9 +19,9 @@ void DeclareServerSettings(Settings& s, ServerConfig& c) {
       .String("FLEET_HTTP_ADDR", "http-addr",
               "Connect and gRPC-Web (HTTP/1.1) listen address", &c.http_addr)
       .String("FLEET_DOOR_ADDR", "door-addr",
-              "front door listen address: gRPC, gRPC-Web and Connect unary "
-              "calls on one port, HTTP/1.1 and HTTP/2, on a fixed set of "
-              "threads (StreamSync still needs the gRPC or Connect address); "
+              "front door listen address: gRPC, gRPC-Web and Connect on one "
+              "port, HTTP/1.1 and HTTP/2, on a fixed set of threads; "
+              "StreamSync over HTTP/2 in all three protocols (full duplex); "
               "empty: off",
               &c.door_addr)
       .String("FLEET_ADMIN_ADDR", "admin-addr",

@@ -128,6 +128,17 @@ class AgentE2eTest : public ::testing::Test {
     return o;
   }
 
+  // The front door's count of finished gRPC calls of `method` with `code`.
+  static double DoorCalls(const std::string& method, const std::string& code) {
+    const std::string series = absl::StrCat(
+        "fleetd_rpc_frontend_requests_total{protocol=\"grpc\",method=\"",
+        method, "\",code=\"", code, "\"} ");
+    const std::string text = stack->app->metrics()->Render();
+    size_t at = text.find(series);
+    if (at == std::string::npos) return 0;
+    return std::strtod(text.c_str() + at + series.size(), nullptr);
+  }
+
   // Distinct values of label `id` and total samples VictoriaMetrics holds.
   static std::pair<size_t, size_t> VmCounts(const std::string& metric) {
     return testing::VmCounts(*stack->vm, metric, "id");
@@ -152,16 +163,18 @@ class AgentTransportTest : public AgentE2eTest,
                            public ::testing::WithParamInterface<std::string> {};
 
 TEST_P(AgentTransportTest, MetricsLogsAndEventsArriveInEveryBackend) {
-  // "grpc", "connect", "grpc-stream", or "door-grpc" / "door-connect": the
-  // agent's gRPC (grpc++ client, HTTP/2) or Connect (libcurl) transport
-  // against the front door's single port.
+  // "grpc", "connect", "grpc-stream", or "door-grpc" / "door-connect" /
+  // "door-grpc-stream": the agent's gRPC (grpc++ client, HTTP/2; unary or
+  // StreamSync) or Connect (libcurl) transport against the front door's
+  // single port.
   const std::string variant = GetParam();
   const bool door = absl::StartsWith(variant, "door-");
   const std::string transport =
       absl::EndsWith(variant, "connect") ? "connect" : "grpc";
   const std::string device = "agent-" + variant;
   AgentOptions options = Options(device, transport, {}, door);
-  options.sync_stream = variant == "grpc-stream";
+  options.sync_stream = absl::EndsWith(variant, "grpc-stream");
+  const double door_unary_before = DoorCalls("SyncMetrics", "OK");
   auto agent = Agent::Create(options);
   ASSERT_THAT(agent, IsOk());
   ASSERT_THAT((*agent)->Start(), IsOk());
@@ -206,7 +219,7 @@ TEST_P(AgentTransportTest, MetricsLogsAndEventsArriveInEveryBackend) {
                    device, "'"));
   ASSERT_THAT(host, IsOk());
   EXPECT_EQ(*host, "0.1.0|2");
-  if (options.sync_stream) {
+  if (options.sync_stream && !door) {
     // The batches went over StreamSync, acknowledged there.
     EXPECT_NE(stack->app->metrics()->Render().find(
                   "fleetd_rpc_requests_total{method=\"StreamSync\",protocol="
@@ -214,11 +227,22 @@ TEST_P(AgentTransportTest, MetricsLogsAndEventsArriveInEveryBackend) {
               std::string::npos);
   }
   (*agent)->Stop();
+  if (options.sync_stream && door) {
+    // The batches went over the front door's StreamSync, not its unary
+    // calls; the agent cancels its stream when it goes away, and the door
+    // counts the call then.
+    EXPECT_EQ(DoorCalls("SyncMetrics", "OK"), door_unary_before);
+    agent->reset();
+    EXPECT_TRUE(WaitFor([&] {
+      return DoorCalls("StreamSync", "CANCELLED") > 0;
+    })) << stack->app->metrics()->Render();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(BothTransports, AgentTransportTest,
                          ::testing::Values("grpc", "connect", "grpc-stream",
-                                           "door-grpc", "door-connect"),
+                                           "door-grpc", "door-connect",
+                                           "door-grpc-stream"),
                          [](const auto& info) {
                            return absl::StrReplaceAll(info.param, {{"-", "_"}});
                          });

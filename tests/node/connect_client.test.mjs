@@ -1,8 +1,9 @@
 // Independent client test: the official Connect-ES client (connect-node, code generated
 // from proto/ by protoc-gen-es) calls a running fleetd-server over every protocol it
 // serves — Connect (binary and JSON, POST and GET), gRPC-Web and gRPC over HTTP/2 — with
-// gzip, and checks the answers, the auth errors, and that the metrics reached
-// VictoriaMetrics.
+// gzip, and the bidirectional StreamSync (gRPC; through the front door also Connect and
+// gRPC-Web over HTTP/2), and checks the answers, the auth errors, and that the metrics
+// reached VictoriaMetrics.
 //
 // Started by tests/node/run.sh, which sets up the backends, the key and the server and
 // passes them in the environment:
@@ -45,6 +46,9 @@ const apiKey = required("FLEETD_API_KEY");
 const deviceId = required("FLEETD_DEVICE_ID");
 const orgId = required("FLEETD_ORG_ID");
 const vmUrl = required("FLEET_VICTORIAMETRICS_URL");
+// Set (1) when both URLs are the front door's one port, which also serves StreamSync
+// over Connect and gRPC-Web (HTTP/2); the two-port setup serves it over gRPC only.
+const door = process.env.FLEETD_DOOR === "1";
 
 // Unique per run, so a sample found in VictoriaMetrics can only come from this run.
 const runId = randomBytes(6).toString("hex");
@@ -110,6 +114,22 @@ const transports = {
       baseUrl: grpcUrl, httpVersion: "2", sessionManager: h2, ...gzip,
       interceptors: [apiKeyInterceptor(key)],
     }),
+  // Connect and gRPC-Web over HTTP/2 (h2c): what bidirectional streams need.
+  "connect-h2": (key) =>
+    createConnectTransport({
+      baseUrl: grpcUrl, httpVersion: "2", sessionManager: h2, ...gzip, useBinaryFormat: true,
+      interceptors: [apiKeyInterceptor(key)],
+    }),
+  "connect-json-h2": (key) =>
+    createConnectTransport({
+      baseUrl: grpcUrl, httpVersion: "2", sessionManager: h2, ...gzip, useBinaryFormat: false,
+      interceptors: [apiKeyInterceptor(key)],
+    }),
+  "grpc-web-h2": (key) =>
+    createGrpcWebTransport({
+      baseUrl: grpcUrl, httpVersion: "2", sessionManager: h2, ...gzip, useBinaryFormat: true,
+      interceptors: [apiKeyInterceptor(key)],
+    }),
 };
 
 function client(protocol, key = apiKey) {
@@ -133,6 +153,46 @@ function metric(protocol, value) {
 const unaryProtocols = ["connect-binary", "connect-json", "grpc-web", "grpc"];
 const allProtocols = [...unaryProtocols, "connect-get"];
 const expectedSamples = new Map(); // protocol -> value sent
+// StreamSync: gRPC on both setups, Connect and gRPC-Web through the front door.
+const streamProtocols = door ? ["grpc", "connect-h2", "connect-json-h2", "grpc-web-h2"] : ["grpc"];
+
+// Requests for a bidirectional call, written one by one while responses are read.
+function requestQueue() {
+  const items = [];
+  let wake = null;
+  let ended = false;
+  return {
+    push(item) {
+      items.push(item);
+      if (wake) wake();
+    },
+    end() {
+      ended = true;
+      if (wake) wake();
+    },
+    async *[Symbol.asyncIterator]() {
+      for (;;) {
+        if (items.length > 0) {
+          yield items.shift();
+        } else if (ended) {
+          return;
+        } else {
+          await new Promise((resolve) => (wake = resolve));
+          wake = null;
+        }
+      }
+    },
+  };
+}
+
+// The next ack among a stream's responses (config updates and other commands skipped).
+async function nextAck(responses) {
+  for (;;) {
+    const { value, done } = await responses.next();
+    assert.ok(!done, "the stream ended before the ack");
+    if (value.command.case === "ack") return value.command.value;
+  }
+}
 
 async function expectCode(promise, code) {
   await assert.rejects(promise, (err) => {
@@ -243,9 +303,51 @@ describe("fleetd-server through connect-node", () => {
     );
   });
 
+  for (const [i, protocol] of streamProtocols.entries()) {
+    test(`${protocol}: StreamSync acknowledges each batch while the stream stays open`, async () => {
+      const label = `stream-${protocol}`;
+      const requests = requestQueue();
+      const responses = client(protocol).streamSync(requests)[Symbol.asyncIterator]();
+      const values = [3000 + 10 * i, 3001 + 10 * i];
+      const start = Date.now();
+      for (const [k, value] of values.entries()) {
+        const md = metadata();
+        // Distinct timestamps, so both samples are kept (and exported in this order).
+        const sample = { ...metric(label, value), timestamp: timestampFromMs(start + k) };
+        requests.push({ metadata: md, data: { case: "metrics", value: { metrics: [sample] } } });
+        // Full duplex: the ack arrives before the client half-closes.
+        const ack = await nextAck(responses);
+        assert.equal(ack.sequenceNumber, md.sequenceNumber);
+        assert.equal(ack.success, true, ack.errorMessage);
+      }
+      requests.end();
+      for (;;) {
+        const { done } = await responses.next();
+        if (done) break; // ended with OK: a failed stream throws here
+      }
+      expectedSamples.set(label, values);
+    });
+  }
+
+  test("StreamSync without a key is Unauthenticated", async () => {
+    const requests = requestQueue();
+    requests.end();
+    const responses = client(streamProtocols[streamProtocols.length - 1], null).streamSync(requests);
+    await expectCode(
+      (async () => {
+        for await (const response of responses) void response;
+      })(),
+      Code.Unauthenticated,
+    );
+  });
+
   // Runs after the SyncMetrics tests above (node:test runs tests in a suite in order).
   test("every acknowledged sample is in VictoriaMetrics", async () => {
-    assert.equal(expectedSamples.size, unaryProtocols.length + 1, "all SyncMetrics tests passed");
+    assert.equal(
+      expectedSamples.size,
+      unaryProtocols.length + 1 + streamProtocols.length,
+      "all SyncMetrics and StreamSync tests passed",
+    );
     const deadline = Date.now() + 30_000;
     let found = new Map();
     while (Date.now() < deadline) {
@@ -264,8 +366,10 @@ describe("fleetd-server through connect-node", () => {
       await new Promise((resolve) => setTimeout(resolve, 200)); // poll interval, not a wait
     }
     for (const [protocol, value] of expectedSamples) {
-      // Sent twice (the retried duplicate) but stored once.
-      assert.deepEqual(found.get(protocol), [value], `samples for protocol=${protocol}`);
+      // Unary: sent twice (the retried duplicate) but stored once. Streams: each
+      // acknowledged batch's sample once.
+      const want = Array.isArray(value) ? value : [value];
+      assert.deepEqual(found.get(protocol), want, `samples for protocol=${protocol}`);
     }
   });
 });

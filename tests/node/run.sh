@@ -4,7 +4,8 @@
 # the Connect-ES code from proto/ (npx buf generate) and runs connect_client.test.mjs with
 # node's test runner against it: once against the gRPC and Connect front ends (two
 # ports), once with every protocol against the front door's single port
-# (FLEET_DOOR_ADDR: Connect, gRPC-Web over HTTP/1.1 and gRPC over h2c on one address). Everything started here is stopped on exit (and, through
+# (FLEET_DOOR_ADDR: Connect, gRPC-Web over HTTP/1.1 and gRPC over h2c on one address,
+# and StreamSync over gRPC, Connect and gRPC-Web on h2c; FLEETD_DOOR=1 tells the test). Everything started here is stopped on exit (and, through
 # PR_SET_PDEATHSIG, when this script is killed).
 #
 # usage: tests/node/run.sh FLEETD_SERVER_BINARY FLEETD_DEVSTACK_BINARY
@@ -100,7 +101,7 @@ FLEETD_HTTP_URL=http://127.0.0.1:$http_port FLEETD_GRPC_URL=http://127.0.0.1:$gr
   node --test --test-reporter=spec tests/node/connect_client.test.mjs
 
 echo "== node --test: every protocol through the front door's one port"
-FLEETD_HTTP_URL=http://127.0.0.1:$door_port FLEETD_GRPC_URL=http://127.0.0.1:$door_port \
+FLEETD_DOOR=1 FLEETD_HTTP_URL=http://127.0.0.1:$door_port FLEETD_GRPC_URL=http://127.0.0.1:$door_port \
   FLEETD_API_KEY=$key FLEETD_DEVICE_ID=$device FLEETD_ORG_ID=$org \
   node --test --test-reporter=spec tests/node/connect_client.test.mjs
 

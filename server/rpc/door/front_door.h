@@ -4,9 +4,9 @@
 // of the HTTP layer (server/rpc/http/server.h) and the workers that run
 // handler calls. Neither grows with connections.
 //
-// Issue 12, first step: the unary methods (sync_service_handler.h).
-// StreamSync still needs the gRPC or Connect front end. Off unless
-// FLEET_DOOR_ADDR is set; the two older front ends keep serving meanwhile.
+// Every method of fleetd.v1.SyncService (sync_service_handler.h), StreamSync
+// over HTTP/2 (stream_call.h). Off unless FLEET_DOOR_ADDR is set; the two
+// older front ends keep serving meanwhile.
 #ifndef FLEETD_SERVER_RPC_DOOR_FRONT_DOOR_H_
 #define FLEETD_SERVER_RPC_DOOR_FRONT_DOOR_H_
 

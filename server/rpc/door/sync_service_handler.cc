@@ -23,12 +23,21 @@
 #include "google/protobuf/message.h"
 #include "server/rpc/connect/connect_protocol.h"
 #include "server/rpc/connect/procedures.h"
+#include "server/rpc/door/stream_call.h"
+#include "server/rpc/door/wire.h"
 
 namespace fleetd::server::rpc {
 namespace {
 
 using connect::Codec;
 using connect::WireProtocol;
+using door::ClassifyRequest;
+using door::kGrpcAcceptEncoding;
+using door::Label;
+using door::Protocol;
+using door::SendWhole;
+using door::Wire;
+using door::WireBodyLimit;
 using google::protobuf::Message;
 using http::Exchange;
 using http::FindHeader;
@@ -36,84 +45,6 @@ using http::Headers;
 
 constexpr absl::string_view kServicePrefix = "/fleetd.v1.SyncService/";
 constexpr char kFrontEnd[] = "front door";
-constexpr char kGrpcAcceptEncoding[] = "gzip,zstd";
-constexpr char kStreamElsewhere[] =
-    "fleetd.v1.SyncService/StreamSync is not served on this address yet: the "
-    "stream is served by the other front end (the gRPC or Connect port) for "
-    "now";
-
-// The wire protocol of a request, from its content-type (GET: Connect).
-enum class Wire {
-  kGrpc,
-  kGrpcWeb,
-  kGrpcWebText,
-  kConnectUnary,
-  kConnectStream
-};
-
-struct Protocol {
-  Wire wire = Wire::kConnectUnary;
-  Codec codec = Codec::kProto;
-  std::string response_type;  // the response's content-type
-};
-
-std::optional<Protocol> ClassifyRequest(absl::string_view content_type) {
-  std::string type = absl::AsciiStrToLower(absl::StripAsciiWhitespace(
-      content_type.substr(0, content_type.find(';'))));
-  if (type == "application/grpc" || type == "application/grpc+proto") {
-    return Protocol{Wire::kGrpc, Codec::kProto, type};
-  }
-  std::optional<connect::ContentType> connect_type =
-      connect::ClassifyContentType(content_type);
-  if (!connect_type.has_value()) return std::nullopt;
-  Protocol protocol{Wire::kConnectUnary, connect_type->codec,
-                    std::move(connect_type->response_type)};
-  switch (connect_type->protocol) {
-    case WireProtocol::kConnectUnary:
-      break;
-    case WireProtocol::kConnectStream:
-      protocol.wire = Wire::kConnectStream;
-      break;
-    case WireProtocol::kGrpcWeb:
-      protocol.wire = Wire::kGrpcWeb;
-      break;
-    case WireProtocol::kGrpcWebText:
-      protocol.wire = Wire::kGrpcWebText;
-      break;
-  }
-  return protocol;
-}
-
-// The protocol label of CallContext and the metrics.
-const char* Label(Wire wire) {
-  switch (wire) {
-    case Wire::kGrpc:
-      return "grpc";
-    case Wire::kGrpcWeb:
-    case Wire::kGrpcWebText:
-      return "grpc-web";
-    case Wire::kConnectUnary:
-    case Wire::kConnectStream:
-      return "connect";
-  }
-  return "unknown";
-}
-
-// The body limit of a protocol (gRPC frames as gRPC-Web does).
-size_t WireBodyLimit(Wire wire, int64_t max_message_bytes) {
-  switch (wire) {
-    case Wire::kGrpc:
-    case Wire::kGrpcWeb:
-      return BodyLimit(WireProtocol::kGrpcWeb, max_message_bytes);
-    case Wire::kGrpcWebText:
-      return BodyLimit(WireProtocol::kGrpcWebText, max_message_bytes);
-    case Wire::kConnectUnary:
-      return BodyLimit(WireProtocol::kConnectUnary, max_message_bytes);
-    case Wire::kConnectStream:
-      return BodyLimit(WireProtocol::kConnectStream, max_message_bytes);
-  }
-  return static_cast<size_t>(max_message_bytes);
-}
 
 // Decodes %XX escapes and '+' (a space) of a query component; a malformed
 // escape stays as it is.
@@ -165,21 +96,11 @@ struct Call {
   std::atomic<bool> cancelled{false};
 };
 
-// A response whose whole body is known: content-length set.
-void SendWhole(Exchange& exchange, int status, Headers headers,
-               std::string body) {
-  headers.push_back({"content-length", absl::StrCat(body.size())});
-  exchange.SendHeaders(status, std::move(headers), false);
-  exchange.SendData(std::move(body), true);
-}
-
 // A gRPC-Web response: `frames` (the data envelopes), then the trailers
 // envelope with `status`; all of it base64 for grpc-web-text.
 void SendGrpcWeb(const Call& call, std::string frames,
                  const absl::Status& status) {
-  connect::AppendEnvelope(
-      connect::kFlagGrpcTrailers,
-      connect::GrpcWebTrailers(status, RetryMetadata(status)), &frames);
+  frames += door::GrpcWebTrailersFrame(status);
   if (call.protocol.wire == Wire::kGrpcWebText) {
     frames = absl::Base64Escape(frames);
   }
@@ -198,7 +119,13 @@ class Door : public std::enable_shared_from_this<Door> {
         options_(options),
         clock_(options.clock != nullptr ? options.clock : Clock::Real()),
         procedures_(std::move(procedures)),
-        calls_(FrontEndRequests(options.metrics)) {}
+        calls_(FrontEndRequests(options.metrics)),
+        stream_options_{handler,
+                        options.workers,
+                        clock_,
+                        options.max_message_bytes,
+                        options.overload_retry_after,
+                        calls_} {}
 
   // On the strand: routes the request and returns the observer of its body.
   std::unique_ptr<http::RequestObserver> Accept(
@@ -248,6 +175,7 @@ class Door : public std::enable_shared_from_this<Door> {
   Clock* const clock_;
   const ProcedureTable procedures_;
   metrics::Family<metrics::Counter>* const calls_;
+  const door::StreamCallOptions stream_options_;
 };
 
 // Reads a body nobody needs (the response is already on its way).
@@ -380,13 +308,22 @@ std::unique_ptr<http::RequestObserver> Door::Accept(
              path.substr(1), " is not a method of fleetd.v1.SyncService")));
     return discard;
   }
-  if (procedure->bidi) {
-    Fail(*call, absl::UnimplementedError(kStreamElsewhere));
+  if (procedure->bidi &&
+      call->exchange->version() != http::HttpVersion::kHttp2) {
+    // As connect-go: a bidirectional call needs HTTP/2 (HTTP/1.1 cannot send
+    // the response while the request is still coming).
+    SendWhole(*call->exchange, 505, {{"content-type", "text/plain"}},
+              "fleetd.v1.SyncService/StreamSync is bidirectional: it needs "
+              "HTTP/2\n");
     return discard;
   }
   if (absl::Status status = ReadCallHeaders(*call); !status.ok()) {
     Fail(*call, status);
     return discard;
+  }
+  if (procedure->bidi) {
+    return door::StartStreamCall(call->exchange, call->protocol, call->context,
+                                 call->request_coding, stream_options_);
   }
   return std::make_unique<BodyObserver>(shared_from_this(), std::move(call));
 }
@@ -394,11 +331,18 @@ std::unique_ptr<http::RequestObserver> Door::Accept(
 absl::Status Door::ReadCallHeaders(Call& call) const {
   const Headers& headers = call.exchange->headers();
   absl::string_view coding_header = "grpc-encoding";
-  if (call.protocol.wire == Wire::kConnectUnary) {
-    coding_header = "content-encoding";
-    RETURN_IF_ERROR(CheckConnectProtocolVersion(
-        FindHeader(headers, "connect-protocol-version"),
-        options_.require_connect_protocol_version));
+  const Wire wire = call.protocol.wire;
+  if (wire == Wire::kConnectUnary || wire == Wire::kConnectStream) {
+    if (wire == Wire::kConnectUnary) {
+      coding_header = "content-encoding";
+      RETURN_IF_ERROR(CheckConnectProtocolVersion(
+          FindHeader(headers, "connect-protocol-version"),
+          options_.require_connect_protocol_version));
+    } else {
+      // Streaming: each message says whether it is compressed, with this
+      // coding.
+      coding_header = "connect-content-encoding";
+    }
     if (std::optional<absl::string_view> timeout =
             FindHeader(headers, "connect-timeout-ms")) {
       RETURN_IF_ERROR(
@@ -583,20 +527,13 @@ void Door::Fail(const Call& call, const absl::Status& status) const {
   Count(call, status.code());
   Exchange& exchange = *call.exchange;
   const Protocol& protocol = call.protocol;
-  connect::Metadata metadata = RetryMetadata(status);
   switch (protocol.wire) {
     case Wire::kGrpc: {
       // Trailers-only: the status in the one header block, ending the
       // stream.
-      Headers headers = {
-          {"content-type", protocol.response_type},
-          {"grpc-status", absl::StrCat(static_cast<int>(status.code()))}};
-      if (!status.message().empty()) {
-        headers.push_back({"grpc-message", connect::PercentEncodeGrpcMessage(
-                                               status.message())});
-      }
-      for (auto& [name, value] : metadata) {
-        headers.push_back({std::move(name), std::move(value)});
+      Headers headers = {{"content-type", protocol.response_type}};
+      for (http::Header& field : door::GrpcStatusFields(status)) {
+        headers.push_back(std::move(field));
       }
       headers.push_back({"grpc-accept-encoding", kGrpcAcceptEncoding});
       exchange.SendHeaders(200, std::move(headers), true);
@@ -606,16 +543,12 @@ void Door::Fail(const Call& call, const absl::Status& status) const {
     case Wire::kGrpcWebText:
       SendGrpcWeb(call, std::string(), status);
       return;
-    case Wire::kConnectStream: {
-      std::string out;
-      connect::AppendEnvelope(connect::kFlagEndStream,
-                              connect::EndStreamJson(status, metadata), &out);
+    case Wire::kConnectStream:
       SendWhole(exchange, 200,
                 {{"content-type", protocol.response_type},
                  {"connect-accept-encoding", connect::kAcceptedCodings}},
-                std::move(out));
+                door::ConnectEndStreamFrame(status));
       return;
-    }
     case Wire::kConnectUnary: {
       Headers headers = {{"content-type", "application/json"},
                          {"accept-encoding", connect::kAcceptedCodings}};

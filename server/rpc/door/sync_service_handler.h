@@ -1,4 +1,4 @@
-// The front door's protocol layer: fleetd.v1.SyncService's unary methods over
+// The front door's protocol layer: fleetd.v1.SyncService's methods over
 // gRPC, gRPC-Web and Connect as ONE http::ExchangeHandler, the way connect-go
 // serves three protocols from one handler: the protocol is a codec around the
 // same procedure (server/rpc/connect/procedures.h), not a second server.
@@ -21,10 +21,12 @@
 // text body, no gRPC framing): gRPC needs HTTP/2 trailers, and a gRPC client
 // that got here over HTTP/1.1 would misread anything else.
 //
-// StreamSync (bidirectional) is not served here yet: gRPC, gRPC-Web and
-// Connect streaming answer UNIMPLEMENTED in their form (saying the stream is
-// served by the other front end for now); Connect unary content types for it
-// are 415, as for a unary method called with a streaming content type.
+// StreamSync (bidirectional) is served over HTTP/2 by stream_call.h for gRPC,
+// gRPC-Web and Connect streaming (application/connect+proto|json): full
+// duplex, its request window paced by the session. Over HTTP/1.1 it is
+// answered 505 HTTP Version Not Supported, as connect-go does; Connect unary
+// content types for it are 415, as for a unary method called with a
+// streaming content type. The rest of this comment is about unary calls.
 //
 // Requests. The body is accumulated up to the protocol's BodyLimit; beyond it
 // the call is answered RESOURCE_EXHAUSTED at once and the rest of the body is

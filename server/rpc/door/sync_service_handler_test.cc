@@ -19,6 +19,7 @@
 #include "common/metrics/metrics.h"
 #include "common/status/retry_after.h"
 #include "common/testing/status_matchers.h"
+#include "common/testing/wait.h"
 #include "fleetd/v1/sync.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -32,6 +33,7 @@ namespace {
 using ::fleetd::server::testing::FakeSyncHandler;
 using ::fleetd::server::testing::RecordedCall;
 using ::fleetd::testing::IsOk;
+using ::fleetd::testing::WaitFor;
 using http::Headers;
 using http::HttpVersion;
 using ::testing::HasSubstr;
@@ -93,6 +95,15 @@ class FakeExchange final : public http::Exchange {
     if (Ignored()) return;
     reset_ = true;
     ended_ = true;
+  }
+
+  void ConsumeRequest(size_t bytes) override {
+    absl::MutexLock lock(&mu_);
+    consumed_ += bytes;
+  }
+  size_t consumed() const {
+    absl::MutexLock lock(&mu_);
+    return consumed_;
   }
 
   // The client went away: later response calls do nothing.
@@ -175,6 +186,7 @@ class FakeExchange final : public http::Exchange {
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   int ignored_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t consumed_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // A FakeSyncHandler whose SyncMetrics waits for a gate, so a test can act
@@ -700,33 +712,365 @@ TEST_F(SyncServiceHandlerTest, GetOfPostOnlyMethodIs405) {
   EXPECT_THAT(handler_.calls(), IsEmpty());
 }
 
-TEST_F(SyncServiceHandlerTest, StreamSyncIsUnimplementedForNow) {
-  auto grpc = Grpc("StreamSync", "");
-  EXPECT_TRUE(grpc->headers_ended());
-  EXPECT_EQ(grpc->header("grpc-status"), "12");
-  EXPECT_THAT(grpc->header("grpc-message").value_or(""),
-              HasSubstr("other front end"));
-
-  auto connect = Connect("StreamSync", "", {}, "application/connect+proto");
-  EXPECT_EQ(connect->status(), 200);
-  std::vector<connect::Envelope> frames = Frames(connect->body());
-  ASSERT_EQ(frames.size(), 1u);
-  EXPECT_EQ(frames[0].flags, connect::kFlagEndStream);
-  EXPECT_THAT(frames[0].payload,
-              HasSubstr(R"({"error":{"code":"unimplemented")"));
-
-  auto web = GrpcWeb("StreamSync", "");
-  EXPECT_THAT(ParseGrpcWeb(web->body()).trailers,
-              HasSubstr("grpc-status: 12\r\n"));
-  EXPECT_EQ(handler_.call_count(), 0);
-}
-
 TEST_F(SyncServiceHandlerTest, GrpcOverHttp11IsRefused) {
   auto ex = Serve(
       "POST", Path("SyncMetrics"), {{"content-type", "application/grpc"}},
       Frame(0, MetricsRequest(1).SerializeAsString()), HttpVersion::kHttp11);
   EXPECT_EQ(ex->status(), 505);
   EXPECT_THAT(handler_.calls(), IsEmpty());
+}
+
+// ---- StreamSync ------------------------------------------------------------
+
+v1::StreamSyncRequest StreamMetrics(int64_t sequence) {
+  v1::StreamSyncRequest request;
+  request.mutable_metadata()->set_device_id("dev-1");
+  request.mutable_metadata()->set_sequence_number(sequence);
+  request.mutable_metrics()->add_metrics()->set_name("cpu");
+  return request;
+}
+
+std::string StreamFrame(int64_t sequence) {
+  return Frame(0, StreamMetrics(sequence).SerializeAsString());
+}
+
+// The acks (by sequence) among `frames`' data messages, and whether the
+// frames after them hold only `end_flags` frames.
+std::vector<int64_t> AckedSequences(
+    const std::vector<connect::Envelope>& frames, uint8_t end_flag) {
+  std::vector<int64_t> acks;
+  for (const connect::Envelope& frame : frames) {
+    if (frame.flags & end_flag) continue;
+    v1::StreamSyncResponse response;
+    EXPECT_TRUE(response.ParseFromString(frame.payload));
+    if (response.has_ack()) acks.push_back(response.ack().sequence_number());
+  }
+  return acks;
+}
+
+// A stream whose messages are fed one at a time, its responses read as they
+// come.
+class OpenStream {
+ public:
+  OpenStream(const http::ExchangeHandler& door, Headers headers,
+             HttpVersion version = HttpVersion::kHttp2)
+      : exchange_(std::make_shared<FakeExchange>("POST", Path("StreamSync"),
+                                                 std::move(headers), version)),
+        observer_(door(exchange_)) {}
+
+  void Send(absl::string_view bytes) { observer_->OnData(bytes); }
+  void HalfClose() { observer_->OnEnd(); }
+  void Cancel() {
+    exchange_->Cancel();
+    observer_->OnCancel();
+  }
+  // Waits for at least `n` complete frames in the response body.
+  bool WaitForFrames(size_t n) {
+    return WaitFor([&] {
+      absl::StatusOr<std::vector<connect::Envelope>> frames =
+          connect::ParseEnvelopes(exchange_->body(), 1 << 30);
+      return frames.ok() && frames->size() >= n;
+    });
+  }
+  FakeExchange& exchange() { return *exchange_; }
+  std::vector<connect::Envelope> frames() { return Frames(exchange_->body()); }
+
+ private:
+  std::shared_ptr<FakeExchange> exchange_;
+  std::unique_ptr<http::RequestObserver> observer_;
+};
+
+Headers GrpcStreamHeaders() {
+  return {{"content-type", "application/grpc"},
+          {"te", "trailers"},
+          {"x-api-key", kApiKey}};
+}
+
+TEST_F(SyncServiceHandlerTest, GrpcStreamSyncIsFullDuplex) {
+  OpenStream stream(door_, GrpcStreamHeaders());
+  stream.Send(StreamFrame(1));
+  // The ack arrives while the request is still open.
+  ASSERT_TRUE(stream.WaitForFrames(1));
+  EXPECT_EQ(stream.exchange().status(), 200);
+  EXPECT_EQ(stream.exchange().header("content-type"), "application/grpc");
+  EXPECT_FALSE(stream.exchange().ended());
+  stream.Send(StreamFrame(2));
+  ASSERT_TRUE(stream.WaitForFrames(2));
+  stream.HalfClose();
+  ASSERT_TRUE(stream.exchange().WaitForEnd());
+  EXPECT_EQ(stream.exchange().trailer("grpc-status"), "0");
+  EXPECT_THAT(AckedSequences(stream.frames(), 0), ::testing::ElementsAre(1, 2));
+  ASSERT_EQ(handler_.stream_messages().size(), 2u);
+  EXPECT_EQ(handler_.stream_finishes(), 1);
+  std::vector<RecordedCall> calls = handler_.calls();
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0].method, "StreamSync");
+  EXPECT_EQ(calls[0].context.protocol, "grpc");
+  EXPECT_EQ(calls[0].context.api_key, kApiKey);
+  EXPECT_EQ(calls[0].context.peer, kPeer);
+  EXPECT_THAT(Metrics(), HasSubstr("protocol=\"grpc\",method=\"StreamSync\","
+                                   "code=\"OK\"} 1"));
+}
+
+TEST_F(SyncServiceHandlerTest, ConnectStreamSyncProtoAndJson) {
+  v1::StreamSyncResponse greeting;
+  greeting.mutable_pause();
+  handler_.SetStreamGreeting(greeting);
+  OpenStream proto(door_, {{"content-type", "application/connect+proto"},
+                           {"x-api-key", kApiKey}});
+  // The greeting the session sends on opening comes before any request.
+  ASSERT_TRUE(proto.WaitForFrames(1));
+  EXPECT_EQ(proto.exchange().header("content-type"),
+            "application/connect+proto");
+  proto.Send(StreamFrame(7));
+  ASSERT_TRUE(proto.WaitForFrames(2));
+  proto.HalfClose();
+  ASSERT_TRUE(proto.exchange().WaitForEnd());
+  std::vector<connect::Envelope> frames = proto.frames();
+  ASSERT_EQ(frames.size(), 3u);
+  v1::StreamSyncResponse first;
+  ASSERT_TRUE(first.ParseFromString(frames[0].payload));
+  EXPECT_TRUE(first.has_pause());
+  EXPECT_THAT(AckedSequences(frames, connect::kFlagEndStream),
+              ::testing::ElementsAre(7));
+  EXPECT_EQ(frames[2].flags, connect::kFlagEndStream);
+  EXPECT_EQ(frames[2].payload, "{}");
+
+  OpenStream json(door_, {{"content-type", "application/connect+json"},
+                          {"x-api-key", kApiKey}});
+  json.Send(Frame(0, R"({"metadata":{"deviceId":"dev-1","sequenceNumber":"9"},)"
+                     R"("metrics":{"metrics":[{"name":"cpu"}]}})"));
+  json.HalfClose();
+  ASSERT_TRUE(json.exchange().WaitForEnd());
+  frames = json.frames();
+  ASSERT_EQ(frames.size(), 3u);
+  EXPECT_THAT(frames[1].payload, HasSubstr(R"("sequenceNumber":"9")"));
+  EXPECT_EQ(frames[2].payload, "{}");
+}
+
+TEST_F(SyncServiceHandlerTest, GrpcWebTextStreamSyncInOddPieces) {
+  OpenStream stream(door_, {{"content-type", "application/grpc-web-text"},
+                            {"x-api-key", kApiKey}});
+  // Base64 arriving in pieces that split its 4-character groups, padded
+  // once in the middle (each message encoded on its own).
+  std::string text =
+      absl::Base64Escape(StreamFrame(3)) + absl::Base64Escape(StreamFrame(4));
+  for (size_t at = 0; at < text.size(); at += 3)
+    stream.Send(text.substr(at, 3));
+  stream.HalfClose();
+  ASSERT_TRUE(stream.exchange().WaitForEnd());
+  absl::StatusOr<std::string> body =
+      connect::DecodeGrpcWebText(stream.exchange().body());
+  ASSERT_THAT(body, IsOk());
+  std::vector<connect::Envelope> frames = Frames(*body);
+  EXPECT_THAT(AckedSequences(frames, connect::kFlagGrpcTrailers),
+              ::testing::ElementsAre(3, 4));
+  EXPECT_THAT(ParseGrpcWeb(*body).trailers, HasSubstr("grpc-status: 0\r\n"));
+}
+
+TEST_F(SyncServiceHandlerTest, StreamSyncOverHttp11Is505) {
+  for (const char* type :
+       {"application/connect+proto", "application/grpc-web+proto"}) {
+    auto ex = Serve("POST", Path("StreamSync"),
+                    {{"content-type", type}, {"x-api-key", kApiKey}},
+                    StreamFrame(1), HttpVersion::kHttp11);
+    EXPECT_EQ(ex->status(), 505) << type;
+  }
+  EXPECT_EQ(handler_.call_count(), 0);
+}
+
+TEST_F(SyncServiceHandlerTest, StreamOpenFailureInEachForm) {
+  handler_.SetStatus("StreamSync",
+                     absl::UnauthenticatedError("unknown device key"));
+  OpenStream grpc(door_, GrpcStreamHeaders());
+  ASSERT_TRUE(grpc.exchange().WaitForEnd());
+  EXPECT_TRUE(grpc.exchange().headers_ended()) << "not trailers-only";
+  EXPECT_EQ(grpc.exchange().header("grpc-status"), "16");
+
+  OpenStream connect(door_, {{"content-type", "application/connect+proto"}});
+  ASSERT_TRUE(connect.exchange().WaitForEnd());
+  std::vector<connect::Envelope> frames = connect.frames();
+  ASSERT_EQ(frames.size(), 1u);
+  EXPECT_EQ(frames[0].flags, connect::kFlagEndStream);
+  EXPECT_THAT(frames[0].payload,
+              HasSubstr(R"({"error":{"code":"unauthenticated")"));
+  EXPECT_EQ(handler_.stream_finishes(), 0);
+}
+
+TEST_F(SyncServiceHandlerTest, SessionErrorEndsTheStreamAfterFinish) {
+  handler_.FailStreamAtMessage(
+      2,
+      WithRetryAfter(absl::UnavailableError("backend down"), absl::Seconds(2)));
+  OpenStream stream(door_, GrpcStreamHeaders());
+  stream.Send(StreamFrame(1) + StreamFrame(2) + StreamFrame(3));
+  ASSERT_TRUE(stream.exchange().WaitForEnd());
+  EXPECT_EQ(stream.exchange().trailer("grpc-status"), "14");
+  EXPECT_EQ(stream.exchange().trailer("retry-after-ms"), "2000");
+  EXPECT_THAT(AckedSequences(stream.frames(), 0), ::testing::ElementsAre(1));
+  // The third message never reached the session; Finish ran once.
+  EXPECT_EQ(handler_.stream_messages().size(), 2u);
+  EXPECT_EQ(handler_.stream_finishes(), 1);
+}
+
+TEST_F(SyncServiceHandlerTest, MalformedStreamRequestsEndTheCall) {
+  Start(/*threads=*/2, /*max_queued=*/16, /*max_message_bytes=*/1024);
+  struct Case {
+    std::string name;
+    std::string body;
+    bool half_close;
+    std::string status;
+  };
+  std::vector<Case> cases = {
+      {"trailer flag from the client", Frame(0x80, "x"), false, "3"},
+      {"envelope over the limit", std::string("\0\0\0\x10\0", 5), false, "8"},
+      {"body ends inside an envelope", StreamFrame(1).substr(0, 6), true, "3"},
+      {"payload that does not parse", Frame(0, "\xff\xff\xff"), false, "3"},
+      {"compressed without grpc-encoding", Frame(1, "abc"), false, "3"},
+  };
+  for (const Case& c : cases) {
+    OpenStream stream(door_, GrpcStreamHeaders());
+    stream.Send(c.body);
+    if (c.half_close) stream.HalfClose();
+    ASSERT_TRUE(stream.exchange().WaitForEnd()) << c.name;
+    // Trailers, or trailers-only when the error came before the session
+    // opened.
+    EXPECT_EQ(
+        stream.exchange()
+            .trailer("grpc-status")
+            .value_or(stream.exchange().header("grpc-status").value_or("")),
+        c.status)
+        << c.name;
+  }
+  // Every session that opened was finished.
+  EXPECT_TRUE(WaitFor(
+      [&] { return handler_.stream_finishes() == handler_.call_count(); }));
+  EXPECT_THAT(handler_.stream_messages(), IsEmpty());
+}
+
+TEST_F(SyncServiceHandlerTest, CancelledStreamIsFinishedAndCounted) {
+  OpenStream stream(door_, GrpcStreamHeaders());
+  stream.Send(StreamFrame(1));
+  ASSERT_TRUE(stream.WaitForFrames(1));
+  stream.Cancel();
+  EXPECT_TRUE(WaitFor([&] { return handler_.stream_finishes() == 1; }));
+  EXPECT_TRUE(WaitFor([&] {
+    return absl::StrContains(
+        Metrics(),
+        "protocol=\"grpc\",method=\"StreamSync\",code=\"CANCELLED\"} 1");
+  }));
+  EXPECT_FALSE(stream.exchange().has_trailers());
+}
+
+TEST_F(SyncServiceHandlerTest, StreamRefusedWhenNoWorkerIsFree) {
+  Start(/*threads=*/1, /*max_queued=*/0);
+  absl::Notification release;
+  ASSERT_TRUE(OccupyWorker(release));
+  OpenStream stream(door_, GrpcStreamHeaders());
+  ASSERT_TRUE(stream.exchange().WaitForEnd());
+  EXPECT_EQ(stream.exchange().header("grpc-status"), "8");
+  EXPECT_EQ(stream.exchange().header("retry-after-ms"), "1500");
+  release.Notify();
+  EXPECT_EQ(handler_.call_count(), 0);
+}
+
+TEST_F(SyncServiceHandlerTest, StreamDeadlineEndsTheCallAtTheNextMessage) {
+  Headers headers = GrpcStreamHeaders();
+  headers.push_back({"grpc-timeout", "1S"});
+  OpenStream stream(door_, std::move(headers));
+  ASSERT_TRUE(WaitFor([&] { return stream.exchange().status() == 200; }));
+  clock_.Advance(absl::Seconds(2));
+  stream.Send(StreamFrame(1));
+  ASSERT_TRUE(stream.exchange().WaitForEnd());
+  EXPECT_EQ(stream.exchange().trailer("grpc-status"), "4");
+  EXPECT_THAT(handler_.stream_messages(), IsEmpty());
+  EXPECT_EQ(handler_.stream_finishes(), 1);
+}
+
+// A FakeSyncHandler whose stream sessions wait for a gate in OnRequest.
+class GatedStreamHandler final : public FakeSyncHandler {
+ public:
+  absl::StatusOr<std::unique_ptr<StreamSession>> OpenStream(
+      const CallContext& context, StreamSink* sink) override {
+    absl::StatusOr<std::unique_ptr<StreamSession>> inner =
+        FakeSyncHandler::OpenStream(context, sink);
+    if (!inner.ok()) return inner.status();
+    return std::make_unique<Gated>(*std::move(inner), this);
+  }
+  // Lets `n` more messages through.
+  void Allow(int n) {
+    absl::MutexLock lock(&mu_);
+    allowed_ += n;
+  }
+  int waiting() const {
+    absl::MutexLock lock(&mu_);
+    return waiting_;
+  }
+
+ private:
+  class Gated final : public StreamSession {
+   public:
+    Gated(std::unique_ptr<StreamSession> inner, GatedStreamHandler* gate)
+        : inner_(std::move(inner)), gate_(gate) {}
+    absl::Status OnRequest(const v1::StreamSyncRequest& request) override {
+      gate_->Pass();
+      return inner_->OnRequest(request);
+    }
+    absl::Status Finish() override { return inner_->Finish(); }
+
+   private:
+    std::unique_ptr<StreamSession> inner_;
+    GatedStreamHandler* gate_;
+  };
+
+  void Pass() {
+    absl::MutexLock lock(&mu_);
+    ++waiting_;
+    mu_.AwaitWithTimeout(absl::Condition(
+                             +[](int* n) { return *n > 0; }, &allowed_),
+                         kWait);
+    --allowed_;
+    --waiting_;
+  }
+
+  mutable absl::Mutex mu_;
+  int allowed_ ABSL_GUARDED_BY(mu_) = 0;
+  int waiting_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+class StreamPacingTest : public SyncServiceHandlerTest {
+ protected:
+  SyncHandler* handler() override { return &gated_; }
+  GatedStreamHandler gated_;
+};
+
+TEST_F(StreamPacingTest, ClientIsHeldWhileAMessageWaitsForTheSession) {
+  OpenStream stream(door_, GrpcStreamHeaders());
+  const std::string one = StreamFrame(1), two = StreamFrame(2),
+                    three = StreamFrame(3);
+  // Part of a message is acknowledged at once: nothing waits yet.
+  stream.Send(one.substr(0, 4));
+  EXPECT_EQ(stream.exchange().consumed(), 4u);
+  stream.Send(one.substr(4));
+  // The session took message 1 (its bytes acknowledged) and is busy with it.
+  ASSERT_TRUE(WaitFor([&] { return gated_.waiting() == 1; }));
+  ASSERT_TRUE(
+      WaitFor([&] { return stream.exchange().consumed() == one.size(); }));
+  // Message 2 waits for the session: it and what follows are held.
+  stream.Send(two);
+  stream.Send(three.substr(0, 3));
+  EXPECT_EQ(stream.exchange().consumed(), one.size());
+  // The session takes message 2: the held bytes are acknowledged.
+  gated_.Allow(1);
+  ASSERT_TRUE(WaitFor([&] {
+    return stream.exchange().consumed() == one.size() + two.size() + 3;
+  }));
+  stream.Send(three.substr(3));
+  stream.HalfClose();
+  gated_.Allow(2);
+  ASSERT_TRUE(stream.exchange().WaitForEnd());
+  EXPECT_EQ(stream.exchange().trailer("grpc-status"), "0");
+  EXPECT_THAT(AckedSequences(stream.frames(), 0),
+              ::testing::ElementsAre(1, 2, 3));
 }
 
 // ---- Workers and cancellation ---------------------------------------------

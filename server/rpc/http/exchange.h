@@ -10,6 +10,7 @@
 #ifndef FLEETD_SERVER_RPC_HTTP_EXCHANGE_H_
 #define FLEETD_SERVER_RPC_HTTP_EXCHANGE_H_
 
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -71,6 +72,13 @@ class Exchange {
   // `internal_error`); on HTTP/1.1 the connection is closed (the response
   // cannot be ended otherwise). Later calls do nothing.
   virtual void Reset(bool internal_error) = 0;
+
+  // ---- Request flow control (any thread) ----
+  // Acknowledges `bytes` of request body as consumed, for an exchange whose
+  // observer ControlsRequestWindow(): on HTTP/2 the stream's receive window
+  // opens by that much (WINDOW_UPDATE), so the client may send more. Ignored
+  // otherwise, on HTTP/1.1 and after the exchange ended.
+  virtual void ConsumeRequest(size_t bytes) {}
 };
 
 // The request part of an exchange, as an engine parsed it.
@@ -115,6 +123,14 @@ class RequestObserver {
   // once, and never after the response ended. The Exchange stays valid (its
   // response methods then do nothing).
   virtual void OnCancel() = 0;
+  // Asked once, right after the ExchangeHandler returned this observer. When
+  // true, HTTP/2 opens the stream's receive window only as the handler calls
+  // Exchange::ConsumeRequest: a client then has at most the stream window
+  // (1 MiB) of body in flight beyond what the handler consumed, which is how a
+  // long-lived stream's reader slows a fast writer. The connection's window is
+  // opened as bytes arrive either way, so one slow stream never stalls the
+  // others. HTTP/1.1 reads a body as it comes regardless.
+  virtual bool ControlsRequestWindow() const { return false; }
 };
 
 // Called on the connection's strand once a request's headers are complete.

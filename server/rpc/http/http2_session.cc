@@ -53,6 +53,7 @@ class Http2Exchange final : public HeadExchange {
   void SendData(std::string data, bool end_stream) override;
   void SendTrailers(Headers trailers) override;
   void Reset(bool internal_error) override;
+  void ConsumeRequest(size_t bytes) override;
 
  private:
   Http2Session* const session_;
@@ -71,6 +72,8 @@ struct Stream {
   bool refused = false;  // header block over the limit: RST_STREAM sent
   // ---- After the request headers ----
   std::unique_ptr<RequestObserver> observer;  // null until the handler ran
+  // The observer opens the stream's receive window itself (ConsumeRequest).
+  bool handler_window = false;
   bool request_ended = false;
   // ---- The response ----
   bool response_started = false;  // HEADERS submitted with a data provider
@@ -138,6 +141,10 @@ class Http2Session final : public ConnectionSession {
       // Closed streams are kept only for RFC 7540 priorities, which we
       // ignore; with 20,000 connections the memory matters more.
       nghttp2_option_set_no_closed_streams(option, 1);
+      // Windows are opened by OnDataChunk (or, for a stream whose observer
+      // ControlsRequestWindow, by ApplyConsume): nghttp2 itself then consumes
+      // only what it never delivers (padding, data of closed streams).
+      nghttp2_option_set_no_auto_window_update(option, 1);
       rv = nghttp2_session_server_new2(&session_, callbacks, this, option);
       nghttp2_option_del(option);
     }
@@ -268,6 +275,16 @@ class Http2Session final : public ConnectionSession {
   }
 
   // ---- Response operations, on the strand (posted by Http2Exchange) ----
+
+  void ApplyConsume(int32_t id, size_t bytes) {
+    Stream* stream = Find(id);
+    if (stream == nullptr || !stream->handler_window || bytes == 0) return;
+    int rv = nghttp2_session_consume_stream(session_, id, bytes);
+    if (nghttp2_is_fatal(rv)) {
+      Fail(absl::InternalError(absl::StrCat("http2: ", nghttp2_strerror(rv))));
+    }
+    Flushed();
+  }
 
   void ApplySendHeaders(int32_t id, int status, Headers headers,
                         bool end_stream) {
@@ -410,6 +427,7 @@ class Http2Session final : public ConnectionSession {
     if (stream.observer == nullptr) {
       stream.observer = std::make_unique<NullObserver>();
     }
+    stream.handler_window = stream.observer->ControlsRequestWindow();
     if (end_stream) EndRequest(stream);
   }
 
@@ -515,15 +533,19 @@ class Http2Session final : public ConnectionSession {
     }
   }
 
-  static int OnDataChunk(nghttp2_session*, uint8_t, int32_t stream_id,
+  static int OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id,
                          const uint8_t* data, size_t len, void* user_data) {
     Http2Session* self = Self(user_data);
     Stream* stream = self->Find(stream_id);
-    if (stream == nullptr || stream->observer == nullptr ||
-        stream->response_ended || stream->cancelled) {
-      return 0;
-    }
-    stream->observer->OnData(View(data, len));
+    bool deliver = stream != nullptr && stream->observer != nullptr &&
+                   !stream->response_ended && !stream->cancelled;
+    // The connection's window always opens at once; the stream's waits for
+    // the handler when it asked to pace the body.
+    int rv = deliver && stream->handler_window
+                 ? nghttp2_session_consume_connection(session, len)
+                 : nghttp2_session_consume(session, stream_id, len);
+    if (nghttp2_is_fatal(rv)) return rv;
+    if (deliver) stream->observer->OnData(View(data, len));
     return 0;
   }
 
@@ -647,6 +669,12 @@ void Http2Exchange::SendTrailers(Headers trailers) {
 void Http2Exchange::Reset(bool internal_error) {
   poster_->Post([session = session_, id = stream_id_, internal_error] {
     session->ApplyReset(id, internal_error);
+  });
+}
+
+void Http2Exchange::ConsumeRequest(size_t bytes) {
+  poster_->Post([session = session_, id = stream_id_, bytes] {
+    session->ApplyConsume(id, bytes);
   });
 }
 

@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "common/testing/status_matchers.h"
 #include "common/testing/wait.h"
 #include "gmock/gmock.h"
@@ -295,6 +296,10 @@ class RecordingObserver final : public RequestObserver {
     ++call_->cancels;
     call_->events.push_back("cancel");
   }
+  // Requests to /held/... pace their body with ConsumeRequest.
+  bool ControlsRequestWindow() const override {
+    return absl::StartsWith(call_->exchange->path(), "/held");
+  }
 
  private:
   std::shared_ptr<Call> call_;
@@ -434,6 +439,47 @@ TEST_F(Http2SessionTest,
   EXPECT_EQ(call(0).events.back(), "end");
   call(0).events.pop_back();
   EXPECT_THAT(call(0).events, ::testing::Each("data"));
+}
+
+TEST_F(Http2SessionTest, StreamWindowOpensOnlyAsTheHandlerConsumes) {
+  Start();
+  const size_t window = 1 << 20;  // the initial stream window we advertise
+  int32_t held = client_.StartRequest("/held/stream");
+  client_.SendBody(held, std::string(window + window / 2, 'h'), true);
+  Pump();
+  ASSERT_EQ(calls_.size(), 1u);
+  // The client may send one window, and no more until the handler consumes.
+  EXPECT_EQ(call(0).body.size(), window);
+  EXPECT_EQ(call(0).ends, 0);
+
+  // The connection's window is not held by the paced stream: another stream
+  // on the connection sends its whole body.
+  int32_t other = client_.StartRequest("/upload");
+  client_.SendBody(other, std::string(window / 2, 'o'), true);
+  Pump();
+  ASSERT_EQ(calls_.size(), 2u);
+  EXPECT_EQ(call(1).body.size(), window / 2);
+  EXPECT_EQ(call(1).ends, 1);
+
+  // nghttp2 sends WINDOW_UPDATE once half the window was consumed.
+  call(0).exchange->ConsumeRequest(window / 4);
+  Pump();
+  EXPECT_EQ(call(0).body.size(), window);
+  call(0).exchange->ConsumeRequest(window / 4);
+  Pump();
+  EXPECT_EQ(call(0).body.size(), window + window / 2);
+  EXPECT_EQ(call(0).ends, 1);
+}
+
+TEST_F(Http2SessionTest, UnpacedStreamReceivesBodiesLargerThanItsWindow) {
+  Start();
+  const size_t size = (size_t{5} << 20) / 2;
+  int32_t id = client_.StartRequest("/upload");
+  client_.SendBody(id, std::string(size, 'u'), true);
+  Pump();
+  ASSERT_EQ(calls_.size(), 1u);
+  EXPECT_EQ(call(0).body.size(), size);
+  EXPECT_EQ(call(0).ends, 1);
 }
 
 TEST_F(Http2SessionTest, BidirectionalStreaming) {
