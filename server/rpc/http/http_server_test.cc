@@ -178,7 +178,10 @@ int ThreadCount() {
 // and writes time out after 10 s.
 class TlsClient {
  public:
-  bool Connect(int port, absl::string_view alpn) {
+  // With `resume`, offers that session (from a previous connection's
+  // Session()) for resumption.
+  bool Connect(int port, absl::string_view alpn,
+               SSL_SESSION* resume = nullptr) {
     fd_ = ConnectTcp(port);
     if (!fd_.valid()) return false;
     timeval timeout{10, 0};
@@ -193,8 +196,13 @@ class TlsClient {
     SSL_set_alpn_protos(ssl_.get(),
                         reinterpret_cast<const unsigned char*>(wire.data()),
                         wire.size());
+    if (resume != nullptr) SSL_set_session(ssl_.get(), resume);
     return SSL_connect(ssl_.get()) == 1;
   }
+  // The session to resume later (tickets arrive after the handshake: read
+  // something first). Caller owns it (SSL_SESSION_free).
+  SSL_SESSION* Session() { return SSL_get1_session(ssl_.get()); }
+  bool Resumed() { return SSL_session_reused(ssl_.get()) == 1; }
   bool Write(absl::string_view bytes) {
     return SSL_write(ssl_.get(), bytes.data(),
                      static_cast<int>(bytes.size())) ==
@@ -411,6 +419,43 @@ TEST_F(HttpServerTest, RefusesTls12) {
   EXPECT_THAT(r.output, Not(HasSubstr("GET /")));
   // The refused handshakes do not stay counted.
   EXPECT_TRUE(WaitFor([&] { return server->connections() == 0; }));
+}
+
+TEST_F(HttpServerTest, ResumesTls13SessionsWithTickets) {
+  std::unique_ptr<HttpServer> server = StartTlsServer();
+  ASSERT_NE(server, nullptr);
+  const std::string request =
+      "GET /echo/r HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  TlsClient first;
+  ASSERT_TRUE(first.Connect(server->port(), "http/1.1"));
+  EXPECT_FALSE(first.Resumed());
+  ASSERT_TRUE(first.Write(request));
+  // Reading the answer also processes the ticket sent after the handshake.
+  ASSERT_THAT(first.ReadUntilClosed().bytes, HasSubstr("200"));
+  std::unique_ptr<SSL_SESSION, decltype(&SSL_SESSION_free)> session(
+      first.Session(), &SSL_SESSION_free);
+  ASSERT_NE(session, nullptr);
+  ASSERT_EQ(SSL_SESSION_is_resumable(session.get()), 1)
+      << "the server sent no session ticket";
+
+  TlsClient second;
+  ASSERT_TRUE(second.Connect(server->port(), "http/1.1", session.get()));
+  EXPECT_TRUE(second.Resumed());
+  ASSERT_TRUE(second.Write(request));
+  EXPECT_THAT(second.ReadUntilClosed().bytes, HasSubstr("200"));
+
+  // A server with another TLS context (another ticket key: a restarted
+  // server) does a full handshake instead.
+  absl::StatusOr<SslCtxPtr> other_tls = NewTls13ServerContext(
+      cert_->cert_file(), cert_->key_file(), AlpnPolicy::kH2OrHttp11);
+  ASSERT_THAT(other_tls, IsOk());
+  ServerOptions options;
+  options.tls = other_tls->get();
+  std::unique_ptr<HttpServer> other = StartServer(std::move(options));
+  ASSERT_NE(other, nullptr);
+  TlsClient third;
+  ASSERT_TRUE(third.Connect(other->port(), "http/1.1", session.get()));
+  EXPECT_FALSE(third.Resumed());
 }
 
 TEST_F(HttpServerTest, ThreadsDoNotGrowWithConnections) {

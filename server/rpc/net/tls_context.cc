@@ -113,6 +113,19 @@ absl::StatusOr<SslCtxPtr> NewTls13ServerContext(
                                   SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                                   SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_alpn_select_cb(ctx.get(), AlpnCallback(alpn), nullptr);
+  // Resumption by TLS 1.3 stateless session tickets: the ticket carries the
+  // session sealed with this context's key, so a device reconnecting (a new
+  // cellular link, a restarted agent) skips the certificate and its
+  // signature, and the server keeps nothing per device. No server-side
+  // session cache: it would hold memory for every recent connection and
+  // tickets need none. One ticket per handshake (OpenSSL sends two by
+  // default); tickets are valid until the process restarts (the key is made
+  // here).
+  SSL_CTX_set_session_cache_mode(ctx.get(), SSL_SESS_CACHE_OFF);
+  if (SSL_CTX_set_num_tickets(ctx.get(), 1) != 1) {
+    return absl::InternalError(
+        absl::StrCat("cannot set TLS session tickets: ", DrainOpenSslErrors()));
+  }
   return ctx;
 }
 
