@@ -1,6 +1,9 @@
 #include "server/app/server_app.h"
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "common/status/status_macros.h"
 #include "glog/logging.h"
 #include "server/admin/admin_server.h"
@@ -212,6 +215,11 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(
     door.max_queued_calls = c.grpc_queue;
     door.max_message_bytes = c.max_message_bytes;
     door.metrics = &p.metrics;
+    for (absl::string_view origin :
+         absl::StrSplit(c.door_cors_origins, ',', absl::SkipWhitespace())) {
+      door.cors_allowed_origins.emplace_back(
+          absl::StripAsciiWhitespace(origin));
+    }
     ASSIGN_OR_RETURN(p.door, rpc::FrontDoor::Start(door, p.core.get()));
   }
 

@@ -24,6 +24,11 @@ void DeclareServerSettings(Settings& s, ServerConfig& c) {
               "StreamSync over HTTP/2 in all three protocols (full duplex); "
               "empty: off",
               &c.door_addr)
+      .String("FLEET_DOOR_CORS_ORIGINS", "door-cors-origins",
+              "browser origins allowed to call the front door (CORS), "
+              "comma-separated, exact (https://console.example.com) or *; "
+              "empty: no CORS",
+              &c.door_cors_origins)
       .String("FLEET_ADMIN_ADDR", "admin-addr",
               "admin listen address (/metrics, /healthz, /readyz)",
               &c.admin_addr)

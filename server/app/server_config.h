@@ -24,6 +24,8 @@ struct ServerConfig {
   // on one address, HTTP/1.1 and HTTP/2; empty: off. Its workers and queue
   // are sized by grpc_workers and grpc_queue.
   std::string door_addr;
+  // Comma-separated CORS origins of the front door; empty: off.
+  std::string door_cors_origins;
   std::string admin_addr = "127.0.0.1:9090";
   std::string tls_cert;
   std::string tls_key;

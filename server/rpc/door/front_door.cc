@@ -8,6 +8,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/concurrency/worker_pool.h"
 #include "glog/logging.h"
+#include "server/rpc/door/cors.h"
 #include "server/rpc/door/sync_service_handler.h"
 #include "server/rpc/http/server.h"
 #include "server/rpc/net/tls_context.h"
@@ -91,7 +92,8 @@ absl::StatusOr<std::unique_ptr<FrontDoor>> FrontDoor::Start(
   http.tls = tls.get();  // the server takes its own reference
   http.max_connections = options.max_connections;
   http.idle_timeout = options.idle_timeout;
-  http.handler = NewSyncServiceHandler(handler, door);
+  http.handler = door::WithCors({options.cors_allowed_origins, absl::Hours(2)},
+                                NewSyncServiceHandler(handler, door));
   absl::StatusOr<std::unique_ptr<http::HttpServer>> server =
       http::HttpServer::Start(std::move(http));
   if (!server.ok()) {

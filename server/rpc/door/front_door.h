@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -43,6 +44,9 @@ struct FrontDoorOptions {
   // Connection limits (server/rpc/http/server.h).
   size_t max_connections = 50'000;
   absl::Duration idle_timeout = absl::Minutes(10);
+  // Browser origins allowed to call (CORS, door/cors.h): exact origins or
+  // "*"; empty: no CORS headers, preflights pass to the service (405).
+  std::vector<std::string> cors_allowed_origins;
   // Shutdown() lets calls in flight run this long, then cancels them.
   absl::Duration shutdown_grace = absl::Seconds(5);
   // Not owned; may be null (metrics) or null for the real clock.
