@@ -25,6 +25,9 @@ PACKAGES=(
   linux-perf
   # A real load balancer in front of the server in the fault tests.
   haproxy
+  # A real browser for the cross-origin (CORS) test of the front door (tests/node),
+  # driven by playwright-core, which never downloads a browser of its own.
+  chromium
 )
 # Node.js runs the independent Connect client test; a machine may already carry a newer
 # Node with its own npm (Debian's npm package conflicts with that), so only add it if absent.

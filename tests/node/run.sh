@@ -5,8 +5,10 @@
 # node's test runner against it: once against the gRPC and Connect front ends (two
 # ports), once with every protocol against the front door's single port
 # (FLEET_DOOR_ADDR: Connect, gRPC-Web over HTTP/1.1 and gRPC over h2c on one address,
-# and StreamSync over gRPC, Connect and gRPC-Web on h2c; FLEETD_DOOR=1 tells the test). Everything started here is stopped on exit (and, through
-# PR_SET_PDEATHSIG, when this script is killed).
+# and StreamSync over gRPC, Connect and gRPC-Web on h2c; FLEETD_DOOR=1 tells the test),
+# then browser_cors.test.mjs: Debian's Chromium, through playwright-core, calls the door
+# from a page of another origin (FLEET_DOOR_CORS_ORIGINS). Everything started here is
+# stopped on exit (and, through PR_SET_PDEATHSIG, when this script is killed).
 #
 # usage: tests/node/run.sh FLEETD_SERVER_BINARY FLEETD_DEVSTACK_BINARY
 # (ctest passes both; by hand, e.g. tests/node/run.sh build/bin/fleetd-server build/bin/fleetd-devstack)
@@ -60,7 +62,8 @@ free_port() {
   node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
 }
 
-if [[ ! -x node_modules/.bin/buf || ! -d node_modules/@connectrpc/connect-node ]]; then
+if [[ ! -x node_modules/.bin/buf || ! -d node_modules/@connectrpc/connect-node ||
+  ! -d node_modules/playwright-core ]]; then
   echo "run.sh: node packages missing: run 'npm ci' in $root" >&2
   exit 1
 fi
@@ -89,9 +92,11 @@ grpc_port=$(free_port)
 http_port=$(free_port)
 admin_port=$(free_port)
 door_port=$(free_port)
+page_port=$(free_port) # the browser test's allowed page origin
 echo "== fleetd-server serve (gRPC :$grpc_port, HTTP :$http_port, door :$door_port, admin :$admin_port, plaintext)"
 FLEET_INSECURE=1 FLEET_GRPC_ADDR=127.0.0.1:$grpc_port FLEET_HTTP_ADDR=127.0.0.1:$http_port \
-  FLEET_DOOR_ADDR=127.0.0.1:$door_port FLEET_ADMIN_ADDR=127.0.0.1:$admin_port setpriv --pdeathsig TERM "$server_bin" serve 2>"$work/server.log" &
+  FLEET_DOOR_ADDR=127.0.0.1:$door_port FLEET_DOOR_CORS_ORIGINS=http://127.0.0.1:$page_port \
+  FLEET_ADMIN_ADDR=127.0.0.1:$admin_port setpriv --pdeathsig TERM "$server_bin" serve 2>"$work/server.log" &
 pids+=($!)
 wait_for "curl -fsS http://127.0.0.1:$admin_port/readyz" 60
 
@@ -104,6 +109,11 @@ echo "== node --test: every protocol through the front door's one port"
 FLEETD_DOOR=1 FLEETD_HTTP_URL=http://127.0.0.1:$door_port FLEETD_GRPC_URL=http://127.0.0.1:$door_port \
   FLEETD_API_KEY=$key FLEETD_DEVICE_ID=$device FLEETD_ORG_ID=$org \
   node --test --test-reporter=spec tests/node/connect_client.test.mjs
+
+echo "== node --test: Chromium calls the front door from another origin (CORS)"
+FLEETD_DOOR_URL=http://127.0.0.1:$door_port FLEETD_PAGE_PORT=$page_port \
+  FLEETD_API_KEY=$key FLEETD_DEVICE_ID=$device \
+  node --test --test-reporter=spec tests/node/browser_cors.test.mjs
 
 echo "== server counters after the run"
 curl -fsS "http://127.0.0.1:$admin_port/metrics" | grep -E '^fleetd_rpc_frontend_requests_total' | head -20 || true
