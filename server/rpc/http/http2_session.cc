@@ -34,6 +34,8 @@ constexpr int32_t kInitialWindow = 1 << 20;
 
 // Opaque data of the PING that follows the shutdown notice (see Shutdown).
 constexpr uint8_t kShutdownPing[8] = {'f', 'l', 'e', 'e', 't', 'd', 'g', 'o'};
+// Opaque data of a keepalive PING (see Ping).
+constexpr uint8_t kKeepalivePing[8] = {'f', 'l', 'e', 'e', 't', 'd', 'k', 'a'};
 
 class Http2Session;
 
@@ -263,6 +265,15 @@ class Http2Session final : public ConnectionSession {
       rv = nghttp2_submit_ping(session_, NGHTTP2_FLAG_NONE, kShutdownPing);
     if (rv != 0) SubmitFinalGoaway();
     Flush();
+  }
+
+  bool Ping() override {
+    if (!error_.ok() || aborted_ || session_ == nullptr) return false;
+    if (nghttp2_submit_ping(session_, NGHTTP2_FLAG_NONE, kKeepalivePing) != 0) {
+      return false;
+    }
+    Flush();
+    return true;
   }
 
   void Abort() override {

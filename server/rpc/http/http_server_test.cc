@@ -582,6 +582,64 @@ TEST_F(HttpServerTest, ClosesIdleConnectionAfterIdleTimeout) {
   }
 }
 
+// Keepalive: an HTTP/2 peer that goes silent is sent a PING after
+// keepalive_interval and, still silent keepalive_timeout later, closed (also
+// when idle_timeout is far off, as for a connection holding a stream).
+TEST_F(HttpServerTest, SilentHttp2PeerIsPingedThenClosed) {
+  ServerOptions options;
+  options.idle_timeout = absl::Hours(1);
+  options.keepalive_interval = absl::Milliseconds(300);
+  options.keepalive_timeout = absl::Milliseconds(300);
+  std::unique_ptr<HttpServer> server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  UniqueFd fd = ConnectTcp(server->port());
+  ASSERT_TRUE(SendAll(fd.get(), absl::StrCat(kHttp2Preface, kEmptySettings)));
+  absl::Time start = absl::Now();
+  ReadResult r = ReadUntilClosed(fd.get(), absl::Seconds(10));
+  EXPECT_TRUE(r.closed);
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(500));
+  EXPECT_THAT(FrameTypes(r.bytes), ::testing::Contains(6)) << "no PING";
+  EXPECT_TRUE(WaitFor([&] { return server->connections() == 0; }));
+}
+
+TEST_F(HttpServerTest, Http2PeerThatAnswersPingsStaysOpen) {
+  ServerOptions options;
+  options.idle_timeout = absl::Hours(1);
+  options.keepalive_interval = absl::Milliseconds(200);
+  options.keepalive_timeout = absl::Milliseconds(400);
+  std::unique_ptr<HttpServer> server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  UniqueFd fd = ConnectTcp(server->port());
+  ASSERT_TRUE(SendAll(fd.get(), absl::StrCat(kHttp2Preface, kEmptySettings)));
+  // Answers every PING with its ACK, until three were answered.
+  std::string in;
+  int answered = 0;
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (answered < 3 && absl::Now() < deadline) {
+    pollfd p{fd.get(), POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    char buffer[4096];
+    ssize_t n = ::recv(fd.get(), buffer, sizeof(buffer), 0);
+    ASSERT_GT(n, 0) << "closed after " << answered << " answered PINGs";
+    in.append(buffer, static_cast<size_t>(n));
+    while (in.size() >= 9) {
+      size_t length = (size_t{static_cast<uint8_t>(in[0])} << 16) |
+                      (size_t{static_cast<uint8_t>(in[1])} << 8) |
+                      static_cast<uint8_t>(in[2]);
+      if (in.size() < 9 + length) break;
+      if (in[3] == 6 && (in[4] & 1) == 0 && length == 8) {
+        std::string ack = in.substr(0, 9 + length);
+        ack[4] = 1;  // ACK, same opaque data
+        ASSERT_TRUE(SendAll(fd.get(), ack));
+        ++answered;
+      }
+      in.erase(0, 9 + length);
+    }
+  }
+  EXPECT_EQ(answered, 3);
+  EXPECT_EQ(server->connections(), 1u);
+}
+
 // A handler that keeps its exchanges unanswered, for the test to answer.
 class HeldExchanges {
  public:

@@ -17,7 +17,10 @@
 // or timer has completed.
 #include "server/rpc/http/server.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
@@ -70,6 +73,24 @@ constexpr auto kAcceptRetryDelay = std::chrono::milliseconds(50);
 constexpr int kListenBacklog = 4096;
 // How long Shutdown waits for aborted connections to close on their strands.
 constexpr absl::Duration kAbortWait = absl::Seconds(5);
+
+// TCP keepalive on `fd`: probes after `idle` without traffic, then every
+// `timeout` / 3; three unanswered probes end the connection (the kernel does
+// it; the next read fails).
+void EnableTcpKeepalive(int fd, absl::Duration idle, absl::Duration timeout) {
+  int on = 1;
+  int idle_s = std::max<int>(1, static_cast<int>(absl::ToInt64Seconds(idle)));
+  int interval_s =
+      std::max<int>(1, static_cast<int>(absl::ToInt64Seconds(timeout / 3)));
+  int count = 3;
+  // Best effort: a socket without keepalive still has the HTTP/2 PING and
+  // the idle timeout.
+  (void)::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+  (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof(idle_s));
+  (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_s,
+                     sizeof(interval_s));
+  (void)::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
+}
 
 char* ThreadReadBuffer() {
   // Allocated on first use, so only I/O threads pay for it.
@@ -210,6 +231,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void OnWaitDone(Need direction);
   void UpdateTimer();
   void OnTimer(uint64_t generation);
+  // HTTP/2 keepalive PINGs (ServerOptions::keepalive_interval).
+  bool KeepaliveOn() const {
+    return h2_frames_ != nullptr &&
+           options_.keepalive_interval > absl::ZeroDuration();
+  }
   // One non-blocking read (`read`) or write, through TLS when there is.
   Io Transfer(bool read, char* data, size_t size, size_t* n);
   Io SslResult(int rc);
@@ -234,6 +260,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::unique_ptr<H2FrameTracker> h2_frames_;
   Clock::time_point deadline_;  // handshake or linger deadline
   Clock::time_point last_activity_;
+  Clock::time_point last_read_;  // bytes arrived (keepalive)
+  Clock::time_point ping_sent_;  // the keepalive PING awaiting any byte
   Clock::time_point header_since_;
   Clock::time_point timer_deadline_;
   uint64_t timer_generation_ = 0;
@@ -249,6 +277,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool header_pending_ = false;
   bool close_when_idle_ = false;
   bool close_after_flush_ = false;
+  bool ping_outstanding_ = false;
 };
 
 class ServerImpl final : public HttpServer {
@@ -456,6 +485,10 @@ void Connection::Start() {
     Close();
     return;
   }
+  if (options_.keepalive_interval > absl::ZeroDuration()) {
+    EnableTcpKeepalive(socket_.native_handle(), options_.keepalive_interval,
+                       options_.keepalive_timeout);
+  }
   peer_ = PeerAddress(socket_.native_handle());
   if (options_.tls != nullptr) {
     ssl_.reset(SSL_new(options_.tls));
@@ -568,6 +601,7 @@ void Connection::StartSession(bool http2) {
   }
   state_ = State::kOpen;
   last_activity_ = Clock::now();
+  last_read_ = last_activity_;
 }
 
 bool Connection::CanRead() const {
@@ -596,6 +630,8 @@ bool Connection::ReadOnce() {
     return true;
   }
   last_activity_ = Clock::now();
+  last_read_ = last_activity_;
+  ping_outstanding_ = false;  // any byte is a sign of life
   absl::string_view bytes(buffer, n);
   if (state_ == State::kDetect) {
     Detect(bytes);
@@ -776,13 +812,18 @@ void Connection::UpdateTimer() {
       want = deadline_;
       break;
     case State::kOpen:
+      if (KeepaliveOn()) {
+        want = ping_outstanding_
+                   ? ping_sent_ + ToChrono(options_.keepalive_timeout)
+                   : last_read_ + ToChrono(options_.keepalive_interval);
+      }
       if (!session_->Idle()) {
         // An open exchange is not idle; the idle time starts when it ends.
         last_activity_ = Clock::now();
         break;
       }
       if (!close_when_idle_) {
-        want = last_activity_ + ToChrono(options_.idle_timeout);
+        want = std::min(want, last_activity_ + ToChrono(options_.idle_timeout));
       }
       if (header_pending_) {
         want =
@@ -822,6 +863,21 @@ void Connection::OnTimer(uint64_t generation) {
       }
       break;
     case State::kOpen:
+      if (KeepaliveOn()) {
+        if (ping_outstanding_ &&
+            now >= ping_sent_ + ToChrono(options_.keepalive_timeout)) {
+          Close();  // nothing arrived since the PING: the peer is gone
+          return;
+        }
+        if (!ping_outstanding_ &&
+            now >= last_read_ + ToChrono(options_.keepalive_interval)) {
+          // Even when the session cannot PING any more (it is ending), the
+          // timeout below still closes a silent connection.
+          session_->Ping();
+          ping_outstanding_ = true;
+          ping_sent_ = now;
+        }
+      }
       if (!session_->Idle()) break;
       if (header_pending_ &&
           now >= header_since_ + ToChrono(options_.header_timeout)) {

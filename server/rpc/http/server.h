@@ -41,6 +41,17 @@ struct ServerOptions {
   // closed (HTTP/2: GOAWAY first). Devices hold connections for days and
   // send a batch every few seconds or minutes, so this is long.
   absl::Duration idle_timeout = absl::Minutes(10);
+  // Liveness of connections that hold open exchanges (a device's StreamSync
+  // may be quiet for long): an HTTP/2 connection from which nothing was read
+  // for `keepalive_interval` gets a PING, and is closed when nothing at all
+  // arrives within `keepalive_timeout` after it; its exchanges get OnCancel.
+  // A peer gone without a FIN (a NAT that forgot it, a device without power)
+  // then frees its streams instead of holding them forever. HTTP/1.1 has no
+  // PING: every socket also has TCP keepalive (probes after the interval,
+  // then every timeout / 3, 3 unanswered close it), which needs no thread
+  // either. Zero interval: both off.
+  absl::Duration keepalive_interval = absl::Minutes(2);
+  absl::Duration keepalive_timeout = absl::Seconds(20);
   // Connections beyond this are closed as soon as they are accepted.
   size_t max_connections = 50'000;
   SessionLimits limits;

@@ -82,6 +82,10 @@ class ConnectionSession {
   virtual bool WantsClose() const = 0;
   // True when no exchange is open (for the driver's idle timeout).
   virtual bool Idle() const = 0;
+  // Asks the peer for a sign of life: HTTP/2 PING (its ACK is bytes read, which
+  // is all the driver watches). False when the protocol has none (HTTP/1.1:
+  // the driver relies on TCP keepalive there) or the session is ending.
+  virtual bool Ping() { return false; }
   // Graceful shutdown: HTTP/2 GOAWAY (open streams finish); HTTP/1.1 closes
   // after the response in progress, or at once when there is none.
   virtual void Shutdown() = 0;
