@@ -823,14 +823,15 @@ TEST_F(ConnectFrontEndTest, GrpcWebCompressedFramesBothWays) {
   ASSERT_TRUE(response.ParseFromString(*plain));
   EXPECT_EQ(response.last_sequence_ack(), 4);
 
-  // A compressed frame without grpc-encoding is a protocol error.
+  // A compressed frame without grpc-encoding is a protocol error, INTERNAL
+  // as gRPC's compression spec says.
   httplib::Result bad =
       Post("SyncMetrics", Frame(connect::kFlagCompressed, *compressed),
            "application/grpc-web+proto");
   ASSERT_TRUE(bad);
   std::vector<connect::Envelope> trailers = Frames(bad->body);
   ASSERT_EQ(trailers.size(), 1u);
-  EXPECT_THAT(trailers[0].payload, StartsWith("grpc-status: 3\r\n"));
+  EXPECT_THAT(trailers[0].payload, StartsWith("grpc-status: 13\r\n"));
 }
 
 TEST_F(ConnectFrontEndTest, GrpcWebUnaryNeedsExactlyOneMessage) {
@@ -840,7 +841,8 @@ TEST_F(ConnectFrontEndTest, GrpcWebUnaryNeedsExactlyOneMessage) {
   ASSERT_TRUE(res);
   std::vector<connect::Envelope> frames = Frames(res->body);
   ASSERT_EQ(frames.size(), 1u);
-  EXPECT_THAT(frames[0].payload, StartsWith("grpc-status: 3\r\n"));
+  // A cardinality violation: UNIMPLEMENTED.
+  EXPECT_THAT(frames[0].payload, StartsWith("grpc-status: 12\r\n"));
   EXPECT_EQ(handler_.call_count(), 0);
 }
 

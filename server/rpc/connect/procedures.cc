@@ -172,7 +172,10 @@ absl::StatusOr<std::string> EnvelopeMessage(const connect::Envelope& envelope,
     return envelope.payload;
   }
   if (request_coding == Compression::kNone) {
-    return absl::InvalidArgumentError(absl::StrCat(
+    // gRPC's compression spec: a compressed message the call named no
+    // coding for is INTERNAL (connect-go answers the same in all three
+    // protocols).
+    return absl::InternalError(absl::StrCat(
         "protocol error: compressed message without ", coding_source));
   }
   return DecompressMessage(request_coding, envelope.payload, max_message_bytes,
@@ -183,10 +186,16 @@ absl::StatusOr<std::string> UnaryEnvelopeMessage(
     const std::vector<connect::Envelope>& envelopes, uint8_t end_flag,
     Compression request_coding, int64_t max_message_bytes,
     absl::string_view front_end) {
-  if (envelopes.size() != 1 || (envelopes.front().flags & end_flag) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
+  if (envelopes.size() != 1) {
+    // A cardinality violation, which gRPC's status code list files under
+    // UNIMPLEMENTED (as connect-go answers it).
+    return absl::UnimplementedError(absl::StrCat(
         "protocol error: a unary call takes exactly one message, got ",
-        envelopes.size(), " frames"));
+        envelopes.size()));
+  }
+  if ((envelopes.front().flags & end_flag) != 0) {
+    return absl::InvalidArgumentError(
+        "protocol error: a unary request carries a trailers frame");
   }
   return EnvelopeMessage(envelopes.front(), request_coding, "grpc-encoding",
                          max_message_bytes, front_end);

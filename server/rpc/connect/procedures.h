@@ -100,18 +100,19 @@ absl::StatusOr<std::string> DecompressMessage(Compression coding,
                                               absl::string_view front_end);
 
 // The message of one envelope: its payload, decompressed with
-// `request_coding` when the compressed flag is set (INVALID_ARGUMENT "protocol
-// error: compressed message without <coding_source>" when the request named no
-// coding).
+// `request_coding` when the compressed flag is set (INTERNAL "protocol error:
+// compressed message without <coding_source>" when the request named no
+// coding, as gRPC's compression spec says).
 absl::StatusOr<std::string> EnvelopeMessage(const connect::Envelope& envelope,
                                             Compression request_coding,
                                             absl::string_view coding_source,
                                             int64_t max_message_bytes,
                                             absl::string_view front_end);
 
-// The one message of a unary gRPC or gRPC-Web request: exactly one envelope,
-// without `end_flag` (INVALID_ARGUMENT otherwise), then EnvelopeMessage with
-// grpc-encoding as the coding source.
+// The one message of a unary gRPC or gRPC-Web request: exactly one envelope
+// (UNIMPLEMENTED otherwise: a cardinality violation), without `end_flag`
+// (INVALID_ARGUMENT), then EnvelopeMessage with grpc-encoding as the coding
+// source.
 absl::StatusOr<std::string> UnaryEnvelopeMessage(
     const std::vector<connect::Envelope>& envelopes, uint8_t end_flag,
     Compression request_coding, int64_t max_message_bytes,

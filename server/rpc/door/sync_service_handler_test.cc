@@ -344,9 +344,9 @@ TEST_F(SyncServiceHandlerTest, UnknownGrpcEncodingIsUnimplemented) {
   EXPECT_THAT(handler_.calls(), IsEmpty());
 }
 
-TEST_F(SyncServiceHandlerTest, CompressedFlagWithoutEncodingIsInvalid) {
+TEST_F(SyncServiceHandlerTest, CompressedFlagWithoutEncodingIsInternal) {
   auto ex = Grpc("SyncMetrics", Frame(connect::kFlagCompressed, "xx"));
-  EXPECT_EQ(ex->header("grpc-status"), "3");
+  EXPECT_EQ(ex->header("grpc-status"), "13");
   EXPECT_THAT(handler_.calls(), IsEmpty());
 }
 
@@ -483,11 +483,11 @@ TEST_F(SyncServiceHandlerTest, MalformedEnvelopes) {
   // Truncated: the header declares 100 bytes, 3 follow.
   std::string truncated = Frame(0, std::string(100, 'x')).substr(0, 8);
   EXPECT_EQ(Grpc("SyncMetrics", truncated)->header("grpc-status"), "3");
-  // Two messages for a unary method.
+  // Two messages for a unary method: a cardinality violation.
   std::string two = Frame(0, MetricsRequest(1).SerializeAsString()) +
                     Frame(0, MetricsRequest(2).SerializeAsString());
   auto ex = Grpc("SyncMetrics", two);
-  EXPECT_EQ(ex->header("grpc-status"), "3");
+  EXPECT_EQ(ex->header("grpc-status"), "12");
   EXPECT_THAT(ex->header("grpc-message").value_or(""),
               HasSubstr("exactly one message"));
   // Not base64.
@@ -785,7 +785,7 @@ TEST_F(SyncServiceHandlerTest, MalformedStreamRequestsEndTheCall) {
       {"envelope over the limit", std::string("\0\0\0\x10\0", 5), false, "8"},
       {"body ends inside an envelope", StreamFrame(1).substr(0, 6), true, "3"},
       {"payload that does not parse", Frame(0, "\xff\xff\xff"), false, "3"},
-      {"compressed without grpc-encoding", Frame(1, "abc"), false, "3"},
+      {"compressed without grpc-encoding", Frame(1, "abc"), false, "13"},
   };
   for (const Case& c : cases) {
     OpenStream stream(door_, GrpcStreamHeaders());
