@@ -13,13 +13,17 @@ def cpu: if . == null then "–" else r(2) | tostring end;
 def pct: . * 100 | round | tostring + " %";'
 j() { jq -r "$fmt $1" "$results"; }
 
-{
+intro() {
   echo "# FleetD Sync load test"
   echo
   if [[ $(r .quick) == true ]]; then
     echo "**Quick run (BENCH_QUICK=1): tiny parameters, figures mean nothing.**"
     echo
   fi
+}
+
+# Everything but conn-scale (BENCH_SCENARIOS' "ingest").
+ingest_sections() {
   echo "Measured by \`BENCH_BUILD_DIR=build bench/run\` on $(r .date) at commit $(r .commit)$(j 'if (.uncommitted_files // 0) > 0 then " (built with uncommitted changes to \(.uncommitted_files) files in the shared checkout)" else "" end'): $(r .host),"
   echo "$(r .cpus) CPUs shared with other engineers' builds (load average before $(r .loadavg_before), after"
   echo "$(r .loadavg_after)). The load generator, the server and all backends (PostgreSQL,"
@@ -184,9 +188,22 @@ j() { jq -r "$fmt $1" "$results"; }
   echo "  (figures above). The bursts ran against restarted servers with default settings, the first"
   echo "  after a 5 s outage."
   echo
-  echo "Raw figures: [results.json](results.json). Plot: ![throughput and P99](throughput.png)"
+}
+
+# shellcheck source=bench/conn_scale/report.sh
+source "$(dirname "$0")/conn_scale/report.sh"
+
+ingest=$(r 'has("scale")')
+{
+  intro
+  [[ $ingest == true ]] && ingest_sections
+  [[ $(r '.conn_scale != null') == true ]] && conn_scale_section
+  echo -n "Raw figures: [results.json](results.json)."
+  [[ $ingest == true ]] && echo -n " Plot: ![throughput and P99](throughput.png)"
+  echo
 } >"$out/REPORT.md"
 
+[[ $ingest == true ]] || exit 0
 jq -r '.scale[] | "\(.devices) \(.samples_per_second) \(.p99_ms)"' "$results" >"$out/.plot.dat"
 gnuplot <<EOF
 set terminal pngcairo size 900,500 noenhanced
