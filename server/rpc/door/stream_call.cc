@@ -84,11 +84,12 @@ class StreamCall final : public StreamSink,
  public:
   StreamCall(std::shared_ptr<http::Exchange> exchange, Protocol protocol,
              CallContext context, Compression request_coding,
-             const StreamCallOptions& options)
+             Compression response_coding, const StreamCallOptions& options)
       : exchange_(std::move(exchange)),
         protocol_(std::move(protocol)),
         context_(std::move(context)),
         request_coding_(request_coding),
+        response_coding_(response_coding),
         options_(options),
         reader_(protocol_.wire == Wire::kGrpcWebText,
                 static_cast<size_t>(options.max_message_bytes)) {}
@@ -169,7 +170,7 @@ class StreamCall final : public StreamSink,
       return false;
     }
     std::string frame;
-    connect::AppendEnvelope(0, *message, &frame);
+    AppendMessage(response_coding_, *message, &frame);
     absl::MutexLock lock(&mu_);
     if (closed_) return false;
     SendHeadersLocked();
@@ -316,10 +317,15 @@ class StreamCall final : public StreamSink,
     if (headers_sent_) return;
     headers_sent_ = true;
     http::Headers headers = {{"content-type", protocol_.response_type}};
-    if (protocol_.wire == Wire::kConnectStream) {
+    const bool connect = protocol_.wire == Wire::kConnectStream;
+    if (connect) {
       headers.push_back({"connect-accept-encoding", connect::kAcceptedCodings});
     } else {
       headers.push_back({"grpc-accept-encoding", kGrpcAcceptEncoding});
+    }
+    if (response_coding_ != Compression::kNone) {
+      headers.push_back({connect ? "connect-content-encoding" : "grpc-encoding",
+                         std::string(CompressionName(response_coding_))});
     }
     exchange_->SendHeaders(200, std::move(headers), false);
   }
@@ -376,6 +382,7 @@ class StreamCall final : public StreamSink,
   const Protocol protocol_;
   const CallContext context_;
   const Compression request_coding_;
+  const Compression response_coding_;
   const StreamCallOptions options_;
 
   EnvelopeReader reader_;  // the strand's
@@ -418,10 +425,10 @@ class StreamObserver final : public http::RequestObserver {
 std::unique_ptr<http::RequestObserver> StartStreamCall(
     std::shared_ptr<http::Exchange> exchange, Protocol protocol,
     CallContext context, Compression request_coding,
-    const StreamCallOptions& options) {
-  auto call =
-      std::make_shared<StreamCall>(std::move(exchange), std::move(protocol),
-                                   std::move(context), request_coding, options);
+    Compression response_coding, const StreamCallOptions& options) {
+  auto call = std::make_shared<StreamCall>(
+      std::move(exchange), std::move(protocol), std::move(context),
+      request_coding, response_coding, options);
   call->Start();
   return std::make_unique<StreamObserver>(std::move(call));
 }

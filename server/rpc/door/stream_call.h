@@ -25,7 +25,9 @@
 // Response. Headers (200 and the protocol's content-type, plus
 // grpc-accept-encoding or connect-accept-encoding) go out when the session
 // opened, or with its first response; then one envelope per response
-// (identity coding; grpc-web-text base64 per envelope); then the end: gRPC
+// (compressed with `response_coding` when at least kCompressMinBytes, which
+// grpc-encoding / connect-content-encoding then name; grpc-web-text base64
+// per envelope); then the end: gRPC
 // trailers (grpc-status, grpc-message, retry-after-ms, fleetd-verdict), or
 // trailers-only when nothing was sent before (a failed open); gRPC-Web the
 // trailers frame (0x80); Connect the end-of-stream message (0x02, {"error",
@@ -78,7 +80,7 @@ struct StreamCallOptions {
 std::unique_ptr<http::RequestObserver> StartStreamCall(
     std::shared_ptr<http::Exchange> exchange, Protocol protocol,
     CallContext context, Compression request_coding,
-    const StreamCallOptions& options);
+    Compression response_coding, const StreamCallOptions& options);
 
 }  // namespace fleetd::server::rpc::door
 

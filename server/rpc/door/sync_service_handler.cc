@@ -92,6 +92,7 @@ struct Call {
   Protocol protocol;
   CallContext context;
   Compression request_coding = Compression::kNone;
+  Compression response_coding = Compression::kNone;
   // Set on the strand by OnCancel; read by the worker before the handler.
   std::atomic<bool> cancelled{false};
 };
@@ -104,10 +105,13 @@ void SendGrpcWeb(const Call& call, std::string frames,
   if (call.protocol.wire == Wire::kGrpcWebText) {
     frames = absl::Base64Escape(frames);
   }
-  SendWhole(*call.exchange, 200,
-            {{"content-type", call.protocol.response_type},
-             {"grpc-accept-encoding", kGrpcAcceptEncoding}},
-            std::move(frames));
+  Headers headers = {{"content-type", call.protocol.response_type},
+                     {"grpc-accept-encoding", kGrpcAcceptEncoding}};
+  if (call.response_coding != Compression::kNone) {
+    headers.push_back(
+        {"grpc-encoding", std::string(CompressionName(call.response_coding))});
+  }
+  SendWhole(*call.exchange, 200, std::move(headers), std::move(frames));
 }
 
 // The SyncService's protocols over Exchange. Immutable once built; shared by
@@ -323,7 +327,8 @@ std::unique_ptr<http::RequestObserver> Door::Accept(
   }
   if (procedure->bidi) {
     return door::StartStreamCall(call->exchange, call->protocol, call->context,
-                                 call->request_coding, stream_options_);
+                                 call->request_coding, call->response_coding,
+                                 stream_options_);
   }
   return std::make_unique<BodyObserver>(shared_from_this(), std::move(call));
 }
@@ -357,6 +362,8 @@ absl::Status Door::ReadCallHeaders(Call& call) const {
       FindHeader(headers, coding_header).value_or(""));
   if (!coding.ok()) return coding.status();
   call.request_coding = *coding;
+  call.response_coding =
+      door::ResponseCoding(call.protocol.wire, headers, *coding);
   return absl::OkStatus();
 }
 
@@ -411,6 +418,8 @@ void Door::ServeGet(const std::shared_ptr<Exchange>& exchange,
     return;
   }
   call->request_coding = *coding;
+  call->response_coding = connect::NegotiateCompression(
+      FindHeader(exchange->headers(), "accept-encoding"), *coding);
   Dispatch(std::move(call), *std::move(bytes));
 }
 
@@ -494,27 +503,41 @@ void Door::Succeed(const Call& call, std::string message) const {
   const Protocol& protocol = call.protocol;
   std::string out;
   switch (protocol.wire) {
-    case Wire::kConnectUnary:
+    case Wire::kConnectUnary: {
       Count(call, absl::StatusCode::kOk);
-      SendWhole(exchange, 200,
-                {{"content-type", protocol.response_type},
-                 {"accept-encoding", connect::kAcceptedCodings}},
-                std::move(message));
+      Headers headers = {{"content-type", protocol.response_type},
+                         {"accept-encoding", connect::kAcceptedCodings}};
+      if (call.response_coding != Compression::kNone &&
+          message.size() >= door::kCompressMinBytes) {
+        absl::StatusOr<std::string> compressed =
+            Compress(call.response_coding, message);
+        if (compressed.ok()) {
+          headers.push_back({"content-encoding", std::string(CompressionName(
+                                                     call.response_coding))});
+          message = *std::move(compressed);
+        }
+      }
+      SendWhole(exchange, 200, std::move(headers), std::move(message));
       return;
-    case Wire::kGrpc:
+    }
+    case Wire::kGrpc: {
       Count(call, absl::StatusCode::kOk);
-      connect::AppendEnvelope(0, message, &out);
-      exchange.SendHeaders(200,
-                           {{"content-type", protocol.response_type},
-                            {"grpc-accept-encoding", kGrpcAcceptEncoding}},
-                           false);
+      door::AppendMessage(call.response_coding, message, &out);
+      Headers headers = {{"content-type", protocol.response_type},
+                         {"grpc-accept-encoding", kGrpcAcceptEncoding}};
+      if (call.response_coding != Compression::kNone) {
+        headers.push_back({"grpc-encoding",
+                           std::string(CompressionName(call.response_coding))});
+      }
+      exchange.SendHeaders(200, std::move(headers), false);
       exchange.SendData(std::move(out), false);
       exchange.SendTrailers({{"grpc-status", "0"}});
       return;
+    }
     case Wire::kGrpcWeb:
     case Wire::kGrpcWebText:
       Count(call, absl::StatusCode::kOk);
-      connect::AppendEnvelope(0, message, &out);
+      door::AppendMessage(call.response_coding, message, &out);
       SendGrpcWeb(call, std::move(out), absl::OkStatus());
       return;
     case Wire::kConnectStream:

@@ -332,6 +332,60 @@ TEST_P(CompressionTest, Connect) {
   EXPECT_EQ(response.last_sequence_ack(), 22);
 }
 
+// A GetSyncConfig answer of well over kCompressMinBytes.
+v1::GetSyncConfigResponse LargeConfig() {
+  v1::GetSyncConfigResponse response;
+  response.mutable_config()->set_compression_type(std::string(4000, 'm'));
+  return response;
+}
+
+std::string ConfigRequest() {
+  v1::GetSyncConfigRequest request;
+  request.set_device_id("dev-1");
+  return request.SerializeAsString();
+}
+
+TEST_P(CompressionTest, ResponsesInTheCodingTheClientAccepts) {
+  handler_.SetConfigResponse(LargeConfig());
+  const std::string name(CompressionName(GetParam()));
+  // Connect unary: Accept-Encoding, Content-Encoding on the response.
+  auto connect =
+      Connect("GetSyncConfig", ConfigRequest(), {{"accept-encoding", name}});
+  EXPECT_EQ(connect->header("content-encoding"), name);
+  absl::StatusOr<std::string> body =
+      Decompress(GetParam(), connect->body(), 1 << 20);
+  ASSERT_THAT(body, IsOk());
+  v1::GetSyncConfigResponse config;
+  ASSERT_TRUE(config.ParseFromString(*body));
+  EXPECT_EQ(config.config().compression_type().size(), 4000u);
+  // gRPC: only with grpc-accept-encoding; grpc-encoding names it and the
+  // message carries the compressed flag.
+  auto grpc = Grpc("GetSyncConfig", Frame(0, ConfigRequest()),
+                   {{"grpc-accept-encoding", name}});
+  EXPECT_EQ(grpc->header("grpc-encoding"), name);
+  std::vector<connect::Envelope> frames = Frames(grpc->body());
+  ASSERT_EQ(frames.size(), 1u);
+  EXPECT_EQ(frames[0].flags, connect::kFlagCompressed);
+  body = Decompress(GetParam(), frames[0].payload, 1 << 20);
+  ASSERT_THAT(body, IsOk());
+  ASSERT_TRUE(config.ParseFromString(*body));
+  EXPECT_EQ(config.config().compression_type().size(), 4000u);
+}
+
+TEST_F(SyncServiceHandlerTest, SmallOrUnacceptedResponsesGoUncompressed) {
+  // Small: the ack is under kCompressMinBytes.
+  auto small = Connect("SyncMetrics", MetricsRequest(3).SerializeAsString(),
+                       {{"accept-encoding", "gzip"}});
+  EXPECT_EQ(small->header("content-encoding"), std::nullopt);
+  // gRPC without grpc-accept-encoding: never compressed.
+  handler_.SetConfigResponse(LargeConfig());
+  auto grpc = Grpc("GetSyncConfig", Frame(0, ConfigRequest()));
+  EXPECT_EQ(grpc->header("grpc-encoding"), std::nullopt);
+  std::vector<connect::Envelope> frames = Frames(grpc->body());
+  ASSERT_EQ(frames.size(), 1u);
+  EXPECT_EQ(frames[0].flags, 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Codings, CompressionTest,
                          ::testing::Values(Compression::kGzip,
                                            Compression::kZstd));
@@ -706,6 +760,34 @@ TEST_F(SyncServiceHandlerTest, ConnectStreamSyncProtoAndJson) {
   ASSERT_EQ(frames.size(), 3u);
   EXPECT_THAT(frames[1].payload, HasSubstr(R"("sequenceNumber":"9")"));
   EXPECT_EQ(frames[2].payload, "{}");
+}
+
+TEST_F(SyncServiceHandlerTest, StreamResponsesInTheAcceptedCoding) {
+  v1::StreamSyncResponse greeting;
+  greeting.mutable_config_update()->set_compression_type(
+      std::string(4000, 'm'));
+  handler_.SetStreamGreeting(greeting);
+  OpenStream stream(door_, {{"content-type", "application/connect+proto"},
+                            {"connect-accept-encoding", "zstd"},
+                            {"x-api-key", kApiKey}});
+  stream.Send(StreamFrame(5));
+  stream.HalfClose();
+  ASSERT_TRUE(stream.exchange().WaitForEnd());
+  EXPECT_EQ(stream.exchange().header("connect-content-encoding"), "zstd");
+  std::vector<connect::Envelope> frames = stream.frames();
+  ASSERT_EQ(frames.size(), 3u);
+  // The large greeting compressed, the small ack and the end as they are.
+  EXPECT_EQ(frames[0].flags, connect::kFlagCompressed);
+  absl::StatusOr<std::string> greeting_bytes =
+      Decompress(Compression::kZstd, frames[0].payload, 1 << 20);
+  ASSERT_THAT(greeting_bytes, IsOk());
+  v1::StreamSyncResponse first;
+  ASSERT_TRUE(first.ParseFromString(*greeting_bytes));
+  EXPECT_EQ(first.config_update().compression_type().size(), 4000u);
+  EXPECT_EQ(frames[1].flags, 0);
+  EXPECT_THAT(AckedSequences({frames[1]}, connect::kFlagEndStream),
+              ::testing::ElementsAre(5));
+  EXPECT_EQ(frames[2].flags, connect::kFlagEndStream);
 }
 
 TEST_F(SyncServiceHandlerTest, GrpcWebTextStreamSyncInOddPieces) {

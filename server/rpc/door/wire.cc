@@ -86,6 +86,40 @@ std::string GrpcWebTrailersFrame(const absl::Status& status) {
   return frame;
 }
 
+Compression ResponseCoding(Wire wire, const http::Headers& request_headers,
+                           Compression request_coding) {
+  switch (wire) {
+    case Wire::kConnectUnary:
+      return connect::NegotiateCompression(
+          http::FindHeader(request_headers, "accept-encoding"), request_coding);
+    case Wire::kConnectStream:
+      return connect::NegotiateCompression(
+          http::FindHeader(request_headers, "connect-accept-encoding"),
+          request_coding);
+    case Wire::kGrpc:
+    case Wire::kGrpcWeb:
+    case Wire::kGrpcWebText:
+      if (std::optional<absl::string_view> accept =
+              http::FindHeader(request_headers, "grpc-accept-encoding")) {
+        return connect::NegotiateCompression(accept, Compression::kNone);
+      }
+      return Compression::kNone;
+  }
+  return Compression::kNone;
+}
+
+void AppendMessage(Compression coding, absl::string_view message,
+                   std::string* out) {
+  if (coding != Compression::kNone && message.size() >= kCompressMinBytes) {
+    absl::StatusOr<std::string> compressed = Compress(coding, message);
+    if (compressed.ok()) {
+      connect::AppendEnvelope(connect::kFlagCompressed, *compressed, out);
+      return;
+    }
+  }
+  connect::AppendEnvelope(0, message, out);
+}
+
 std::string ConnectEndStreamFrame(const absl::Status& status) {
   std::string frame;
   connect::AppendEnvelope(connect::kFlagEndStream,

@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "common/codec/codec.h"
 #include "server/rpc/connect/connect_protocol.h"
 #include "server/rpc/http/exchange.h"
 
@@ -57,6 +58,22 @@ std::string GrpcWebTrailersFrame(const absl::Status& status);
 // The Connect end-of-stream message (flag 0x02) of `status`, with its retry
 // hint and verdict as metadata.
 std::string ConnectEndStreamFrame(const absl::Status& status);
+
+// Response messages smaller than this go uncompressed (compressing them
+// costs more than it saves).
+inline constexpr size_t kCompressMinBytes = 1024;
+
+// The coding of a call's response messages. Connect unary and streaming: the
+// first coding of the client's accept list (Accept-Encoding,
+// Connect-Accept-Encoding) we support, else its request's coding; gRPC and
+// gRPC-Web: only a coding the client listed in grpc-accept-encoding.
+Compression ResponseCoding(Wire wire, const http::Headers& request_headers,
+                           Compression request_coding);
+
+// Appends one message envelope to `out`: compressed with `coding` (flag 0x01)
+// when it is at least kCompressMinBytes, as it is otherwise.
+void AppendMessage(Compression coding, absl::string_view message,
+                   std::string* out);
 
 // A response whose whole body is known: content-length set.
 void SendWhole(http::Exchange& exchange, int status, http::Headers headers,
