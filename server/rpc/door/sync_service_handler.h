@@ -41,7 +41,9 @@
 // peer from the exchange, protocol "grpc", "grpc-web" or "connect", deadline
 // clock->Now() + the timeout (InfiniteFuture without one).
 //
-// Responses. Identity encoding. gRPC: 200, content-type application/grpc,
+// Responses. Messages of at least kCompressMinBytes (wire.h) in the coding
+// the client accepts (ResponseCoding), smaller ones identity. gRPC: 200,
+// content-type application/grpc,
 // one data envelope, trailers grpc-status 0; errors are trailers-only (one
 // header block with grpc-status, percent-encoded grpc-message, retry-after-ms
 // and fleetd-verdict, ending the stream). gRPC-Web: 200, the data envelope
