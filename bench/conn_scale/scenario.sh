@@ -290,7 +290,9 @@ conn_scale() {
     --arg date "$(date -u +%FT%TZ)" --arg commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --arg host "$(uname -srm)" --argjson cpus "$(nproc)" \
     --arg command "$(env | grep '^BENCH_' | sort | tr '\n' ' ')bench/run" \
-    '{date: $date, commit: $commit, host: $host, cpus: $cpus, command: $command, loadavg_after: $load,
+    --arg built "$(date -u -r "$bin/fleetd-server" +%FT%TZ)" \
+    --argjson uncommitted "$(git status --porcelain --untracked-files=no 2>/dev/null | wc -l)" \
+    '{date: $date, commit: $commit, uncommitted_files: $uncommitted, server_built: $built, host: $host, cpus: $cpus, command: $command, loadavg_after: $load,
       requested_devices: $requested, devices: $n, devices_note: $note,
       server_fd_limit: {soft: $fd_soft, hard: $fd_hard}, fd_headroom: $headroom,
       period_s: $period, hold_periods: $hold, window_s: ($period * $hold), samples_per_batch: 10,
