@@ -387,10 +387,6 @@ class StreamCall final : public StreamSink,
 
   EnvelopeReader reader_;  // the strand's
 
-  // The Pump's (one at a time, ordered by `scheduled_` under mu_).
-  bool opened_ = false;
-  std::unique_ptr<StreamSession> session_;
-
   absl::Mutex mu_;
   std::deque<connect::Envelope> inbox_ ABSL_GUARDED_BY(mu_);
   // Request bytes received but not acknowledged to the client yet.
@@ -404,6 +400,11 @@ class StreamCall final : public StreamSink,
   bool headers_sent_ ABSL_GUARDED_BY(mu_) = false;
   // The response ended or the client left: Send returns false.
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+
+  // The Pump's (one at a time, ordered by `scheduled_` under mu_). Declared
+  // last, so the session (which may Send on this sink) goes first.
+  bool opened_ = false;
+  std::unique_ptr<StreamSession> session_;
 };
 
 // The exchange's observer: forwards to the call, which it keeps alive.

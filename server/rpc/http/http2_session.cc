@@ -143,6 +143,9 @@ class SessionMemory {
   }
 
   nghttp2_mem* mem() { return &mem_; }
+  // Call right before creating the session: it allocates its frame buffer
+  // then, and only that block is mapped (and ever dropped). Cleared after.
+  void ExpectFrameBuffer(bool expect) { map_frame_buffer_ = expect; }
 
   // Drops the frame buffers' pages; they read as zeros when next touched.
   // REQUIRES: nothing is queued in nghttp2 (mem_send returned 0).
@@ -190,7 +193,14 @@ class SessionMemory {
   }
 
   static void* Malloc(size_t size, void* user) {
-    if (size == kFrameBufBytes) return Self(user)->MapBlock(size);
+    SessionMemory* self = Self(user);
+    if (self->map_frame_buffer_ && size == kFrameBufBytes) {
+      // Only the frame buffer, allocated while the session is created:
+      // other allocations of this size (an HPACK string of the right
+      // length) hold state between frames and must never be dropped.
+      self->map_frame_buffer_ = false;
+      return self->MapBlock(size);
+    }
     return std::malloc(size);
   }
   static void Free(void* ptr, void* user) {
@@ -206,8 +216,11 @@ class SessionMemory {
     std::free(ptr);
   }
   static void* Calloc(size_t n, size_t size, void* user) {
-    if (n != 0 && size == kFrameBufBytes / n && n * size == kFrameBufBytes) {
-      return Self(user)->MapBlock(kFrameBufBytes);  // mapped pages are zero
+    SessionMemory* self = Self(user);
+    if (self->map_frame_buffer_ && n != 0 && size == kFrameBufBytes / n &&
+        n * size == kFrameBufBytes) {
+      self->map_frame_buffer_ = false;
+      return self->MapBlock(kFrameBufBytes);  // mapped pages are zero
     }
     return std::calloc(n, size);
   }
@@ -222,17 +235,13 @@ class SessionMemory {
       Free(ptr, user);
       return grown;
     }
-    if (size == kFrameBufBytes) {
-      void* mapped = self->MapBlock(size);
-      if (mapped == nullptr) return nullptr;
-      std::memcpy(mapped, ptr, std::min(size, ::malloc_usable_size(ptr)));
-      std::free(ptr);
-      return mapped;
-    }
     return std::realloc(ptr, size);
   }
 
   nghttp2_mem mem_;
+  // Set by ExpectFrameBuffer: the next allocation of kFrameBufBytes is the
+  // session's frame buffer.
+  bool map_frame_buffer_ = false;
   std::vector<Block> paged_;
 };
 
@@ -266,8 +275,10 @@ class Http2Session final : public ConnectionSession {
       // ControlsRequestWindow, by ApplyConsume): nghttp2 itself then consumes
       // only what it never delivers (padding, data of closed streams).
       nghttp2_option_set_no_auto_window_update(option, 1);
+      memory_.ExpectFrameBuffer(true);
       rv = nghttp2_session_server_new3(&session_, callbacks, this, option,
                                        memory_.mem());
+      memory_.ExpectFrameBuffer(false);
       nghttp2_option_del(option);
     }
     nghttp2_session_callbacks_del(callbacks);

@@ -582,9 +582,54 @@ TEST_F(HttpServerTest, ClosesIdleConnectionAfterIdleTimeout) {
   }
 }
 
-// Keepalive: an HTTP/2 peer that goes silent is sent a PING after
-// keepalive_interval and, still silent keepalive_timeout later, closed (also
-// when idle_timeout is far off, as for a connection holding a stream).
+// HEADERS opening stream 1 (POST, http, "/" from HPACK's static table,
+// :authority "x"), its request left open: the connection holds an exchange.
+constexpr absl::string_view kOpenStream(
+    "\0\0\x06\x01\x04\0\0\0\x01\x83\x86\x84\x01\x01x", 15);
+
+// Reads from `fd`, answering every PING (but the shutdown's) with its ACK,
+// until the peer closes or `timeout` passes (or `stop_after` were answered).
+struct PingAnswers {
+  bool closed = false;
+  int answered = 0;
+};
+PingAnswers AnswerPings(int fd, absl::Duration timeout, int stop_after) {
+  PingAnswers result;
+  std::string in;
+  absl::Time deadline = absl::Now() + timeout;
+  while (result.answered < stop_after && absl::Now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    char buffer[4096];
+    ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
+    if (n <= 0) {
+      result.closed = true;
+      return result;
+    }
+    in.append(buffer, static_cast<size_t>(n));
+    while (in.size() >= 9) {
+      size_t length = (size_t{static_cast<uint8_t>(in[0])} << 16) |
+                      (size_t{static_cast<uint8_t>(in[1])} << 8) |
+                      static_cast<uint8_t>(in[2]);
+      if (in.size() < 9 + length) break;
+      if (in[3] == 6 && (in[4] & 1) == 0 && length == 8) {
+        std::string ack = in.substr(0, 9 + length);
+        ack[4] = 1;  // ACK, same opaque data
+        if (!SendAll(fd, ack)) {
+          result.closed = true;
+          return result;
+        }
+        if (in.substr(9, 8) != "fleetdgo") ++result.answered;
+      }
+      in.erase(0, 9 + length);
+    }
+  }
+  return result;
+}
+
+// Keepalive: an HTTP/2 peer holding a stream that goes silent is sent a PING
+// after keepalive_interval and, still silent keepalive_timeout later, closed
+// (the idle timeout does not apply while a stream is open).
 TEST_F(HttpServerTest, SilentHttp2PeerIsPingedThenClosed) {
   ServerOptions options;
   options.idle_timeout = absl::Hours(1);
@@ -593,7 +638,8 @@ TEST_F(HttpServerTest, SilentHttp2PeerIsPingedThenClosed) {
   std::unique_ptr<HttpServer> server = StartServer(options);
   ASSERT_NE(server, nullptr);
   UniqueFd fd = ConnectTcp(server->port());
-  ASSERT_TRUE(SendAll(fd.get(), absl::StrCat(kHttp2Preface, kEmptySettings)));
+  ASSERT_TRUE(SendAll(
+      fd.get(), absl::StrCat(kHttp2Preface, kEmptySettings, kOpenStream)));
   absl::Time start = absl::Now();
   ReadResult r = ReadUntilClosed(fd.get(), absl::Seconds(10));
   EXPECT_TRUE(r.closed);
@@ -610,34 +656,31 @@ TEST_F(HttpServerTest, Http2PeerThatAnswersPingsStaysOpen) {
   std::unique_ptr<HttpServer> server = StartServer(options);
   ASSERT_NE(server, nullptr);
   UniqueFd fd = ConnectTcp(server->port());
-  ASSERT_TRUE(SendAll(fd.get(), absl::StrCat(kHttp2Preface, kEmptySettings)));
+  ASSERT_TRUE(SendAll(
+      fd.get(), absl::StrCat(kHttp2Preface, kEmptySettings, kOpenStream)));
   // Answers every PING with its ACK, until three were answered.
-  std::string in;
-  int answered = 0;
-  absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (answered < 3 && absl::Now() < deadline) {
-    pollfd p{fd.get(), POLLIN, 0};
-    if (::poll(&p, 1, 100) <= 0) continue;
-    char buffer[4096];
-    ssize_t n = ::recv(fd.get(), buffer, sizeof(buffer), 0);
-    ASSERT_GT(n, 0) << "closed after " << answered << " answered PINGs";
-    in.append(buffer, static_cast<size_t>(n));
-    while (in.size() >= 9) {
-      size_t length = (size_t{static_cast<uint8_t>(in[0])} << 16) |
-                      (size_t{static_cast<uint8_t>(in[1])} << 8) |
-                      static_cast<uint8_t>(in[2]);
-      if (in.size() < 9 + length) break;
-      if (in[3] == 6 && (in[4] & 1) == 0 && length == 8) {
-        std::string ack = in.substr(0, 9 + length);
-        ack[4] = 1;  // ACK, same opaque data
-        ASSERT_TRUE(SendAll(fd.get(), ack));
-        ++answered;
-      }
-      in.erase(0, 9 + length);
-    }
-  }
+  PingAnswers r = AnswerPings(fd.get(), absl::Seconds(10), 3);
+  EXPECT_FALSE(r.closed) << "closed after " << r.answered << " answered PINGs";
+  int answered = r.answered;
   EXPECT_EQ(answered, 3);
   EXPECT_EQ(server->connections(), 1u);
+}
+
+// A connection without exchanges is not PINGed: its answers would keep the
+// idle timeout from ever closing it.
+TEST_F(HttpServerTest, IdleHttp2ConnectionIsClosedDespiteKeepalive) {
+  ServerOptions options;
+  options.idle_timeout = absl::Milliseconds(600);
+  options.keepalive_interval = absl::Milliseconds(100);
+  options.keepalive_timeout = absl::Seconds(5);
+  std::unique_ptr<HttpServer> server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  UniqueFd fd = ConnectTcp(server->port());
+  ASSERT_TRUE(SendAll(fd.get(), absl::StrCat(kHttp2Preface, kEmptySettings)));
+  // A client answering every PING is still closed by the idle timeout.
+  PingAnswers r = AnswerPings(fd.get(), absl::Seconds(10), 1000);
+  EXPECT_TRUE(r.closed);
+  EXPECT_EQ(r.answered, 0) << "an idle connection was PINGed";
 }
 
 // A handler that keeps its exchanges unanswered, for the test to answer.

@@ -231,10 +231,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void OnWaitDone(Need direction);
   void UpdateTimer();
   void OnTimer(uint64_t generation);
-  // HTTP/2 keepalive PINGs (ServerOptions::keepalive_interval).
+  // HTTP/2 keepalive PINGs (ServerOptions::keepalive_interval): only while
+  // an exchange is open (an idle connection has the idle timeout, which a
+  // PING's answer must not keep restarting) and while we read (a client
+  // whose answer waits behind output it does not take is not silent).
   bool KeepaliveOn() const {
     return h2_frames_ != nullptr &&
-           options_.keepalive_interval > absl::ZeroDuration();
+           options_.keepalive_interval > absl::ZeroDuration() &&
+           !session_->Idle() && session_->WantsRead();
   }
   // One non-blocking read (`read`) or write, through TLS when there is.
   Io Transfer(bool read, char* data, size_t size, size_t* n);
@@ -816,6 +820,8 @@ void Connection::UpdateTimer() {
         want = ping_outstanding_
                    ? ping_sent_ + ToChrono(options_.keepalive_timeout)
                    : last_read_ + ToChrono(options_.keepalive_interval);
+      } else {
+        ping_outstanding_ = false;  // a PING from before is not enforced
       }
       if (!session_->Idle()) {
         // An open exchange is not idle; the idle time starts when it ends.

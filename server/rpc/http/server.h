@@ -43,8 +43,10 @@ struct ServerOptions {
   absl::Duration idle_timeout = absl::Minutes(10);
   // Liveness of connections that hold open exchanges (a device's StreamSync
   // may be quiet for long): an HTTP/2 connection from which nothing was read
-  // for `keepalive_interval` gets a PING, and is closed when nothing at all
-  // arrives within `keepalive_timeout` after it; its exchanges get OnCancel.
+  // for `keepalive_interval` while an exchange is open gets a PING, and is
+  // closed when nothing at all arrives within `keepalive_timeout` after it;
+  // its exchanges get OnCancel. (A connection without exchanges has the idle
+  // timeout instead; no PING is sent while reading is paused for output.)
   // A peer gone without a FIN (a NAT that forgot it, a device without power)
   // then frees its streams instead of holding them forever. HTTP/1.1 has no
   // PING: every socket also has TCP keepalive (probes after the interval,
