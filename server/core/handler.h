@@ -11,7 +11,9 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -55,6 +57,10 @@ class StreamSession {
   virtual absl::Status Finish() = 0;
 };
 
+// Receives the answer of an asynchronous call.
+template <typename Response>
+using Reply = absl::AnyInvocable<void(absl::StatusOr<Response>) &&>;
+
 // The server core. Implementations are safe for concurrent use.
 //
 // Every method authenticates `context.api_key` first: UNAUTHENTICATED for a
@@ -79,6 +85,28 @@ class SyncHandler {
   virtual absl::StatusOr<v1::UpdateDeviceInfoResponse> UpdateDeviceInfo(
       const CallContext& context,
       const v1::UpdateDeviceInfoRequest& request) = 0;
+
+  // The batch RPCs without holding the caller's thread while backends write:
+  // `done` gets the answer exactly once, before the method returns or later
+  // on another thread (then it must be quick and must not block: hand the
+  // answer to the transport). `context` and `request` are only read before
+  // the method returns. The caller's deadline is the caller's to enforce: the
+  // answer may come after it. By default: the blocking method, then `done`.
+  virtual void SyncMetricsAsync(const CallContext& context,
+                                const v1::SyncMetricsRequest& request,
+                                Reply<v1::SyncMetricsResponse> done) {
+    std::move(done)(SyncMetrics(context, request));
+  }
+  virtual void SyncLogsAsync(const CallContext& context,
+                             const v1::SyncLogsRequest& request,
+                             Reply<v1::SyncLogsResponse> done) {
+    std::move(done)(SyncLogs(context, request));
+  }
+  virtual void SyncEventsAsync(const CallContext& context,
+                               const v1::SyncEventsRequest& request,
+                               Reply<v1::SyncEventsResponse> done) {
+    std::move(done)(SyncEvents(context, request));
+  }
 
   // Starts a StreamSync call. `sink` outlives the session. Fails (e.g.
   // UNAUTHENTICATED) before any message is read.

@@ -49,11 +49,15 @@ class SyncCore::LedgerWriter final : public Writer {
   Ledger* const ledger_;
 };
 
+// A delivery under way: its owner's answer path and the calls that joined it.
 struct SyncCore::Inflight {
   absl::Mutex mu;
   bool done ABSL_GUARDED_BY(mu) = false;
   absl::StatusOr<Applied> result ABSL_GUARDED_BY(mu) =
       absl::UnknownError("pending");
+  int64_t sequence_number = 0;
+  AppliedDone owner;
+  std::vector<AppliedDone> joined ABSL_GUARDED_BY(mu);
 };
 
 SyncCore::SyncCore(Authenticator* auth, Ledger* ledger, DeviceRegistry* devices,
@@ -73,6 +77,14 @@ SyncCore::SyncCore(Authenticator* auth, Ledger* ledger, DeviceRegistry* devices,
 }
 
 SyncCore::~SyncCore() {
+  {
+    // The flushers finish what was handed to them; their answers use this.
+    absl::MutexLock lock(&deliveries_mu_);
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(deliveries_mu_) {
+      return deliveries_ == 0;
+    };
+    deliveries_mu_.Await(absl::Condition(&idle));
+  }
   stop_.Notify();
   last_seen_thread_.join();
   FlushLastSeen();
@@ -205,11 +217,11 @@ void SyncCore::Observe(absl::string_view rpc, const CallContext& context,
       .Observe(absl::ToDoubleSeconds(clock_->MonotonicNow() - start));
 }
 
-absl::StatusOr<SyncCore::Applied> SyncCore::Deliver(
-    std::shared_ptr<const DecodedBatch> batch, absl::Time deadline) {
+void SyncCore::DeliverAsync(std::shared_ptr<const DecodedBatch> batch,
+                            AppliedDone done) {
   // Join a delivery of the same batch that is already under way.
   std::string key = InflightKey(*batch);
-  std::shared_ptr<Inflight> mine = std::make_shared<Inflight>();
+  auto mine = std::make_shared<Inflight>();
   std::shared_ptr<Inflight> theirs;
   {
     absl::MutexLock lock(&inflight_mu_);
@@ -217,53 +229,77 @@ absl::StatusOr<SyncCore::Applied> SyncCore::Deliver(
     if (!inserted) theirs = it->second;
   }
   if (theirs != nullptr) {
-    absl::MutexLock lock(&theirs->mu);
-    auto done = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return theirs->done; };
-    if (!theirs->mu.AwaitWithDeadline(
-            absl::Condition(&done),
-            absl::Now() + (deadline - clock_->MonotonicNow()))) {
-      return absl::DeadlineExceededError(
-          "deadline passed waiting for a retried batch");
+    absl::StatusOr<Applied> r;
+    {
+      absl::MutexLock lock(&theirs->mu);
+      if (!theirs->done) {
+        theirs->joined.push_back(std::move(done));
+        return;
+      }
+      r = theirs->result;
     }
-    absl::StatusOr<Applied> r = theirs->result;
     if (r.ok()) r->duplicate = true;
-    return r;
+    std::move(done)(std::move(r));
+    return;
   }
+  mine->sequence_number = batch->sequence_number;
+  mine->owner = std::move(done);
+  {
+    absl::MutexLock lock(&deliveries_mu_);
+    ++deliveries_;
+  }
+  LedgerEntry entry{batch->device.device_id, batch->stream,
+                    batch->sequence_number, batch->record_count()};
+  absl::StatusOr<std::vector<bool>> applied = ledger_->AreApplied({&entry, 1});
+  if (!applied.ok()) return Finish(key, mine, applied.status());
+  if ((*applied)[0])
+    return Finish(key, mine, Applied{entry.sequence_number, true});
+  router_->DeliverAsync(batch, [this, batch, key, mine](absl::Status s) {
+    if (!s.ok()) return Finish(key, mine, std::move(s));
+    // Every backend has it: record it, then acknowledge.
+    absl::Status refused =
+        ledger_commit_->Enqueue(batch, [this, key, mine](absl::Status s) {
+          if (!s.ok()) return Finish(key, mine, std::move(s));
+          Finish(key, mine, Applied{mine->sequence_number, false});
+        });
+    if (!refused.ok()) Finish(key, mine, std::move(refused));
+  });
+}
 
-  auto run = [&]() -> absl::StatusOr<Applied> {
-    LedgerEntry entry{batch->device.device_id, batch->stream,
-                      batch->sequence_number, batch->record_count()};
-    ASSIGN_OR_RETURN(std::vector<bool> applied,
-                     ledger_->AreApplied({&entry, 1}));
-    if (applied[0]) return Applied{batch->sequence_number, true};
-    RETURN_IF_ERROR(router_->Deliver(batch, deadline));
-    RETURN_IF_ERROR(ledger_commit_->Submit(batch, deadline));
-    return Applied{batch->sequence_number, false};
-  };
-  absl::StatusOr<Applied> result = run();
+void SyncCore::Finish(const std::string& key,
+                      const std::shared_ptr<Inflight>& mine,
+                      absl::StatusOr<Applied> result) {
+  std::vector<AppliedDone> joined;
   {
     absl::MutexLock lock(&mine->mu);
     mine->result = result;
     mine->done = true;
+    joined.swap(mine->joined);
   }
-  absl::MutexLock lock(&inflight_mu_);
-  inflight_.erase(key);
-  return result;
+  {
+    absl::MutexLock lock(&inflight_mu_);
+    inflight_.erase(key);
+  }
+  absl::StatusOr<Applied> shared = result;
+  if (shared.ok()) shared->duplicate = true;
+  for (AppliedDone& d : joined) std::move(d)(shared);
+  std::move(mine->owner)(std::move(result));
+  absl::MutexLock lock(&deliveries_mu_);
+  --deliveries_;
 }
 
-absl::StatusOr<SyncCore::Applied> SyncCore::Apply(
-    const CallContext& context, absl::string_view rpc,
-    const std::function<absl::StatusOr<DecodedBatch>(const DeviceIdentity&)>&
-        decode) {
-  ASSIGN_OR_RETURN(DeviceIdentity identity,
-                   auth_->Authenticate(context.api_key));
-  absl::StatusOr<DecodedBatch> decoded = decode(identity);
+void SyncCore::ApplyAsync(const CallContext& context, absl::string_view rpc,
+                          const Decoder& decode, AppliedDone done) {
+  absl::StatusOr<DeviceIdentity> identity =
+      auth_->Authenticate(context.api_key);
+  if (!identity.ok()) return std::move(done)(identity.status());
+  absl::StatusOr<DecodedBatch> decoded = decode(*identity);
   if (!decoded.ok()) {
-    LOG(WARNING) << rpc << " from " << identity.device_id
+    LOG(WARNING) << rpc << " from " << identity->device_id
                  << " rejected: " << decoded.status();
-    return decoded.status();
+    return std::move(done)(decoded.status());
   }
-  Touch(identity.device_id);
+  Touch(identity->device_id);
   if (metrics_ != nullptr) {
     metrics_
         ->CounterFamily("fleetd_records_received_total",
@@ -272,19 +308,78 @@ absl::StatusOr<SyncCore::Applied> SyncCore::Apply(
         .Increment(decoded->record_count());
   }
   auto batch = std::make_shared<const DecodedBatch>(*std::move(decoded));
-  absl::StatusOr<Applied> applied = Deliver(batch, MonotonicDeadline(context));
-  if (metrics_ != nullptr) {
-    std::string result = !applied.ok()        ? "failed"
-                         : applied->duplicate ? "duplicate"
-                                              : "applied";
-    metrics_
-        ->CounterFamily("fleetd_batches_total",
-                        "Device batches by kind and outcome.",
-                        {"kind", "result"})
-        .WithLabels({std::string(DataKindName(batch->kind)), result})
-        .Increment();
+  const DataKind kind = batch->kind;
+  DeliverAsync(std::move(batch), [this, kind, done = std::move(done)](
+                                     absl::StatusOr<Applied> applied) mutable {
+    if (metrics_ != nullptr) {
+      std::string result = !applied.ok()        ? "failed"
+                           : applied->duplicate ? "duplicate"
+                                                : "applied";
+      metrics_
+          ->CounterFamily("fleetd_batches_total",
+                          "Device batches by kind and outcome.",
+                          {"kind", "result"})
+          .WithLabels({std::string(DataKindName(kind)), result})
+          .Increment();
+    }
+    std::move(done)(std::move(applied));
+  });
+}
+
+absl::StatusOr<SyncCore::Applied> SyncCore::Apply(const CallContext& context,
+                                                  absl::string_view rpc,
+                                                  const Decoder& decode) {
+  struct Answer {
+    absl::Mutex mu;
+    bool done ABSL_GUARDED_BY(mu) = false;
+    absl::StatusOr<Applied> result ABSL_GUARDED_BY(mu);
+  };
+  // Shared: the delivery may outlive this wait.
+  auto answer = std::make_shared<Answer>();
+  const absl::Time deadline = MonotonicDeadline(context);
+  ApplyAsync(context, rpc, decode, [answer](absl::StatusOr<Applied> r) {
+    absl::MutexLock lock(&answer->mu);
+    answer->result = std::move(r);
+    answer->done = true;
+  });
+  // Waits in real time, re-checking the deadline on our clock at least every
+  // second so that a simulated clock in tests is honoured too.
+  absl::MutexLock lock(&answer->mu);
+  while (!answer->done) {
+    const absl::Duration left = deadline - clock_->MonotonicNow();
+    if (left <= absl::ZeroDuration()) {
+      return absl::DeadlineExceededError(
+          "deadline passed waiting for the backends");
+    }
+    answer->mu.AwaitWithTimeout(absl::Condition(&answer->done),
+                                std::min(left, absl::Seconds(1)));
   }
-  return applied;
+  return answer->result;
+}
+
+template <typename Response>
+Response SyncCore::Acknowledgement(const Applied& applied) {
+  Response response;
+  response.set_success(true);
+  response.set_last_sequence_ack(applied.sequence_number);
+  response.set_duplicate(applied.duplicate);
+  SetTimestamp(response.mutable_server_time(), clock_->Now());
+  return response;
+}
+
+template <typename Response>
+void SyncCore::ApplyRpcAsync(const CallContext& context, absl::string_view rpc,
+                             const Decoder& decode, Reply<Response> done) {
+  const absl::Time start = clock_->MonotonicNow();
+  ApplyAsync(context, rpc, decode,
+             [this, rpc, protocol = context.protocol, start,
+              done = std::move(done)](absl::StatusOr<Applied> applied) mutable {
+               CallContext observed;
+               observed.protocol = std::move(protocol);
+               Observe(rpc, observed, applied.status(), start);
+               if (!applied.ok()) return std::move(done)(applied.status());
+               std::move(done)(Acknowledgement<Response>(*applied));
+             });
 }
 
 absl::StatusOr<v1::SyncMetricsResponse> SyncCore::SyncMetrics(
@@ -296,12 +391,7 @@ absl::StatusOr<v1::SyncMetricsResponse> SyncCore::SyncMetrics(
       });
   Observe("SyncMetrics", context, applied.status(), start);
   if (!applied.ok()) return applied.status();
-  v1::SyncMetricsResponse response;
-  response.set_success(true);
-  response.set_last_sequence_ack(applied->sequence_number);
-  response.set_duplicate(applied->duplicate);
-  SetTimestamp(response.mutable_server_time(), clock_->Now());
-  return response;
+  return Acknowledgement<v1::SyncMetricsResponse>(*applied);
 }
 
 absl::StatusOr<v1::SyncLogsResponse> SyncCore::SyncLogs(
@@ -313,12 +403,7 @@ absl::StatusOr<v1::SyncLogsResponse> SyncCore::SyncLogs(
       });
   Observe("SyncLogs", context, applied.status(), start);
   if (!applied.ok()) return applied.status();
-  v1::SyncLogsResponse response;
-  response.set_success(true);
-  response.set_last_sequence_ack(applied->sequence_number);
-  response.set_duplicate(applied->duplicate);
-  SetTimestamp(response.mutable_server_time(), clock_->Now());
-  return response;
+  return Acknowledgement<v1::SyncLogsResponse>(*applied);
 }
 
 absl::StatusOr<v1::SyncEventsResponse> SyncCore::SyncEvents(
@@ -330,12 +415,40 @@ absl::StatusOr<v1::SyncEventsResponse> SyncCore::SyncEvents(
       });
   Observe("SyncEvents", context, applied.status(), start);
   if (!applied.ok()) return applied.status();
-  v1::SyncEventsResponse response;
-  response.set_success(true);
-  response.set_last_sequence_ack(applied->sequence_number);
-  response.set_duplicate(applied->duplicate);
-  SetTimestamp(response.mutable_server_time(), clock_->Now());
-  return response;
+  return Acknowledgement<v1::SyncEventsResponse>(*applied);
+}
+
+void SyncCore::SyncMetricsAsync(const CallContext& context,
+                                const v1::SyncMetricsRequest& request,
+                                Reply<v1::SyncMetricsResponse> done) {
+  ApplyRpcAsync(
+      context, "SyncMetrics",
+      [&](const DeviceIdentity& id) {
+        return DecodeMetrics(request, id, options_.limits, clock_->Now());
+      },
+      std::move(done));
+}
+
+void SyncCore::SyncLogsAsync(const CallContext& context,
+                             const v1::SyncLogsRequest& request,
+                             Reply<v1::SyncLogsResponse> done) {
+  ApplyRpcAsync(
+      context, "SyncLogs",
+      [&](const DeviceIdentity& id) {
+        return DecodeLogs(request, id, options_.limits, clock_->Now());
+      },
+      std::move(done));
+}
+
+void SyncCore::SyncEventsAsync(const CallContext& context,
+                               const v1::SyncEventsRequest& request,
+                               Reply<v1::SyncEventsResponse> done) {
+  ApplyRpcAsync(
+      context, "SyncEvents",
+      [&](const DeviceIdentity& id) {
+        return DecodeEvents(request, id, options_.limits, clock_->Now());
+      },
+      std::move(done));
 }
 
 absl::StatusOr<v1::GetSyncConfigResponse> SyncCore::GetSyncConfig(

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
 #include "common/clock/clock.h"
 #include "common/metrics/metrics.h"
@@ -30,6 +31,15 @@ namespace fleetd::server {
 // shares its outcome, so concurrent retries are written once. Any failure
 // before the ledger write leaves the batch unacknowledged; the device retries
 // with the same sequence number and backends dedupe what was already written.
+//
+// The batch RPCs also come without waiting (SyncMetricsAsync, ...): the
+// calling thread authenticates, decodes and checks the ledger, then returns;
+// the answer comes from the flusher that finished the batch's ledger write.
+// The blocking forms are the same path plus a wait bounded by the call's
+// deadline (or Options::max_wait): when it passes, the call answers
+// DEADLINE_EXCEEDED but the delivery goes on and, once it lands, is recorded,
+// so the device's retry is acknowledged as a duplicate. The destructor waits
+// for deliveries under way.
 class SyncCore final : public SyncHandler {
  public:
   struct Options {
@@ -51,6 +61,15 @@ class SyncCore final : public SyncHandler {
   absl::StatusOr<v1::SyncMetricsResponse> SyncMetrics(
       const CallContext& context,
       const v1::SyncMetricsRequest& request) override;
+  void SyncMetricsAsync(const CallContext& context,
+                        const v1::SyncMetricsRequest& request,
+                        Reply<v1::SyncMetricsResponse> done) override;
+  void SyncLogsAsync(const CallContext& context,
+                     const v1::SyncLogsRequest& request,
+                     Reply<v1::SyncLogsResponse> done) override;
+  void SyncEventsAsync(const CallContext& context,
+                       const v1::SyncEventsRequest& request,
+                       Reply<v1::SyncEventsResponse> done) override;
   absl::StatusOr<v1::SyncLogsResponse> SyncLogs(
       const CallContext& context, const v1::SyncLogsRequest& request) override;
   absl::StatusOr<v1::GetSyncConfigResponse> GetSyncConfig(
@@ -73,20 +92,39 @@ class SyncCore final : public SyncHandler {
     int64_t sequence_number = 0;
     bool duplicate = false;
   };
-  // Authenticates, then delivers the batch `decode` produces. Exposed for the
-  // stream session; front ends use the RPC methods.
-  absl::StatusOr<Applied> Apply(
-      const CallContext& context, absl::string_view rpc,
-      const std::function<absl::StatusOr<DecodedBatch>(const DeviceIdentity&)>&
-          decode);
+  using Decoder =
+      std::function<absl::StatusOr<DecodedBatch>(const DeviceIdentity&)>;
+  using AppliedDone = absl::AnyInvocable<void(absl::StatusOr<Applied>) &&>;
+  // Authenticates, then delivers the batch `decode` produces, waiting until
+  // it is recorded or the call's deadline passes. Exposed for the stream
+  // session; front ends use the RPC methods.
+  absl::StatusOr<Applied> Apply(const CallContext& context,
+                                absl::string_view rpc, const Decoder& decode);
+  // The same without waiting: authenticates, decodes and checks the ledger on
+  // the calling thread (`decode` is not used after this returns), then
+  // `done` receives the outcome exactly once: before this returns when the
+  // call ends early (refused, invalid, a known duplicate), else on a flusher
+  // thread, where it must be quick and must not block.
+  void ApplyAsync(const CallContext& context, absl::string_view rpc,
+                  const Decoder& decode, AppliedDone done);
 
  private:
   class LedgerWriter;
   class Session;
   struct Inflight;
 
-  absl::StatusOr<Applied> Deliver(std::shared_ptr<const DecodedBatch> batch,
-                                  absl::Time deadline);
+  void DeliverAsync(std::shared_ptr<const DecodedBatch> batch,
+                    AppliedDone done);
+  // Ends the delivery `mine` (registered under `key`) with `result`: answers
+  // its owner and every call that joined it, then forgets it.
+  void Finish(const std::string& key, const std::shared_ptr<Inflight>& mine,
+              absl::StatusOr<Applied> result);
+  // ApplyAsync for the batch RPCs: `Response` acknowledges the batch.
+  template <typename Response>
+  void ApplyRpcAsync(const CallContext& context, absl::string_view rpc,
+                     const Decoder& decode, Reply<Response> done);
+  template <typename Response>
+  Response Acknowledgement(const Applied& applied);
   absl::Time MonotonicDeadline(const CallContext& context);
   void Touch(const std::string& device_id);
   // Notes a device's reported delivery health: updates the fleet-wide gauges
@@ -107,6 +145,10 @@ class SyncCore final : public SyncHandler {
   const Options options_;
   std::unique_ptr<LedgerWriter> ledger_writer_;
   std::unique_ptr<GroupCommitter> ledger_commit_;
+
+  // Deliveries begun by DeliverAsync and not yet finished.
+  absl::Mutex deliveries_mu_;
+  int64_t deliveries_ ABSL_GUARDED_BY(deliveries_mu_) = 0;
 
   absl::Mutex inflight_mu_;
   std::map<std::string, std::shared_ptr<Inflight>> inflight_

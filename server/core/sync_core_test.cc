@@ -1,6 +1,8 @@
 #include "server/core/sync_core.h"
 
+#include <atomic>
 #include <map>
+#include <memory>
 #include <set>
 #include <thread>
 #include <tuple>
@@ -270,6 +272,118 @@ TEST_F(SyncCoreTest,
   ASSERT_THAT(second, IsOk());
   EXPECT_NE(first->duplicate(), second->duplicate());
   EXPECT_EQ(metrics_writer_.rows().size(), 1u);
+}
+
+// Answers of the asynchronous forms, as they arrive.
+class Answers {
+ public:
+  Reply<v1::SyncMetricsResponse> Slot() {
+    return [this](absl::StatusOr<v1::SyncMetricsResponse> r) {
+      absl::MutexLock lock(&mu_);
+      got_.push_back(std::move(r));
+    };
+  }
+  std::vector<absl::StatusOr<v1::SyncMetricsResponse>> got() {
+    absl::MutexLock lock(&mu_);
+    return got_;
+  }
+  size_t count() { return got().size(); }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<absl::StatusOr<v1::SyncMetricsResponse>> got_
+      ABSL_GUARDED_BY(mu_);
+};
+
+TEST_F(SyncCoreTest, AsyncCallReturnsAtOnceAndIsAnsweredOnceRecorded) {
+  metrics_writer_.set_open(false);
+  Answers answers;
+  // Returns while the backend write is held: nothing waits on this thread.
+  core_.SyncMetricsAsync(Context(key_), Metrics(21, 2), answers.Slot());
+  ASSERT_TRUE(WaitFor([&] { return metrics_writer_.in_flight() == 1; }));
+  EXPECT_EQ(answers.count(), 0u);
+  EXPECT_EQ(ledger_.applied_count(), 0u);
+  metrics_writer_.set_open(true);
+  ASSERT_TRUE(WaitFor([&] { return answers.count() == 1; }));
+  ASSERT_THAT(answers.got()[0], IsOk());
+  EXPECT_EQ(answers.got()[0]->last_sequence_ack(), 21);
+  EXPECT_FALSE(answers.got()[0]->duplicate());
+  // Acknowledged only once recorded.
+  EXPECT_EQ(ledger_.applied_count(), 1u);
+  EXPECT_EQ(metrics_writer_.rows().size(), 2u);
+}
+
+TEST_F(SyncCoreTest, AsyncRefusalsAreAnsweredBeforeTheCallReturns) {
+  Answers answers;
+  core_.SyncMetricsAsync(Context("fleetd_not-a-key"), Metrics(1, 1),
+                         answers.Slot());
+  ASSERT_EQ(answers.count(), 1u);
+  EXPECT_THAT(answers.got()[0], StatusIs(absl::StatusCode::kUnauthenticated));
+  v1::SyncMetricsRequest bad = Metrics(2, 1);
+  bad.mutable_batch()->mutable_metrics(0)->set_name("not a name");
+  core_.SyncMetricsAsync(Context(key_), bad, answers.Slot());
+  ASSERT_EQ(answers.count(), 2u);
+  EXPECT_THAT(answers.got()[1], StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_TRUE(metrics_writer_.rows().empty());
+}
+
+TEST_F(SyncCoreTest, AsyncRetryOfABatchUnderWayJoinsItAndIsWrittenOnce) {
+  metrics_writer_.set_open(false);
+  Answers answers;
+  core_.SyncMetricsAsync(Context(key_), Metrics(22, 1), answers.Slot());
+  ASSERT_TRUE(WaitFor([&] { return metrics_writer_.in_flight() == 1; }));
+  core_.SyncMetricsAsync(Context(key_), Metrics(22, 1), answers.Slot());
+  EXPECT_EQ(answers.count(), 0u);
+  metrics_writer_.set_open(true);
+  ASSERT_TRUE(WaitFor([&] { return answers.count() == 2; }));
+  ASSERT_THAT(answers.got()[0], IsOk());
+  ASSERT_THAT(answers.got()[1], IsOk());
+  EXPECT_NE(answers.got()[0]->duplicate(), answers.got()[1]->duplicate());
+  EXPECT_EQ(metrics_writer_.rows().size(), 1u);
+  EXPECT_EQ(ledger_.applied_count(), 1u);
+}
+
+TEST_F(SyncCoreTest, BlockingCallPastItsDeadlineStillRecordsTheBatchOnce) {
+  metrics_writer_.set_open(false);
+  CallContext context = Context(key_);
+  context.deadline = clock_.Now() + absl::Seconds(5);
+  absl::StatusOr<v1::SyncMetricsResponse> first;
+  std::thread caller(
+      [&] { first = core_.SyncMetrics(context, Metrics(23, 1)); });
+  ASSERT_TRUE(WaitFor([&] { return metrics_writer_.in_flight() == 1; }));
+  clock_.Advance(absl::Seconds(6));
+  caller.join();
+  EXPECT_THAT(first, StatusIs(absl::StatusCode::kDeadlineExceeded));
+  // The delivery goes on: once it lands it is recorded, so the device's
+  // retry is a duplicate and nothing is written twice.
+  metrics_writer_.set_open(true);
+  ASSERT_TRUE(WaitFor([&] { return ledger_.applied_count() == 1; }));
+  auto retry = core_.SyncMetrics(Context(key_), Metrics(23, 1));
+  ASSERT_THAT(retry, IsOk());
+  EXPECT_TRUE(retry->duplicate());
+  EXPECT_EQ(metrics_writer_.rows().size(), 1u);
+}
+
+TEST_F(SyncCoreTest, DestructorWaitsForDeliveriesUnderWay) {
+  auto core = std::make_unique<SyncCore>(&auth_, &ledger_, &ledger_, &router_,
+                                         &clock_, nullptr, SyncCore::Options{});
+  metrics_writer_.set_open(false);
+  std::atomic<bool> destroyed{false};
+  std::atomic<bool> answered_before_destroyed{false};
+  core->SyncMetricsAsync(Context(key_), Metrics(24, 1),
+                         [&](absl::StatusOr<v1::SyncMetricsResponse> r) {
+                           EXPECT_THAT(r, IsOk());
+                           answered_before_destroyed = !destroyed.load();
+                         });
+  ASSERT_TRUE(WaitFor([&] { return metrics_writer_.in_flight() == 1; }));
+  std::thread destroyer([&] {
+    core.reset();
+    destroyed = true;
+  });
+  metrics_writer_.set_open(true);
+  destroyer.join();
+  EXPECT_TRUE(answered_before_destroyed.load());
+  EXPECT_EQ(ledger_.applied_count(), 1u);
 }
 
 TEST_F(SyncCoreTest, BadKeysWriteNothing) {

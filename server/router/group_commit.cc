@@ -159,8 +159,7 @@ int64_t GroupCommitter::monitor_rounds() {
   return monitor_rounds_;
 }
 
-absl::StatusOr<GroupCommitter::Ticket> GroupCommitter::Enqueue(
-    std::shared_ptr<const DecodedBatch> batch) {
+absl::Status GroupCommitter::Admit(Pending p) {
   if (!breaker_.Allow()) {
     if (rejected_breaker_ != nullptr) rejected_breaker_->Increment();
     return WithRetryAfter(
@@ -170,16 +169,12 @@ absl::StatusOr<GroupCommitter::Ticket> GroupCommitter::Enqueue(
   }
   // In half-open state Allow() admitted this batch as the probe; its flush
   // reports back.
-  size_t bytes = batch->approx_bytes();
-  Pending p{std::move(batch), bytes, std::make_shared<Result>()};
-  Ticket ticket;
-  ticket.result_ = p.result;
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("server shutting down");
   if (queued_bytes_ + p.bytes > options_.max_queue_bytes && !queue_.empty()) {
     if (rejected_overload_ != nullptr) rejected_overload_->Increment();
-    LOG(WARNING) << "queue for " << writer_->name() << " is full ("
-                 << queued_bytes_ << " bytes); refusing a batch";
+    LOG_EVERY_T(WARNING, 1) << "queue for " << writer_->name() << " is full ("
+                            << queued_bytes_ << " bytes); refusing a batch";
     return WithRetryAfter(
         absl::ResourceExhaustedError(absl::StrCat(
             "server overloaded: ", writer_->name(), " queue is full")),
@@ -188,7 +183,24 @@ absl::StatusOr<GroupCommitter::Ticket> GroupCommitter::Enqueue(
   queued_bytes_ += p.bytes;
   if (queue_bytes_gauge_ != nullptr) queue_bytes_gauge_->Set(queued_bytes_);
   queue_.push_back(std::move(p));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<GroupCommitter::Ticket> GroupCommitter::Enqueue(
+    std::shared_ptr<const DecodedBatch> batch) {
+  const size_t bytes = batch->approx_bytes();
+  Ticket ticket;
+  ticket.result_ = std::make_shared<Result>();
+  absl::Status admitted =
+      Admit(Pending{std::move(batch), bytes, ticket.result_, nullptr});
+  if (!admitted.ok()) return admitted;
   return ticket;
+}
+
+absl::Status GroupCommitter::Enqueue(std::shared_ptr<const DecodedBatch> batch,
+                                     Done done) {
+  const size_t bytes = batch->approx_bytes();
+  return Admit(Pending{std::move(batch), bytes, nullptr, std::move(done)});
 }
 
 absl::Status GroupCommitter::Wait(const Ticket& ticket, absl::Time deadline) {
@@ -270,6 +282,10 @@ void GroupCommitter::SetOutcome(absl::Span<Pending> span,
 
 void GroupCommitter::Complete(absl::Span<Pending> taken) {
   for (Pending& p : taken) {
+    if (p.done) {
+      std::move(p.done)(p.outcome);
+      continue;
+    }
     absl::MutexLock lock(&p.result->mu);
     p.result->status = p.outcome;
     p.result->done = true;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -108,6 +109,8 @@ class GroupCommitter {
   GroupCommitter& operator=(const GroupCommitter&) = delete;
 
   class Ticket;
+  // Receives the Writer's status for one batch (see Enqueue with a callback).
+  using Done = absl::AnyInvocable<void(absl::Status) &&>;
 
   // Queues `batch` for the next flush. Fails at once with RESOURCE_EXHAUSTED
   // (and a retry hint) if the queue is full, UNAVAILABLE if the breaker is open
@@ -119,6 +122,15 @@ class GroupCommitter {
   // the committer's clock) passes first; the batch may then still be written
   // later, which is harmless because writers are idempotent.
   absl::Status Wait(const Ticket& ticket, absl::Time deadline);
+  // Queues `batch` like Enqueue above, but nobody waits: `done` receives the
+  // Writer's status for it once the flush that carried it ended (also
+  // UNAVAILABLE at shutdown), exactly once, on a flusher thread (or the
+  // destroying one), outside every lock of this committer. `done` must be
+  // quick and must not block: it runs between flushes. It may Enqueue again,
+  // here or on another committer. When Enqueue fails at once (overload,
+  // breaker, shutdown) `done` is dropped uncalled and the error returned.
+  // No deadline: the flush ends when the Writer's own timeouts say so.
+  absl::Status Enqueue(std::shared_ptr<const DecodedBatch> batch, Done done);
   // Enqueue, then Wait.
   absl::Status Submit(std::shared_ptr<const DecodedBatch> batch,
                       absl::Time deadline);
@@ -150,8 +162,9 @@ class GroupCommitter {
     std::shared_ptr<const DecodedBatch> batch;
     size_t bytes;
     // Shared with the waiting caller, who may give up (deadline) before the
-    // flush ends.
+    // flush ends; null when `done` is set instead.
     std::shared_ptr<Result> result;
+    Done done;
     // Set by the flush, handed over by Complete().
     absl::Status outcome;
   };
@@ -176,6 +189,8 @@ class GroupCommitter {
   };
   enum class ReplaySupport { kUnknown, kYes, kNo };
 
+  // Queues `p` unless the breaker, the byte bound or shutdown refuses it.
+  absl::Status Admit(Pending p);
   void FlushLoop();
   // Polls the backend's identity and replays when due, until stopped.
   void MonitorLoop();
@@ -204,7 +219,8 @@ class GroupCommitter {
   // (isolating a content refusal).
   SpanResult WriteSpan(absl::Span<Pending> span);
   static void SetOutcome(absl::Span<Pending> span, const absl::Status& status);
-  // Hands each Pending its outcome and wakes its caller.
+  // Hands each Pending its outcome: wakes its waiting caller or calls its
+  // `done`.
   static void Complete(absl::Span<Pending> taken);
 
   Writer* const writer_;

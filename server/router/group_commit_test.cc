@@ -412,6 +412,188 @@ TEST(GroupCommitTest, ShutdownNeverLeavesCallersHanging) {
   }
 }
 
+// ---- Without waiting (Enqueue with a callback, Router::DeliverAsync) -------
+
+// Outcomes handed to callbacks, with the thread each ran on.
+class Outcomes {
+ public:
+  GroupCommitter::Done Slot(int id) {
+    return [this, id](absl::Status s) {
+      absl::MutexLock lock(&mu_);
+      got_.push_back({id, std::move(s), std::this_thread::get_id()});
+    };
+  }
+  absl::AnyInvocable<void(absl::Status) &&> RouterSlot(int id) {
+    return Slot(id);
+  }
+  struct Got {
+    int id;
+    absl::Status status;
+    std::thread::id thread;
+  };
+  std::vector<Got> got() {
+    absl::MutexLock lock(&mu_);
+    return got_;
+  }
+  size_t count() { return got().size(); }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<Got> got_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST(GroupCommitAsyncTest, DoneGetsTheFlushOutcomeOnceOnAFlusherThread) {
+  FakeWriter writer;
+  GroupCommitter gc(&writer, Clock::Real(), nullptr, {.flush_threads = 1});
+  Outcomes outcomes;
+  writer.Close();
+  // Nobody waits: Enqueue returns while the flush is held.
+  ASSERT_THAT(gc.Enqueue(MakeBatch(1, 1), outcomes.Slot(1)), IsOk());
+  ASSERT_TRUE(WaitFor([&] { return writer.in_flight() == 1; }));
+  writer.Fail(absl::UnavailableError("down"));
+  ASSERT_THAT(gc.Enqueue(MakeBatch(2, 1), outcomes.Slot(2)), IsOk());
+  EXPECT_EQ(outcomes.count(), 0u) << "answered before its flush ended";
+  writer.Open();
+  ASSERT_TRUE(WaitFor([&] { return outcomes.count() == 2; }));
+  std::vector<Outcomes::Got> got = outcomes.got();
+  // Both were in the held flush, which failed: each caller hears it once.
+  for (const Outcomes::Got& g : got) {
+    EXPECT_THAT(g.status, StatusIs(absl::StatusCode::kUnavailable));
+    EXPECT_NE(g.thread, std::this_thread::get_id());
+  }
+  writer.Fail(absl::OkStatus());
+  ASSERT_THAT(gc.Enqueue(MakeBatch(3, 1), outcomes.Slot(3)), IsOk());
+  ASSERT_TRUE(WaitFor([&] { return outcomes.count() == 3; }));
+  EXPECT_EQ(outcomes.got()[2].id, 3);
+  EXPECT_THAT(outcomes.got()[2].status, IsOk());
+}
+
+TEST(GroupCommitAsyncTest, RefusedAtOnceReturnsTheErrorAndNeverCallsDone) {
+  FakeWriter writer;
+  auto big = MakeBatch(1, 100);
+  GroupCommitter gc(
+      &writer, Clock::Real(), nullptr,
+      {.flush_threads = 1, .max_queue_bytes = big->approx_bytes() + 10});
+  Outcomes outcomes;
+  writer.Close();
+  ASSERT_THAT(gc.Enqueue(MakeBatch(0, 1), outcomes.Slot(0)), IsOk());
+  ASSERT_TRUE(WaitFor([&] { return writer.in_flight() == 1; }));
+  ASSERT_THAT(gc.Enqueue(big, outcomes.Slot(1)), IsOk());
+  EXPECT_THAT(gc.Enqueue(MakeBatch(2, 100), outcomes.Slot(2)),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  writer.Open();
+  ASSERT_TRUE(WaitFor([&] { return outcomes.count() == 2; }));
+  for (const Outcomes::Got& g : outcomes.got()) EXPECT_NE(g.id, 2);
+  EXPECT_THAT(writer.seen(), ::testing::ElementsAre(0, 1));
+}
+
+TEST(GroupCommitAsyncTest, DoneMayEnqueueAgainFromTheFlusher) {
+  FakeWriter first_writer, second_writer;
+  GroupCommitter first(&first_writer, Clock::Real(), nullptr,
+                       {.flush_threads = 1});
+  GroupCommitter second(&second_writer, Clock::Real(), nullptr,
+                        {.flush_threads = 1});
+  Outcomes outcomes;
+  auto batch = MakeBatch(7, 1);
+  ASSERT_THAT(first.Enqueue(batch,
+                            [&](absl::Status s) {
+                              ASSERT_THAT(s, IsOk());
+                              ASSERT_THAT(
+                                  second.Enqueue(batch, outcomes.Slot(7)),
+                                  IsOk());
+                            }),
+              IsOk());
+  ASSERT_TRUE(WaitFor([&] { return outcomes.count() == 1; }));
+  EXPECT_THAT(outcomes.got()[0].status, IsOk());
+  EXPECT_THAT(second_writer.seen(), ::testing::ElementsAre(7));
+}
+
+TEST(GroupCommitAsyncTest, ShutdownAnswersQueuedBatchesUnavailable) {
+  FakeWriter writer;
+  Outcomes outcomes;
+  {
+    GroupCommitter gc(&writer, Clock::Real(), nullptr, {.flush_threads = 1});
+    writer.Close();
+    ASSERT_THAT(gc.Enqueue(MakeBatch(0, 1), outcomes.Slot(0)), IsOk());
+    ASSERT_TRUE(WaitFor([&] { return writer.in_flight() == 1; }));
+    ASSERT_THAT(gc.Enqueue(MakeBatch(1, 1), outcomes.Slot(1)), IsOk());
+    std::thread opener([&] { writer.Open(); });
+    opener.join();
+  }
+  // Both answered by the time the committer is gone; the queued one either
+  // made a flush or heard UNAVAILABLE.
+  ASSERT_EQ(outcomes.count(), 2u);
+  for (const Outcomes::Got& g : outcomes.got()) {
+    if (!g.status.ok()) {
+      EXPECT_THAT(g.status, StatusIs(absl::StatusCode::kUnavailable));
+    }
+  }
+}
+
+TEST(RouterTest, DeliverAsyncAnswersOnceWithTheMostTellingVerdict) {
+  FakeWriter a_writer, b_writer;
+  GroupCommitter a(&a_writer, Clock::Real(), nullptr, {.flush_threads = 1});
+  GroupCommitter b(&b_writer, Clock::Real(), nullptr, {.flush_threads = 1});
+  Router router({{DataKind::kMetrics, {&a, &b}}});
+  Outcomes outcomes;
+
+  // Answered only once both destinations have it.
+  b_writer.Close();
+  router.DeliverAsync(MakeBatch(1, 1), outcomes.RouterSlot(1));
+  ASSERT_TRUE(WaitFor([&] { return b_writer.in_flight() == 1; }));
+  ASSERT_TRUE(WaitFor([&] { return a_writer.seen().size() == 1; }));
+  EXPECT_EQ(outcomes.count(), 0u);
+  b_writer.Open();
+  ASSERT_TRUE(WaitFor([&] { return outcomes.count() == 1; }));
+  EXPECT_THAT(outcomes.got()[0].status, IsOk());
+
+  // One outage, one rejection: the rejection stands, still marked.
+  a_writer.Fail(absl::UnavailableError("down"));
+  b_writer.Poison(2);
+  router.DeliverAsync(MakeBatch(2, 1), outcomes.RouterSlot(2));
+  ASSERT_TRUE(WaitFor([&] { return outcomes.count() == 2; }));
+  EXPECT_THAT(outcomes.got()[1].status,
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_TRUE(IsBatchRejected(outcomes.got()[1].status));
+
+  // An outage alone is retryable.
+  router.DeliverAsync(MakeBatch(3, 1), outcomes.RouterSlot(3));
+  ASSERT_TRUE(WaitFor([&] { return outcomes.count() == 3; }));
+  EXPECT_THAT(outcomes.got()[2].status,
+              StatusIs(absl::StatusCode::kUnavailable));
+
+  // No route: answered at once, on the caller's thread.
+  auto logs = MakeBatch(4, 1);
+  logs->kind = DataKind::kLogs;
+  router.DeliverAsync(logs, outcomes.RouterSlot(4));
+  ASSERT_EQ(outcomes.count(), 4u);
+  EXPECT_THAT(outcomes.got()[3].status,
+              StatusIs(absl::StatusCode::kUnimplemented));
+  EXPECT_EQ(outcomes.got()[3].thread, std::this_thread::get_id());
+}
+
+TEST(RouterTest, DeliverAsyncCountsADestinationThatRefusedAtOnce) {
+  FakeWriter a_writer, b_writer;
+  GroupCommitter a(&a_writer, Clock::Real(), nullptr, {.flush_threads = 1});
+  SimulatedClock clock;
+  GroupCommitter b(
+      &b_writer, &clock, nullptr,
+      {.flush_threads = 1,
+       .breaker = {.failure_threshold = 1, .open_duration = absl::Hours(1)}});
+  b_writer.Fail(absl::UnavailableError("down"));
+  ASSERT_THAT(b.Submit(MakeBatch(0, 1), kNoDeadline),
+              StatusIs(absl::StatusCode::kUnavailable));
+  // b's breaker is open now: it refuses at once, a writes.
+  Router router({{DataKind::kMetrics, {&a, &b}}});
+  Outcomes outcomes;
+  router.DeliverAsync(MakeBatch(1, 1), outcomes.RouterSlot(1));
+  ASSERT_TRUE(WaitFor([&] { return outcomes.count() == 1; }));
+  EXPECT_THAT(outcomes.got()[0].status,
+              StatusIs(absl::StatusCode::kUnavailable,
+                       ::testing::HasSubstr("failing")));
+  EXPECT_THAT(a_writer.seen(), ::testing::ElementsAre(1));
+}
+
 // ---- Replay window ----------------------------------------------------------
 
 // Drives the committer's monitor on a simulated clock: each Tick moves time and

@@ -6,6 +6,7 @@
 #include <memory>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "server/model/batch.h"
@@ -31,6 +32,14 @@ class Router {
   // server's setup, so devices keep the batch and retry.
   absl::Status Deliver(std::shared_ptr<const DecodedBatch> batch,
                        absl::Time deadline);
+
+  // Deliver without waiting: `done` receives the same verdict once every
+  // destination's flush carrying the batch ended (or it was refused at once),
+  // exactly once, possibly before this returns, else on a committer's flusher
+  // thread (GroupCommitter::Enqueue with a callback: `done` must be quick and
+  // must not block). No deadline of its own.
+  void DeliverAsync(std::shared_ptr<const DecodedBatch> batch,
+                    absl::AnyInvocable<void(absl::Status) &&> done);
 
   bool HasRoute(DataKind kind) const;
   // Every committer, once each, for health checks and metrics.

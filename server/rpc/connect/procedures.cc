@@ -29,6 +29,30 @@ Invoker MakeInvoker(absl::StatusOr<Resp> (SyncHandler::*method)(
       };
 }
 
+template <typename Req, typename Resp>
+AsyncInvoker MakeAsyncInvoker(void (SyncHandler::*method)(const CallContext&,
+                                                          const Req&,
+                                                          Reply<Resp>)) {
+  return [method](SyncHandler* handler, const CallContext& context,
+                  const Message& request, MessageReply reply) {
+    (handler->*method)(
+        context, static_cast<const Req&>(request),
+        [reply = std::move(reply)](absl::StatusOr<Resp> response) mutable {
+          if (!response.ok()) return std::move(reply)(response.status());
+          std::move(reply)(
+              std::unique_ptr<Message>(new Resp(*std::move(response))));
+        });
+  };
+}
+
+std::map<std::string, AsyncInvoker> AsyncInvokers() {
+  return {
+      {"SyncMetrics", MakeAsyncInvoker(&SyncHandler::SyncMetricsAsync)},
+      {"SyncLogs", MakeAsyncInvoker(&SyncHandler::SyncLogsAsync)},
+      {"SyncEvents", MakeAsyncInvoker(&SyncHandler::SyncEventsAsync)},
+  };
+}
+
 std::map<std::string, Invoker> Invokers() {
   return {
       {"SyncMetrics", MakeInvoker(&SyncHandler::SyncMetrics)},
@@ -50,6 +74,7 @@ absl::StatusOr<ProcedureTable> SyncServiceProcedures(
     return absl::InternalError("fleetd.v1.SyncService descriptor not found");
   }
   std::map<std::string, Invoker> invokers = Invokers();
+  std::map<std::string, AsyncInvoker> async_invokers = AsyncInvokers();
   ProcedureTable table;
   for (int i = 0; i < service->method_count(); ++i) {
     const google::protobuf::MethodDescriptor* method = service->method(i);
@@ -62,6 +87,10 @@ absl::StatusOr<ProcedureTable> SyncServiceProcedures(
     procedure.input = method->input_type();
     auto invoker = invokers.find(method->name());
     if (invoker != invokers.end()) procedure.invoke = invoker->second;
+    auto async_invoker = async_invokers.find(method->name());
+    if (async_invoker != async_invokers.end()) {
+      procedure.invoke_async = async_invoker->second;
+    }
     if (!procedure.bidi && !procedure.invoke) {
       LOG(WARNING) << front_end << ": no handler method for "
                    << method->full_name() << "; it answers unimplemented";
@@ -93,10 +122,12 @@ absl::Status RequestDecodeVerdict(const Procedure& procedure,
   return decoded;
 }
 
-absl::StatusOr<std::unique_ptr<Message>> InvokeProcedure(
-    const Procedure& procedure, SyncHandler* handler, const CallContext& call,
-    connect::Codec codec, absl::string_view bytes) {
-  if (!procedure.invoke) return NotImplemented(procedure);
+namespace {
+
+// The procedure's request message from `bytes` (RequestDecodeVerdict on
+// failure).
+absl::StatusOr<std::unique_ptr<Message>> ParseRequest(
+    const Procedure& procedure, connect::Codec codec, absl::string_view bytes) {
   std::unique_ptr<Message> request(
       google::protobuf::MessageFactory::generated_factory()
           ->GetPrototype(procedure.input)
@@ -104,7 +135,32 @@ absl::StatusOr<std::unique_ptr<Message>> InvokeProcedure(
   absl::Status decoded = RequestDecodeVerdict(
       procedure, connect::DecodeMessage(codec, bytes, request.get()));
   if (!decoded.ok()) return decoded;
-  return procedure.invoke(handler, call, *request);
+  return request;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Message>> InvokeProcedure(
+    const Procedure& procedure, SyncHandler* handler, const CallContext& call,
+    connect::Codec codec, absl::string_view bytes) {
+  if (!procedure.invoke) return NotImplemented(procedure);
+  absl::StatusOr<std::unique_ptr<Message>> request =
+      ParseRequest(procedure, codec, bytes);
+  if (!request.ok()) return request.status();
+  return procedure.invoke(handler, call, **request);
+}
+
+void InvokeProcedureAsync(const Procedure& procedure, SyncHandler* handler,
+                          const CallContext& call, connect::Codec codec,
+                          absl::string_view bytes, MessageReply reply) {
+  if (!procedure.invoke_async) {
+    std::move(reply)(InvokeProcedure(procedure, handler, call, codec, bytes));
+    return;
+  }
+  absl::StatusOr<std::unique_ptr<Message>> request =
+      ParseRequest(procedure, codec, bytes);
+  if (!request.ok()) return std::move(reply)(request.status());
+  procedure.invoke_async(handler, call, **request, std::move(reply));
 }
 
 connect::Metadata RetryMetadata(const absl::Status& status) {

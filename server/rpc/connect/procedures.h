@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -35,6 +36,15 @@ using Invoker =
     std::function<absl::StatusOr<std::unique_ptr<google::protobuf::Message>>(
         SyncHandler*, const CallContext&, const google::protobuf::Message&)>;
 
+// The answer of a unary method called without waiting.
+using MessageReply = absl::AnyInvocable<
+    void(absl::StatusOr<std::unique_ptr<google::protobuf::Message>>) &&>;
+// Calls one unary method of a SyncHandler without waiting for its answer
+// (SyncHandler's asynchronous forms; `reply` as their `done`).
+using AsyncInvoker =
+    std::function<void(SyncHandler*, const CallContext&,
+                       const google::protobuf::Message&, MessageReply)>;
+
 // One procedure of fleetd.v1.SyncService, as read from its descriptor.
 struct Procedure {
   std::string name;  // "SyncMetrics"
@@ -43,6 +53,8 @@ struct Procedure {
   bool no_side_effects = false;
   const google::protobuf::Descriptor* input = nullptr;
   Invoker invoke;  // unary only; null if the handler has no such method
+  // The batch methods: their asynchronous form; null for the others.
+  AsyncInvoker invoke_async;
 };
 
 // Procedures by path, "/fleetd.v1.SyncService/<Method>".
@@ -77,6 +89,14 @@ absl::Status RequestDecodeVerdict(const Procedure& procedure,
 absl::StatusOr<std::unique_ptr<google::protobuf::Message>> InvokeProcedure(
     const Procedure& procedure, SyncHandler* handler, const CallContext& call,
     connect::Codec codec, absl::string_view bytes);
+
+// InvokeProcedure without holding the calling thread while the handler waits
+// for backends: `reply` gets the answer exactly once, before this returns
+// (refused, invalid, not a batch method, or the handler answered at once) or
+// later on another thread, where it must be quick and must not block.
+void InvokeProcedureAsync(const Procedure& procedure, SyncHandler* handler,
+                          const CallContext& call, connect::Codec codec,
+                          absl::string_view bytes, MessageReply reply);
 
 // The wire extras of a status, as end-of-stream metadata / gRPC(-Web)
 // trailers: retry-after-ms (the retry hint in milliseconds) and

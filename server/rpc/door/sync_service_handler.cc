@@ -161,8 +161,13 @@ class Door : public std::enable_shared_from_this<Door> {
   std::shared_ptr<Call> NewCall(std::shared_ptr<Exchange> exchange,
                                 const Procedure* procedure,
                                 Protocol protocol) const;
-  // On a worker: decode, call the handler, respond.
-  void Run(const Call& call, std::string body) const;
+  // On a worker: decode and call the handler; the answer is sent from
+  // whichever thread the handler gives it on (a batch method's from the
+  // flusher that finished it: the worker does not wait for backends).
+  void Run(std::shared_ptr<Call> call, std::string body) const;
+  // Encodes the handler's answer and sends it (any thread).
+  void Answer(const Call& call,
+              absl::StatusOr<std::unique_ptr<Message>> response) const;
   absl::StatusOr<std::string> RequestMessage(const Call& call,
                                              std::string body) const;
   void Succeed(const Call& call, std::string message) const;
@@ -431,7 +436,7 @@ void Door::Dispatch(std::shared_ptr<Call> call, std::string body) const {
           door->Fail(*call, absl::UnavailableError("server shutting down"));
           return;
         }
-        door->Run(*call, std::move(body));
+        door->Run(std::move(call), std::move(body));
       });
   if (absl::IsResourceExhausted(submitted)) {
     LOG_EVERY_T(WARNING, 1) << "front door " << call->procedure->name
@@ -472,22 +477,33 @@ absl::StatusOr<std::string> Door::RequestMessage(const Call& call,
                               call.request_coding, max, kFrontEnd);
 }
 
-void Door::Run(const Call& call, std::string body) const {
-  if (call.cancelled.load()) {
+void Door::Run(std::shared_ptr<Call> call, std::string body) const {
+  if (call->cancelled.load()) {
     // The client is gone: its answer could not arrive anyway.
-    Fail(call, absl::CancelledError("call cancelled before it ran"));
+    Fail(*call, absl::CancelledError("call cancelled before it ran"));
     return;
   }
-  if (clock_->Now() >= call.context.deadline) {
-    Fail(call, absl::DeadlineExceededError(
-                   "deadline passed while the call waited for a worker"));
+  if (clock_->Now() >= call->context.deadline) {
+    Fail(*call, absl::DeadlineExceededError(
+                    "deadline passed while the call waited for a worker"));
     return;
   }
-  absl::StatusOr<std::string> message = RequestMessage(call, std::move(body));
-  absl::StatusOr<std::unique_ptr<Message>> response =
-      message.ok() ? InvokeProcedure(*call.procedure, handler_, call.context,
-                                     call.protocol.codec, *message)
-                   : absl::StatusOr<std::unique_ptr<Message>>(message.status());
+  absl::StatusOr<std::string> message = RequestMessage(*call, std::move(body));
+  if (!message.ok()) {
+    Fail(*call, message.status());
+    return;
+  }
+  const Call& ref = *call;
+  InvokeProcedureAsync(*ref.procedure, handler_, ref.context,
+                       ref.protocol.codec, *message,
+                       [door = shared_from_this(), call = std::move(call)](
+                           absl::StatusOr<std::unique_ptr<Message>> response) {
+                         door->Answer(*call, std::move(response));
+                       });
+}
+
+void Door::Answer(const Call& call,
+                  absl::StatusOr<std::unique_ptr<Message>> response) const {
   absl::StatusOr<std::string> encoded =
       response.ok() ? connect::EncodeMessage(call.protocol.codec, **response)
                     : absl::StatusOr<std::string>(response.status());

@@ -89,6 +89,42 @@ std::vector<connect::Envelope> Frames(absl::string_view body) {
   return frames.ok() ? *frames : std::vector<connect::Envelope>{};
 }
 
+// A FakeSyncHandler whose SyncMetricsAsync returns at once and answers only
+// when the test says so, from the test's thread (as SyncCore answers from a
+// backend's flusher).
+class DeferredSyncHandler final : public FakeSyncHandler {
+ public:
+  void SyncMetricsAsync(const CallContext& context,
+                        const v1::SyncMetricsRequest& request,
+                        Reply<v1::SyncMetricsResponse> done) override {
+    absl::StatusOr<v1::SyncMetricsResponse> answer =
+        FakeSyncHandler::SyncMetrics(context, request);
+    absl::MutexLock lock(&mu_);
+    pending_.push_back({std::move(answer), std::move(done)});
+  }
+  size_t pending() {
+    absl::MutexLock lock(&mu_);
+    return pending_.size();
+  }
+  // Answers every call received so far.
+  void AnswerAll() {
+    std::vector<Pending> answering;
+    {
+      absl::MutexLock lock(&mu_);
+      answering.swap(pending_);
+    }
+    for (Pending& p : answering) std::move(p.done)(std::move(p.answer));
+  }
+
+ private:
+  struct Pending {
+    absl::StatusOr<v1::SyncMetricsResponse> answer;
+    Reply<v1::SyncMetricsResponse> done;
+  };
+  absl::Mutex mu_;
+  std::vector<Pending> pending_ ABSL_GUARDED_BY(mu_);
+};
+
 class SyncServiceHandlerTest : public ::testing::Test {
  protected:
   void SetUp() override { Start(); }
@@ -1049,6 +1085,39 @@ TEST_F(SyncServiceHandlerTest, CancelBeforeTheCallRunsSkipsTheHandler) {
   ASSERT_TRUE(exchange->WaitForIgnored());
   EXPECT_EQ(exchange->status(), 0);
   EXPECT_THAT(handler_.calls(), IsEmpty());
+}
+
+class DeferredAnswerTest : public SyncServiceHandlerTest {
+ protected:
+  SyncHandler* handler() override { return &deferred_; }
+  DeferredSyncHandler deferred_;
+};
+
+TEST_F(DeferredAnswerTest, BatchCallsDoNotHoldAWorkerWhileTheAnswerIsDue) {
+  // One worker and no queue: a call that held its worker until answered
+  // would make the second call RESOURCE_EXHAUSTED.
+  Start(/*threads=*/1, /*max_queued=*/0);
+  std::vector<std::shared_ptr<FakeExchange>> exchanges;
+  for (int64_t sequence : {1, 2}) {
+    auto exchange = std::make_shared<FakeExchange>(
+        "POST", Path("SyncMetrics"),
+        Headers{{"content-type", "application/grpc"}, {"x-api-key", kApiKey}},
+        HttpVersion::kHttp2);
+    std::unique_ptr<http::RequestObserver> observer = door_(exchange);
+    observer->OnData(Frame(0, MetricsRequest(sequence).SerializeAsString()));
+    observer->OnEnd();
+    ASSERT_TRUE(WaitFor(
+        [&] { return deferred_.pending() == static_cast<size_t>(sequence); }));
+    EXPECT_EQ(exchange->status(), 0) << "answered before the handler did";
+    exchanges.push_back(exchange);
+  }
+  deferred_.AnswerAll();
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(exchanges[i]->WaitForEnd());
+    EXPECT_EQ(exchanges[i]->status(), 200);
+    EXPECT_EQ(exchanges[i]->trailer("grpc-status"), "0");
+    EXPECT_EQ(GrpcResponse(*exchanges[i]).last_sequence_ack(), i + 1);
+  }
 }
 
 class CancelWhileRunningTest : public SyncServiceHandlerTest {

@@ -404,8 +404,9 @@ class SyncServiceImpl final : public v1::SyncService::CallbackService {
       const v1::SyncMetricsRequest* request,
       v1::SyncMetricsResponse* response) override {
     return Unary("SyncMetrics", context, response,
-                 [this, request](const CallContext& call) {
-                   return parts_.handler->SyncMetrics(call, *request);
+                 [this, request](const CallContext& call, auto done) {
+                   parts_.handler->SyncMetricsAsync(call, *request,
+                                                    std::move(done));
                  });
   }
 
@@ -413,8 +414,9 @@ class SyncServiceImpl final : public v1::SyncService::CallbackService {
                                      const v1::SyncLogsRequest* request,
                                      v1::SyncLogsResponse* response) override {
     return Unary("SyncLogs", context, response,
-                 [this, request](const CallContext& call) {
-                   return parts_.handler->SyncLogs(call, *request);
+                 [this, request](const CallContext& call, auto done) {
+                   parts_.handler->SyncLogsAsync(call, *request,
+                                                 std::move(done));
                  });
   }
 
@@ -422,10 +424,11 @@ class SyncServiceImpl final : public v1::SyncService::CallbackService {
       grpc::CallbackServerContext* context,
       const v1::GetSyncConfigRequest* request,
       v1::GetSyncConfigResponse* response) override {
-    return Unary("GetSyncConfig", context, response,
-                 [this, request](const CallContext& call) {
-                   return parts_.handler->GetSyncConfig(call, *request);
-                 });
+    return Unary(
+        "GetSyncConfig", context, response,
+        [this, request](const CallContext& call, auto done) {
+          std::move(done)(parts_.handler->GetSyncConfig(call, *request));
+        });
   }
 
   grpc::ServerUnaryReactor* SyncEvents(
@@ -433,8 +436,9 @@ class SyncServiceImpl final : public v1::SyncService::CallbackService {
       const v1::SyncEventsRequest* request,
       v1::SyncEventsResponse* response) override {
     return Unary("SyncEvents", context, response,
-                 [this, request](const CallContext& call) {
-                   return parts_.handler->SyncEvents(call, *request);
+                 [this, request](const CallContext& call, auto done) {
+                   parts_.handler->SyncEventsAsync(call, *request,
+                                                   std::move(done));
                  });
   }
 
@@ -442,10 +446,11 @@ class SyncServiceImpl final : public v1::SyncService::CallbackService {
       grpc::CallbackServerContext* context,
       const v1::UpdateDeviceInfoRequest* request,
       v1::UpdateDeviceInfoResponse* response) override {
-    return Unary("UpdateDeviceInfo", context, response,
-                 [this, request](const CallContext& call) {
-                   return parts_.handler->UpdateDeviceInfo(call, *request);
-                 });
+    return Unary(
+        "UpdateDeviceInfo", context, response,
+        [this, request](const CallContext& call, auto done) {
+          std::move(done)(parts_.handler->UpdateDeviceInfo(call, *request));
+        });
   }
 
   grpc::ServerBidiReactor<StreamSyncRequest, StreamSyncResponse>* StreamSync(
@@ -457,8 +462,11 @@ class SyncServiceImpl final : public v1::SyncService::CallbackService {
   }
 
  private:
-  // Runs `call` on a worker and finishes the call with its outcome. The
-  // request and response stay valid until Finish (grpc++ owns them).
+  // Runs `call` on a worker and finishes the call with the outcome it hands
+  // to its Reply, from whichever thread that is (the batch methods answer
+  // from the flusher that finished the batch: the worker does not wait for
+  // backends). The request and response stay valid until Finish (grpc++ owns
+  // them).
   template <typename Response, typename Call>
   grpc::ServerUnaryReactor* Unary(absl::string_view method,
                                   grpc::CallbackServerContext* context,
@@ -475,9 +483,14 @@ class SyncServiceImpl final : public v1::SyncService::CallbackService {
             // waited for a worker: its answer could not arrive anyway.
             status = absl::CancelledError("call cancelled before it ran");
           } else {
-            absl::StatusOr<Response> result = call(call_context);
-            if (result.ok()) *response = *std::move(result);
-            status = result.status();
+            call(call_context,
+                 Reply<Response>([this, method, context, reactor,
+                                  response](absl::StatusOr<Response> result) {
+                   if (result.ok()) *response = *std::move(result);
+                   reactor->Finish(FinishStatus(parts_.metrics, method, context,
+                                                result.status()));
+                 }));
+            return;
           }
           reactor->Finish(
               FinishStatus(parts_.metrics, method, context, status));
