@@ -3,8 +3,9 @@
 // generated parser refuses the input, so must ours; whenever it accepts it
 // (and the batch is within the documented differences: no nested
 // compressed_data, at most kMaxLabels label entries per sample), ours reads
-// the same samples, and its message form serializes to a batch that parses
-// back to the same samples.
+// the same samples (samples sharing a series have equal names and labels),
+// and its message form serializes to a batch that parses back to the same
+// samples.
 //
 // Input: a serialized MetricsBatch (binary wire format), as it comes out of
 // a device's in-message compression.
@@ -12,6 +13,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
@@ -62,6 +64,25 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       FUZZ_CHECK(ours->label(i, j - 1).name < ours->label(i, j).name);
     }
   }
+  // Series: numbered in order of first sample; samples of one series have
+  // the same name and labels.
+  std::vector<int> first;
+  for (int i = 0; i < ours->size(); ++i) {
+    const int id = ours->series(i);
+    FUZZ_CHECK(id >= 0 && id <= static_cast<int>(first.size()));
+    if (id == static_cast<int>(first.size())) {
+      first.push_back(i);
+      continue;
+    }
+    const int f = first[id];
+    FUZZ_CHECK(ours->name(i) == ours->name(f));
+    FUZZ_CHECK(ours->label_count(i) == ours->label_count(f));
+    for (int j = 0; j < ours->label_count(i); ++j) {
+      FUZZ_CHECK(ours->label(i, j).name == ours->label(f, j).name);
+      FUZZ_CHECK(ours->label(i, j).value == ours->label(f, j).value);
+    }
+  }
+  FUZZ_CHECK(static_cast<int>(first.size()) == ours->series_count());
   absl::StatusOr<MetricSamples> again =
       MetricSamples::Parse(ours->ToProto().SerializeAsString(), kMaxLabels);
   FUZZ_CHECK(again.ok() && *again == *ours);

@@ -64,6 +64,15 @@ LOGS = """logs { level: "error" message: "disk full" source: "app"
 EVENTS = """events { name: "door_open" event_id: "e-1"
   timestamp { seconds: 1700000000 }
   properties { key: "room" value: "lab" } values { key: "temp" value: 21.5 } }"""
+# One label set in two entry orders, then with a repeated key (not shared).
+SHARED = """metrics { name: "up" value: 1
+  labels { key: "a" value: "1" } labels { key: "b" value: "2" } }
+metrics { name: "up" value: 2
+  labels { key: "b" value: "2" } labels { key: "a" value: "1" } }
+metrics { name: "up" value: 3 labels { key: "a" value: "1" }
+  labels { key: "b" value: "2" } labels { key: "a" value: "1" } }
+metrics { name: "up" value: 4 labels { key: "a" value: "1" }
+  labels { key: "b" value: "2" } labels { key: "a" value: "9" } }"""
 META = """metadata { device_id: "dev-1" org_id: "org-1" sequence_number: 7
   stream: "metrics" record_count: %d }"""
 
@@ -122,6 +131,7 @@ def main():
     write("metric_samples", "repeated_label",
           encode("MetricsBatch", 'metrics { name: "up" labels { key: "a" '
                  'value: "1" } labels { key: "a" value: "2" } }'))
+    write("metric_samples", "shared_series", encode("MetricsBatch", SHARED))
     inner_logs = encode("LogsBatch", LOGS)
     write("decode", "logs_zstd_binary", b"l" + encode(
         "SyncLogsRequest",

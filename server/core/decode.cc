@@ -1,6 +1,7 @@
 #include "server/core/decode.h"
 
 #include <cmath>
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -190,28 +191,53 @@ DecodedBatch NewBatch(DataKind kind, const v1::SyncMetadata& metadata,
 
 }  // namespace
 
-bool IsValidMetricName(absl::string_view name) {
+namespace {
+
+// What may appear in names: bit 0 anywhere in a metric name ([a-zA-Z_:]), bit
+// 1 anywhere in a label name ([a-zA-Z_]), bit 2 after the first character
+// ([0-9]).
+constexpr uint8_t kMetricChar = 1;
+constexpr uint8_t kLabelChar = 2;
+constexpr uint8_t kDigit = 4;
+
+struct NameChars {
+  uint8_t bits[256] = {};
+  constexpr NameChars() {
+    for (int c = 'a'; c <= 'z'; ++c) bits[c] = kMetricChar | kLabelChar;
+    for (int c = 'A'; c <= 'Z'; ++c) bits[c] = kMetricChar | kLabelChar;
+    for (int c = '0'; c <= '9'; ++c) bits[c] = kDigit;
+    bits[static_cast<int>('_')] = kMetricChar | kLabelChar;
+    bits[static_cast<int>(':')] = kMetricChar;
+  }
+};
+constexpr NameChars kNameChars;
+
+// Whether `name` is not empty, starts with a `first` character and goes on
+// with `first` characters or digits.
+bool IsName(absl::string_view name, uint8_t first) {
   if (name.empty()) return false;
-  for (size_t i = 0; i < name.size(); ++i) {
-    char c = name[i];
-    bool ok = absl::ascii_isalpha(c) || c == '_' || c == ':' ||
-              (i > 0 && absl::ascii_isdigit(c));
-    if (!ok) return false;
+  const auto bits = [](char c) {
+    return kNameChars.bits[static_cast<unsigned char>(c)];
+  };
+  if ((bits(name[0]) & first) == 0) return false;
+  const uint8_t rest = first | kDigit;
+  for (size_t i = 1; i < name.size(); ++i) {
+    if ((bits(name[i]) & rest) == 0) return false;
   }
   return true;
 }
 
+}  // namespace
+
+bool IsValidMetricName(absl::string_view name) {
+  return IsName(name, kMetricChar);
+}
+
 bool IsValidLabelName(absl::string_view name) {
-  if (name.empty()) return false;
-  if (name.size() >= 2 && name[0] == '_' && name[1] == '_')
+  if (name.size() >= 2 && name[0] == '_' && name[1] == '_') {
     return false;  // reserved
-  for (size_t i = 0; i < name.size(); ++i) {
-    char c = name[i];
-    bool ok =
-        absl::ascii_isalpha(c) || c == '_' || (i > 0 && absl::ascii_isdigit(c));
-    if (!ok) return false;
   }
-  return true;
+  return IsName(name, kLabelChar);
 }
 
 absl::Status CheckMetadataIdentity(const v1::SyncMetadata& metadata,
@@ -235,8 +261,9 @@ absl::Status CheckMetadataIdentity(const v1::SyncMetadata& metadata,
 
 namespace {
 
-// CheckLabels for sample `i` of a flat batch.
-absl::Status CheckSampleLabels(MetricSamples* samples, int i,
+// CheckLabels for the series of sample `i` of a flat batch (for all its
+// samples: they share their labels).
+absl::Status CheckSeriesLabels(MetricSamples* samples, int i,
                                const DeviceIdentity& device,
                                const DecodeLimits& limits, const Where& what) {
   const int count = samples->label_count(i);
@@ -273,8 +300,8 @@ absl::Status CheckSampleLabels(MetricSamples* samples, int i,
       has_org = true;
     }
   }
-  if (has_dev) samples->EraseLabel(i, "device_id");
-  if (has_org) samples->EraseLabel(i, "org_id");
+  if (has_dev) samples->EraseSeriesLabel(samples->series(i), "device_id");
+  if (has_org) samples->EraseSeriesLabel(samples->series(i), "org_id");
   return absl::OkStatus();
 }
 
@@ -304,10 +331,17 @@ absl::StatusOr<DecodedBatch> DecodeMetricsContent(
   }
   RETURN_IF_ERROR(CheckEnvelope(md, samples.size(), limits));
   const int64_t now_nanos = absl::ToUnixNanos(now);
+  // Names and labels are checked at the first sample of each series (series
+  // are numbered in order of their first sample): the later ones share them.
+  // The checks run in the same order as if every sample were checked, so an
+  // error names the same sample and says the same.
+  int series_checked = 0;
   for (int i = 0; i < samples.size(); ++i) {
     const Where what{"metric", i};
+    const bool first = samples.series(i) == series_checked;
     const absl::string_view name = samples.name(i);
-    if (!IsValidMetricName(name) || name.size() > limits.max_name_bytes) {
+    if (first &&
+        (!IsValidMetricName(name) || name.size() > limits.max_name_bytes)) {
       return absl::InvalidArgumentError(absl::StrCat(
           what.str(), ": invalid metric name \"", absl::CEscape(name), "\""));
     }
@@ -322,7 +356,10 @@ absl::StatusOr<DecodedBatch> DecodeMetricsContent(
       samples.SetTimestamp(i, now_nanos / 1'000'000'000,
                            static_cast<int32_t>(now_nanos % 1'000'000'000));
     }
-    RETURN_IF_ERROR(CheckSampleLabels(&samples, i, device, limits, what));
+    if (first) {
+      RETURN_IF_ERROR(CheckSeriesLabels(&samples, i, device, limits, what));
+      ++series_checked;
+    }
   }
   DecodedBatch out = NewBatch(DataKind::kMetrics, md, device);
   out.payload_bytes = samples.wire_bytes();

@@ -2,6 +2,12 @@
 
 #include <zstd.h>
 
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
 #include "common/codec/codec.h"
 #include "common/crypto/sha256.h"
 #include "common/status/error_class.h"
@@ -210,6 +216,113 @@ TEST(DecodeTest, LimitsAreEnforced) {
   EXPECT_THAT(
       DecodeMetrics(r, kDevice, {}, kNow),
       StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("timestamp")));
+}
+
+// Samples of one series are validated once, at their first sample; the
+// identity labels go from all of them.
+TEST(DecodeTest, IdentityLabelsLeaveEverySampleOfASeries) {
+  auto r = Request(0);
+  for (int i = 0; i < 4; ++i) {
+    v1::Metric* m = r.mutable_batch()->add_metrics();
+    m->set_name(i == 2 ? "other" : "cpu_usage");
+    m->set_value(i);
+    (*m->mutable_labels())["device_id"] = "dev-1";
+    (*m->mutable_labels())["org_id"] = "org-1";
+    (*m->mutable_labels())["core"] = "0";
+  }
+  auto b = DecodeMetrics(Compressed(r, Compression::kZstd), kDevice, {}, kNow);
+  ASSERT_THAT(b, IsOk());
+  const MetricSamples& s = b->metrics;
+  EXPECT_EQ(s.series(3), s.series(0)) << "shared";
+  for (int i = 0; i < s.size(); ++i) {
+    ASSERT_EQ(s.label_count(i), 1) << i;
+    EXPECT_EQ(s.label(i, 0).name, "core");
+    EXPECT_EQ(s.value(i), i);
+  }
+}
+
+// The compressed path shares series between samples (MetricSamples::Parse);
+// the plain one gives every sample a series of its own, which is checking
+// every sample. Random batches from a few series, valid and not, decode to
+// the same samples or fail with the same error, naming the same sample.
+TEST(DecodeTest, CheckingOncePerSeriesDecidesAsCheckingEverySample) {
+  std::mt19937 rng(11);
+  DecodeLimits limits;
+  limits.max_labels = 3;
+  limits.max_label_value_bytes = 8;
+  const char* names[] = {"cpu_usage", "mem:free", "1bad", "ok_name"};
+  const char* keys[] = {"core",     "device_id",  "org_id",
+                        "bad name", "__reserved", "zone"};
+  const char* values[] = {"dev-1", "dev-2", "org-1", "x", "too long a value"};
+  int ok = 0;
+  int failed = 0;
+  int shared = 0;
+  for (int round = 0; round < 2000; ++round) {
+    std::vector<v1::Metric> pool(3);
+    for (v1::Metric& m : pool) {
+      // Mostly valid, so that errors come late in the batch too.
+      const bool valid = rng() % 3 != 0;
+      m.set_name(valid ? "cpu_usage" : names[rng() % 4]);
+      const int n = static_cast<int>(rng() % 4);
+      for (int j = 0; j < n; ++j) {
+        if (valid) {
+          (*m.mutable_labels())[absl::StrCat("k", rng() % 4)] =
+              absl::StrCat(rng() % 3);
+        } else {
+          (*m.mutable_labels())[keys[rng() % 6]] = values[rng() % 5];
+        }
+      }
+    }
+    auto r = Request(0);
+    const int samples = 1 + static_cast<int>(rng() % 10);
+    for (int i = 0; i < samples; ++i) {
+      v1::Metric* m = r.mutable_batch()->add_metrics();
+      *m = pool[rng() % pool.size()];
+      m->set_value(rng() % 16 == 0 ? std::nan("") : i);
+      if (rng() % 3 != 0) {
+        m->mutable_timestamp()->set_seconds(
+            rng() % 16 == 0 ? int64_t{1} << 40 : 1'700'000'000 + i);
+      }
+    }
+    auto plain = DecodeMetrics(r, kDevice, limits, kNow);
+    auto compressed =
+        DecodeMetrics(Compressed(r, Compression::kZstd), kDevice, limits, kNow);
+    ASSERT_EQ(plain.status(), compressed.status()) << "round " << round;
+    if (!plain.ok()) {
+      ++failed;
+      continue;
+    }
+    ++ok;
+    EXPECT_TRUE(plain->metrics == compressed->metrics) << "round " << round;
+    shared += compressed->metrics.size() - compressed->metrics.series_count();
+  }
+  EXPECT_GT(ok, 300);
+  EXPECT_GT(failed, 300);
+  EXPECT_GT(shared, 1000);
+}
+
+TEST(DecodeTest, NameRules) {
+  // The rules spelled out: [a-zA-Z_:][a-zA-Z0-9_:]* for metrics,
+  // [a-zA-Z_][a-zA-Z0-9_]* not starting with "__" for labels.
+  const auto letter = [](int c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+  };
+  const auto digit = [](int c) { return c >= '0' && c <= '9'; };
+  for (int c = 0; c < 256; ++c) {
+    const std::string one(1, static_cast<char>(c));
+    const std::string second = "a" + one;
+    EXPECT_EQ(IsValidMetricName(one), letter(c) || c == ':') << c;
+    EXPECT_EQ(IsValidMetricName(second), letter(c) || c == ':' || digit(c))
+        << c;
+    EXPECT_EQ(IsValidLabelName(one), letter(c)) << c;
+    EXPECT_EQ(IsValidLabelName(second), letter(c) || digit(c)) << c;
+  }
+  EXPECT_FALSE(IsValidMetricName(""));
+  EXPECT_FALSE(IsValidLabelName(""));
+  EXPECT_TRUE(IsValidMetricName("__name__"));
+  EXPECT_FALSE(IsValidLabelName("__name__"));
+  EXPECT_TRUE(IsValidLabelName("_x"));
+  EXPECT_FALSE(IsValidLabelName("a:b"));
 }
 
 TEST(DecodeTest, LogLevelsAreNormalisedOrRejected) {

@@ -4,7 +4,9 @@
 #include <cstring>
 #include <limits>
 #include <utility>
+#include <vector>
 
+#include "absl/base/attributes.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/text/utf8.h"
@@ -150,15 +152,94 @@ bool SkipField(Reader& in, uint32_t tag, int depth) {
   }
 }
 
+uint64_t Load64(const char* p) {
+  uint64_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+uint32_t Load32(const char* p) {
+  uint32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// The two halves of the 128-bit product, folded.
+uint64_t Mix(uint64_t a, uint64_t b) {
+  const unsigned __int128 r = static_cast<unsigned __int128>(a) * b;
+  return static_cast<uint64_t>(r) ^ static_cast<uint64_t>(r >> 64);
+}
+
+// A hash of a short string (a metric name, a label entry), inline: absl's
+// out-of-line string hash cost more than the rest of the interning. For the
+// per-batch table only; never stored or sent.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline uint64_t HashBytes(absl::string_view s) {
+  constexpr uint64_t kA = 0xa0761d6478bd642fu;
+  constexpr uint64_t kB = 0xe7037ed1a0b428dbu;
+  const char* p = s.data();
+  size_t n = s.size();
+  uint64_t h = kA ^ n;
+  for (; n > 8; p += 8, n -= 8) h = Mix(h ^ Load64(p), kB);
+  uint64_t tail;
+  if (s.size() >= 8) {
+    tail = Load64(s.data() + s.size() - 8);  // overlaps hashed bytes
+  } else if (n >= 4) {
+    tail = static_cast<uint64_t>(Load32(p)) << 32 | Load32(p + n - 4);
+  } else if (n > 0) {
+    const auto byte = [&](size_t i) {
+      return static_cast<uint64_t>(static_cast<unsigned char>(p[i]));
+    };
+    tail = byte(0) << 16 | byte(n / 2) << 8 | byte(n - 1);
+  } else {
+    tail = 0;
+  }
+  return Mix(h ^ tail, kB ^ kA);
+}
+
+// a == b for short strings, without a call to memcmp.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool SameBytes(absl::string_view a,
+                                                   absl::string_view b) {
+  const size_t size = a.size();
+  if (b.size() != size) return false;
+  const char* p = a.data();
+  const char* q = b.data();
+  if (size >= 8) {
+    for (size_t i = 0; i + 8 < size; i += 8) {
+      if (Load64(p + i) != Load64(q + i)) return false;
+    }
+    return Load64(p + size - 8) == Load64(q + size - 8);
+  }
+  if (size >= 4) {
+    return Load32(p) == Load32(q) &&
+           Load32(p + size - 4) == Load32(q + size - 4);
+  }
+  // The first, middle and last byte are all of them.
+  return size == 0 || (p[0] == q[0] && p[size / 2] == q[size / 2] &&
+                       p[size - 1] == q[size - 1]);
+}
+
 }  // namespace
 
 // Reads the wire encoding into a MetricSamples whose `bytes_` holds it.
+//
+// Label sets are interned per batch: a sample whose name field and label
+// entries are byte for byte those of an earlier sample (entries in any order)
+// takes that sample's series, so its strings are not checked for UTF-8 again
+// and its labels are not sorted again. Only series without repeated label
+// keys are shared, so which entry wins never depends on the order.
 class MetricSamples::Parser {
  public:
   Parser(MetricSamples* out, int max_labels)
       : out_(out),
         base_(reinterpret_cast<const uint8_t*>(out->bytes_.data())),
-        max_labels_(max_labels) {}
+        max_labels_(max_labels),
+        scratch_(ThreadScratch()) {
+    scratch_.known.clear();
+    scratch_.known_entries.clear();
+    scratch_.slots.assign(kInitialSlots, 0);
+  }
+
+  ~Parser() { scratch_.ReleaseIfLarge(); }
 
   absl::Status Batch() {
     Reader in(base_, base_ + out_->bytes_.size());
@@ -196,15 +277,72 @@ class MetricSamples::Parser {
   }
 
  private:
+  // A label entry as it came on the wire (the map entry message's bytes).
+  struct Entry {
+    Span raw;
+    uint64_t hash = 0;
+  };
+  // A shared series: its name field, its entries (known_entries[begin, +n)).
+  struct Known {
+    uint64_t hash;
+    Span name;
+    uint32_t entries_begin;
+    uint32_t entries_count;
+    uint32_t series;
+  };
+  // Per-sample and per-batch work space, kept by the thread between batches
+  // so that a parse allocates nothing for it in the steady state.
+  struct Scratch {
+    std::vector<Entry> entries;    // the sample's, in wire order
+    std::vector<LabelRec> labels;  // the sample's, parallel to `entries`
+    // The sample's strings in wire order, not yet checked for UTF-8.
+    std::vector<Span> unchecked;
+    std::vector<Known> known;
+    std::vector<Entry> known_entries;
+    // Open addressing over `known`, at most half full: the high 32 bits of
+    // the hash, then index + 1 (0: empty).
+    std::vector<uint64_t> slots;
+
+    // A batch with many series leaves no lasting footprint.
+    void ReleaseIfLarge() {
+      if (known_entries.capacity() > kKeptEntries ||
+          unchecked.capacity() > kKeptEntries) {
+        *this = Scratch();
+      }
+    }
+  };
+
+  static constexpr size_t kInitialSlots = 64;
+  static constexpr size_t kKeptEntries = 4096;
+  static constexpr int kMaxProbes = 16;
+  // The most entries a shared series has (one bit each while comparing).
+  static constexpr size_t kMaxSharedEntries = 64;
+
+  static Scratch& ThreadScratch() {
+    thread_local Scratch scratch;
+    return scratch;
+  }
+
   // A length-delimited value as a span of the buffer (no copy).
   bool String(Reader& in, Span* span) {
     uint32_t len;
     if (!in.Length(&len)) return false;
     const uint8_t* at = in.position();
     if (!in.Skip(len)) return false;
-    span->offset = static_cast<uint32_t>(at - base_);
-    span->size = len;
+    *span = MakeSpan(at, len);
     return true;
+  }
+
+  // One 8-byte store: spans are copied whole right after being set, and a
+  // load that spans two smaller stores stalls (no store forwarding). That
+  // stall was half of the time spent here.
+  Span MakeSpan(const uint8_t* at, uint32_t len) const {
+    static_assert(sizeof(Span) == sizeof(uint64_t));
+    const uint64_t bits =
+        static_cast<uint64_t>(at - base_) | static_cast<uint64_t>(len) << 32;
+    Span span;
+    std::memcpy(static_cast<void*>(&span), &bits, sizeof(span));
+    return span;
   }
 
   absl::Status Metric(Reader& outer) {
@@ -212,43 +350,69 @@ class MetricSamples::Parser {
     uint32_t len;
     Reader in(nullptr, nullptr);
     if (!outer.Length(&len) || !outer.Sub(len, &in)) return Truncated(index);
-    SampleRec sample;
-    sample.labels_begin = static_cast<uint32_t>(out_->labels_.size());
-    int label_entries = 0;
+    Scratch& s = scratch_;
+    s.entries.clear();
+    s.labels.clear();
+    s.unchecked.clear();
+    // Built in place: copying it from the stack would read what was just
+    // written field by field (see MakeSpan).
+    SampleRec& sample = out_->samples_.emplace_back();
+    Span name;
+    int names = 0;
     while (!in.AtEnd()) {
       uint32_t tag;
-      if (!in.Tag(&tag)) return Truncated(index);
+      if (!in.Tag(&tag)) return Fail(index, Truncated(index));
       const uint32_t field = tag >> 3;
       const int type = static_cast<int>(tag & 7);
-      if (type == kEndGroup) return Truncated(index);
+      if (type == kEndGroup) return Fail(index, Truncated(index));
       if (field == 1 && type == kLengthDelimited) {
-        if (!String(in, &sample.name)) return Truncated(index);
-        if (!IsValidUtf8(out_->View(sample.name))) return NotUtf8(index);
+        if (!String(in, &name)) return Fail(index, Truncated(index));
+        s.unchecked.push_back(name);
+        ++names;
       } else if (field == 2 && type == kFixed64) {
         uint64_t bits;
-        if (!in.Fixed64(&bits)) return Truncated(index);
+        if (!in.Fixed64(&bits)) return Fail(index, Truncated(index));
         static_assert(sizeof(double) == sizeof(uint64_t));
         std::memcpy(&sample.value, &bits, sizeof(bits));
       } else if (field == 3 && type == kLengthDelimited) {
-        if (!Timestamp(in, &sample)) return Truncated(index);
+        if (!Timestamp(in, &sample)) return Fail(index, Truncated(index));
       } else if (field == 4 && type == kLengthDelimited) {
-        if (++label_entries > max_labels_) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "metric ", index, ": more than ", max_labels_, " labels"));
+        if (static_cast<int64_t>(s.labels.size()) >= max_labels_) {
+          return Fail(index, absl::InvalidArgumentError(
+                                 absl::StrCat("metric ", index, ": more than ",
+                                              max_labels_, " labels")));
         }
-        LabelRec label;
-        bool utf8 = true;
-        if (!Label(in, &label, &utf8)) return Truncated(index);
-        if (!utf8) return NotUtf8(index);
-        out_->labels_.push_back(label);
+        // A truncated entry is reported as such even when a string before
+        // the truncation in it is not UTF-8 (as the generated parser does).
+        const size_t unchecked = s.unchecked.size();
+        Entry& entry = s.entries.emplace_back();
+        LabelRec& label = s.labels.emplace_back();
+        if (!Label(in, &entry.raw, &label)) {
+          s.unchecked.resize(unchecked);
+          return Fail(index, Truncated(index));
+        }
       } else if (!SkipField(in, tag, kRecursionLimit - 1)) {
-        return Truncated(index);
+        return Fail(index, Truncated(index));
       }
     }
-    sample.labels_count =
-        static_cast<uint32_t>(out_->labels_.size()) - sample.labels_begin;
-    out_->samples_.push_back(sample);
-    out_->SortAndDedupeLast();
+    // A repeated name field keeps its last value, so the others would not be
+    // part of the key.
+    bool shareable = names <= 1 && s.entries.size() <= kMaxSharedEntries;
+    uint64_t hash = 0;
+    if (shareable) {
+      hash = Hash(name);
+      if (const Known* known = Find(hash, name, &shareable)) {
+        // The same bytes as a sample that passed every check below.
+        sample.series = known->series;
+        return absl::OkStatus();
+      }
+    }
+    if (!AllUtf8()) return NotUtf8(index);
+    const uint32_t begin = static_cast<uint32_t>(out_->labels_.size());
+    out_->labels_.insert(out_->labels_.end(), s.labels.begin(), s.labels.end());
+    const bool repeated = out_->AddSeries(name, begin);
+    sample.series = static_cast<uint32_t>(out_->series_.size() - 1);
+    if (shareable && !repeated) Remember(hash, name, sample.series);
     return absl::OkStatus();
   }
 
@@ -262,6 +426,104 @@ class MetricSamples::Parser {
   static absl::Status Truncated(int index) {
     return Malformed(
         absl::StrCat("metric ", index, " is truncated or invalid"));
+  }
+
+  // Whether the strings read so far in the sample are UTF-8.
+  bool AllUtf8() const {
+    for (const Span& span : scratch_.unchecked) {
+      if (!IsValidUtf8(out_->View(span))) return false;
+    }
+    return true;
+  }
+
+  // `error`, found at some point of sample `index`, unless a string before
+  // it is not UTF-8: the checks are deferred (a shared sample skips them),
+  // the error reported is the first on the wire.
+  absl::Status Fail(int index, absl::Status error) const {
+    return AllUtf8() ? error : NotUtf8(index);
+  }
+
+  // The key of the sample's label set: its name and the multiset of its
+  // entries (a commutative sum of their hashes). Sets every entry's hash.
+  uint64_t Hash(Span name) {
+    uint64_t sum = 0;
+    for (Entry& e : scratch_.entries) {
+      e.hash = HashBytes(out_->View(e.raw));
+      sum += e.hash;
+    }
+    return HashBytes(out_->View(name)) ^ (sum * 0x9e3779b97f4a7c15u);
+  }
+
+  // The shared series with the sample's name and entries, or null. Looks
+  // at kMaxProbes slots at most, so that label sets made to collide cost
+  // little: when it gives up, clears `*remember` (the sample's series would
+  // not be found either).
+  const Known* Find(uint64_t hash, Span name, bool* remember) const {
+    const std::vector<uint64_t>& slots = scratch_.slots;
+    const size_t mask = slots.size() - 1;
+    const uint64_t tag = hash & ~uint64_t{0xffffffff};
+    size_t i = hash & mask;
+    for (int probes = 0; probes < kMaxProbes; ++probes, i = (i + 1) & mask) {
+      const uint64_t slot = slots[i];
+      if (slot == 0) return nullptr;
+      if ((slot & ~uint64_t{0xffffffff}) != tag) continue;
+      const Known& k = scratch_.known[(slot & 0xffffffff) - 1];
+      if (k.hash == hash && Same(k, name)) return &k;
+    }
+    *remember = false;
+    return nullptr;
+  }
+
+  // Whether `k` has the sample's name and, entry for entry in some order,
+  // its entries.
+  bool Same(const Known& k, Span name) const {
+    const std::vector<Entry>& ours = scratch_.entries;
+    const size_t n = ours.size();
+    if (k.entries_count != n ||
+        !SameBytes(out_->View(k.name), out_->View(name))) {
+      return false;
+    }
+    const Entry* theirs = scratch_.known_entries.data() + k.entries_begin;
+    uint64_t used = 0;
+    for (size_t j = 0; j < n; ++j) {
+      // Senders often keep an order: try the same position first.
+      bool found = false;
+      for (size_t step = 0; step < n && !found; ++step) {
+        const size_t m = j + step < n ? j + step : j + step - n;
+        if ((used >> m & 1) == 0 && theirs[m].hash == ours[j].hash &&
+            SameBytes(out_->View(theirs[m].raw), out_->View(ours[j].raw))) {
+          used |= uint64_t{1} << m;
+          found = true;
+        }
+      }
+      if (!found) return false;
+    }
+    return true;
+  }
+
+  // Shares `series` (the sample's, just added) with later equal samples.
+  void Remember(uint64_t hash, Span name, uint32_t series) {
+    Scratch& s = scratch_;
+    s.known.push_back({hash, name,
+                       static_cast<uint32_t>(s.known_entries.size()),
+                       static_cast<uint32_t>(s.entries.size()), series});
+    s.known_entries.insert(s.known_entries.end(), s.entries.begin(),
+                           s.entries.end());
+    if (2 * s.known.size() > s.slots.size()) {
+      s.slots.assign(2 * s.slots.size(), 0);
+      for (size_t i = 0; i < s.known.size(); ++i) Place(i);
+    } else {
+      Place(s.known.size() - 1);
+    }
+  }
+
+  void Place(size_t known) {
+    std::vector<uint64_t>& slots = scratch_.slots;
+    const size_t mask = slots.size() - 1;
+    const uint64_t hash = scratch_.known[known].hash;
+    size_t i = hash & mask;
+    while (slots[i] != 0) i = (i + 1) & mask;
+    slots[i] = (hash & ~uint64_t{0xffffffff}) | (known + 1);
   }
 
   // google.protobuf.Timestamp, merged into what an earlier occurrence set.
@@ -290,12 +552,15 @@ class MetricSamples::Parser {
     return true;
   }
 
-  // A map<string, string> entry: key = 1, value = 2, both default "".
-  // Clears `*utf8` if any occurrence of either is not UTF-8.
-  bool Label(Reader& outer, LabelRec* label, bool* utf8) {
+  // A map<string, string> entry: key = 1, value = 2, both default "". Sets
+  // `*raw` to the entry's bytes; every occurrence of the key and the value
+  // goes to the unchecked strings.
+  bool Label(Reader& outer, Span* raw, LabelRec* label) {
     uint32_t len;
     Reader in(nullptr, nullptr);
-    if (!outer.Length(&len) || !outer.Sub(len, &in)) return false;
+    if (!outer.Length(&len)) return false;
+    *raw = MakeSpan(outer.position(), len);
+    if (!outer.Sub(len, &in)) return false;
     while (!in.AtEnd()) {
       uint32_t tag;
       if (!in.Tag(&tag)) return false;
@@ -304,10 +569,10 @@ class MetricSamples::Parser {
       if (type == kEndGroup) return false;
       if (field == 1 && type == kLengthDelimited) {
         if (!String(in, &label->name)) return false;
-        *utf8 = *utf8 && IsValidUtf8(out_->View(label->name));
+        scratch_.unchecked.push_back(label->name);
       } else if (field == 2 && type == kLengthDelimited) {
         if (!String(in, &label->value)) return false;
-        *utf8 = *utf8 && IsValidUtf8(out_->View(label->value));
+        scratch_.unchecked.push_back(label->value);
       } else if (!SkipField(in, tag, kRecursionLimit - 2)) {
         return false;
       }
@@ -318,6 +583,7 @@ class MetricSamples::Parser {
   MetricSamples* const out_;
   const uint8_t* const base_;
   const int max_labels_;
+  Scratch& scratch_;
 };
 
 absl::StatusOr<MetricSamples> MetricSamples::Parse(std::string bytes,
@@ -328,9 +594,12 @@ absl::StatusOr<MetricSamples> MetricSamples::Parse(std::string bytes,
   MetricSamples out;
   out.wire_bytes_ = bytes.size();
   out.bytes_ = std::move(bytes);
-  // A sample takes at least 2 bytes on the wire (an empty Metric).
-  out.samples_.reserve(out.bytes_.size() / 64);
-  out.labels_.reserve(out.bytes_.size() / 16);
+  // A sample takes at least 2 bytes on the wire (an empty Metric); a batch
+  // has far fewer series than samples.
+  const size_t samples = out.bytes_.size() / 64;
+  out.samples_.reserve(samples);
+  out.series_.reserve(std::min<size_t>(samples, 64));
+  out.labels_.reserve(std::min<size_t>(samples, 64) * 4);
   Parser parser(&out, max_labels);
   absl::Status s = parser.Batch();
   if (!s.ok()) return s;
@@ -349,6 +618,7 @@ MetricSamples MetricSamples::FromProto(const v1::MetricsBatch& batch) {
   }
   out.bytes_.reserve(text);
   out.samples_.reserve(batch.metrics_size());
+  out.series_.reserve(batch.metrics_size());
   out.labels_.reserve(labels);
   for (const v1::Metric& m : batch.metrics()) out.Append(m);
   return out;
@@ -356,18 +626,18 @@ MetricSamples MetricSamples::FromProto(const v1::MetricsBatch& batch) {
 
 void MetricSamples::Append(const v1::Metric& metric) {
   SampleRec s;
-  s.name = AppendBytes(metric.name());
   s.value = metric.value();
   s.has_timestamp = metric.has_timestamp();
   s.seconds = metric.timestamp().seconds();
   s.nanos = metric.timestamp().nanos();
-  s.labels_begin = static_cast<uint32_t>(labels_.size());
+  const Span name = AppendBytes(metric.name());
+  const uint32_t begin = static_cast<uint32_t>(labels_.size());
   for (const auto& [k, v] : metric.labels()) {
     labels_.push_back({AppendBytes(k), AppendBytes(v)});
   }
-  s.labels_count = static_cast<uint32_t>(metric.labels().size());
+  AddSeries(name, begin);
+  s.series = static_cast<uint32_t>(series_.size() - 1);
   samples_.push_back(s);
-  SortAndDedupeLast();
 }
 
 v1::MetricsBatch MetricSamples::ToProto() const {
@@ -413,14 +683,14 @@ void MetricSamples::SetTimestamp(int i, int64_t seconds, int32_t nanos) {
   s.nanos = nanos;
 }
 
-bool MetricSamples::EraseLabel(int i, absl::string_view name) {
-  SampleRec& s = samples_[i];
+bool MetricSamples::EraseSeriesLabel(int series, absl::string_view name) {
+  SeriesRec& s = series_[series];
   auto begin = labels_.begin() + s.labels_begin;
   auto end = begin + s.labels_count;
   auto it = std::find_if(
       begin, end, [&](const LabelRec& l) { return View(l.name) == name; });
   if (it == end) return false;
-  // The sample's range shrinks; the freed slot stays unused at its end.
+  // The series' range shrinks; the freed slot stays unused at its end.
   std::move(it + 1, end, it);
   --s.labels_count;
   return true;
@@ -428,6 +698,7 @@ bool MetricSamples::EraseLabel(int i, absl::string_view name) {
 
 size_t MetricSamples::MemoryBytes() const {
   return bytes_.capacity() + samples_.capacity() * sizeof(SampleRec) +
+         series_.capacity() * sizeof(SeriesRec) +
          labels_.capacity() * sizeof(LabelRec);
 }
 
@@ -438,11 +709,12 @@ MetricSamples::Span MetricSamples::AppendBytes(absl::string_view s) {
   return span;
 }
 
-void MetricSamples::SortAndDedupeLast() {
-  SampleRec& s = samples_.back();
-  if (s.labels_count < 2) return;
-  auto begin = labels_.begin() + s.labels_begin;
-  auto end = begin + s.labels_count;
+bool MetricSamples::AddSeries(Span name, uint32_t labels_begin) {
+  const uint32_t count = static_cast<uint32_t>(labels_.size()) - labels_begin;
+  series_.push_back({name, labels_begin, count});
+  if (count < 2) return false;
+  auto begin = labels_.begin() + labels_begin;
+  auto end = labels_.end();
   // Insertion sort: a handful of labels, often already in order, no
   // allocation. Stable, so equal names keep their wire order and the last one
   // wins below.
@@ -461,8 +733,11 @@ void MetricSamples::SortAndDedupeLast() {
     if (it + 1 != end && View((it + 1)->name) == View(it->name)) continue;
     *out++ = *it;
   }
-  s.labels_count = static_cast<uint32_t>(out - begin);
-  labels_.resize(s.labels_begin + s.labels_count);
+  if (out == end) return false;
+  labels_.erase(out, end);
+  series_.back().labels_count =
+      static_cast<uint32_t>(labels_.size()) - labels_begin;
+  return true;
 }
 
 bool operator==(const MetricSamples& a, const MetricSamples& b) {

@@ -196,8 +196,11 @@ absl::Status RemoteWriteEncoder::Encode(
   body->clear();
   Clear();
   size_t count = 0;
+  size_t batch_series = 0;
   for (const DecodedBatch* b : batches) {
-    if (b->kind == DataKind::kMetrics) count += b->metrics.size();
+    if (b->kind != DataKind::kMetrics) continue;
+    count += b->metrics.size();
+    batch_series += b->metrics.series_count();
   }
   if (count == 0) return absl::OkStatus();
   if (count > std::numeric_limits<uint32_t>::max() / 2) {
@@ -205,15 +208,20 @@ absl::Status RemoteWriteEncoder::Encode(
         absl::StrCat(count, " samples are too many for one request"));
   }
 
-  // Group samples by label set: a hash table at most half full.
+  // Group samples by label set: a hash table at most half full. Samples of
+  // one series of a batch have the same labels (metric_samples.h), so the
+  // table is asked once per series of each batch; equal series of different
+  // batches meet there.
   size_t slots = 16;
-  while (slots < 2 * count) slots *= 2;
+  while (slots < 2 * batch_series) slots *= 2;
   slots_.assign(slots, 0);
   uint32_t position = 0;
   for (const DecodedBatch* b : batches) {
     if (b->kind != DataKind::kMetrics) continue;
+    batch_series_.assign(b->metrics.series_count(), kNoSeries);
     for (int i = 0; i < b->metrics.size(); ++i) {
-      const uint32_t s = FindOrAddSeries(*b, i);
+      uint32_t& s = batch_series_[b->metrics.series(i)];
+      if (s == kNoSeries) s = FindOrAddSeries(*b, i);
       const int64_t ms = b->metrics.timestamp_millis(i);
       series_[s].samples++;
       series_[s].sample_bytes += SampleFieldSize(ms);

@@ -56,7 +56,8 @@ inline constexpr std::pair<const char*, const char*> kRemoteWriteHeaders[] = {
 // table, the uncompressed request) lives in the encoder and only grows, and
 // the caller's body keeps its capacity between calls; snappy allocates its
 // working memory once per call. Scratch is not zeroed before use. Labels are
-// sorted and checked once per series.
+// hashed and compared once per series of each batch, sorted and checked once
+// per series of the request.
 //
 // Not thread-safe: use one encoder per concurrent caller (keep a pool).
 class RemoteWriteEncoder {
@@ -115,6 +116,9 @@ class RemoteWriteEncoder {
   std::vector<Sample> grouped_;  // samples_ grouped by series
   std::vector<Series> series_;
   std::vector<uint32_t> slots_;  // open addressing: series index + 1, 0 empty
+  // The series_ index of each series of the batch being read, or kNoSeries.
+  static constexpr uint32_t kNoSeries = ~uint32_t{0};
+  std::vector<uint32_t> batch_series_;
   std::vector<std::pair<absl::string_view, absl::string_view>> labels_;
   // The uncompressed request is raw_'s first raw_size_ bytes; raw_ and
   // compressed_ (snappy's output) only grow.

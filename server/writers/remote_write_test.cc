@@ -4,13 +4,16 @@
 #include <atomic>
 #include <cstdlib>
 #include <new>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/testing/status_matchers.h"
 #include "gmock/gmock.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
 #include "prometheus/remote.pb.h"
 #include "snappy.h"
@@ -266,6 +269,137 @@ TEST(RemoteWriteEncoderTest, AllocatesNothingPerSample) {
   const int64_t for_1000 = allocations(1000);
   EXPECT_EQ(for_10, for_1000);
   EXPECT_LE(for_1000, 1);
+}
+
+// What a request must hold, computed the slow way: every sample's label list
+// built and sorted, series found by comparing whole lists.
+prometheus::WriteRequest Reference(
+    absl::Span<const DecodedBatch* const> batches) {
+  using Labels = std::vector<std::pair<std::string, std::string>>;
+  struct Series {
+    Labels labels;
+    std::vector<std::pair<int64_t, double>> samples;  // in flush order
+  };
+  std::vector<Series> series;
+  for (const DecodedBatch* b : batches) {
+    if (b->kind != DataKind::kMetrics) continue;
+    const MetricSamples& m = b->metrics;
+    for (int i = 0; i < m.size(); ++i) {
+      Labels labels = {{"__name__", std::string(m.name(i))}};
+      if (!b->device.device_id.empty()) {
+        labels.emplace_back("device_id", b->device.device_id);
+      }
+      if (!b->device.org_id.empty()) {
+        labels.emplace_back("org_id", b->device.org_id);
+      }
+      for (int j = 0; j < m.label_count(i); ++j) {
+        const LabelView l = m.label(i, j);
+        if (l.value.empty() || l.name == "device_id" || l.name == "org_id" ||
+            absl::StartsWith(l.name, "__")) {
+          continue;
+        }
+        labels.emplace_back(std::string(l.name), std::string(l.value));
+      }
+      std::sort(labels.begin(), labels.end());
+      auto it =
+          std::find_if(series.begin(), series.end(),
+                       [&](const Series& s) { return s.labels == labels; });
+      if (it == series.end()) {
+        series.push_back({labels, {}});
+        it = series.end() - 1;
+      }
+      it->samples.emplace_back(m.timestamp_millis(i), m.value(i));
+    }
+  }
+  prometheus::WriteRequest request;
+  for (Series& s : series) {
+    std::stable_sort(
+        s.samples.begin(), s.samples.end(),
+        [](const auto& a, const auto& b) { return a.first < b.first; });
+    prometheus::TimeSeries* ts = request.add_timeseries();
+    for (const auto& [name, value] : s.labels) {
+      prometheus::Label* l = ts->add_labels();
+      l->set_name(name);
+      l->set_value(value);
+    }
+    for (const auto& [ms, value] : s.samples) {
+      prometheus::Sample* sample = ts->add_samples();
+      sample->set_timestamp(ms);
+      sample->set_value(value);
+    }
+  }
+  return request;
+}
+
+// Random flushes of batches read from the wire (whose samples share series,
+// as decoded batches' do): the request is the reference's, and byte for byte
+// what the same samples give when every sample is a series of its own (each
+// sample looked up on its own, as before series were shared).
+TEST(RemoteWriteEncoderTest, SharedSeriesEncodeAsTheReferenceAndAsUnshared) {
+  std::mt19937 rng(5);
+  const char* names[] = {"up", "temp", "Zed"};
+  const char* keys[] = {"core",   "host", "device_id", "org_id",
+                        "__meta", "Zone", "empty"};
+  const char* values[] = {"0", "1", "", "x"};
+  const char* devices[] = {"dev-1", "dev-2", ""};
+  RemoteWriteEncoder shared_encoder;
+  RemoteWriteEncoder unshared_encoder;
+  int merged = 0;
+  for (int round = 0; round < 500; ++round) {
+    std::vector<v1::Metric> pool(4);
+    for (v1::Metric& m : pool) {
+      m.set_name(names[rng() % 3]);
+      const int n = static_cast<int>(rng() % 5);
+      for (int j = 0; j < n; ++j) {
+        (*m.mutable_labels())[keys[rng() % 7]] = values[rng() % 4];
+      }
+    }
+    const int count = 1 + static_cast<int>(rng() % 4);
+    std::vector<DecodedBatch> shared(count);
+    std::vector<DecodedBatch> unshared(count);
+    std::vector<const DecodedBatch*> shared_ptrs;
+    std::vector<const DecodedBatch*> unshared_ptrs;
+    for (int k = 0; k < count; ++k) {
+      v1::MetricsBatch batch;
+      const int samples = static_cast<int>(rng() % 30);
+      for (int i = 0; i < samples; ++i) {
+        v1::Metric* m = batch.add_metrics();
+        *m = pool[rng() % pool.size()];
+        m->set_value(static_cast<double>(rng() % 5));
+        m->mutable_timestamp()->set_seconds(100 * (1 + rng() % 3));
+        m->mutable_timestamp()->set_nanos(
+            static_cast<int32_t>(rng() % 3 * 1'000'000));
+      }
+      shared[k] = Metrics(devices[rng() % 3]);
+      if (rng() % 4 == 0) shared[k].device.org_id.clear();
+      unshared[k] = Metrics(shared[k].device.device_id);
+      unshared[k].device.org_id = shared[k].device.org_id;
+      absl::StatusOr<MetricSamples> parsed =
+          MetricSamples::Parse(batch.SerializeAsString(), 64);
+      ASSERT_THAT(parsed.status(), IsOk());
+      shared[k].metrics = *std::move(parsed);
+      unshared[k].metrics = MetricSamples::FromProto(batch);
+      ASSERT_EQ(unshared[k].metrics.series_count(), samples);
+      merged += samples - shared[k].metrics.series_count();
+      shared_ptrs.push_back(&shared[k]);
+      unshared_ptrs.push_back(&unshared[k]);
+    }
+    std::string shared_body;
+    std::string unshared_body;
+    ASSERT_THAT(shared_encoder.Encode(shared_ptrs, &shared_body), IsOk());
+    ASSERT_THAT(unshared_encoder.Encode(unshared_ptrs, &unshared_body), IsOk());
+    ASSERT_EQ(shared_encoder.uncompressed(), unshared_encoder.uncompressed())
+        << "round " << round;
+    ASSERT_EQ(shared_body, unshared_body);
+    if (shared_body.empty()) continue;
+    const prometheus::WriteRequest expected = Reference(shared_ptrs);
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(
+        Decode(shared_body), expected))
+        << "round " << round << "\n"
+        << Decode(shared_body).DebugString() << "\nexpected\n"
+        << expected.DebugString();
+  }
+  EXPECT_GT(merged, 1000);
 }
 
 TEST(RemoteWriteEncoderTest, NoSamplesIsAnEmptyBody) {
