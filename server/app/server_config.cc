@@ -9,8 +9,9 @@ namespace fleetd::server {
 void DeclareServerSettings(Settings& s, ServerConfig& c) {
   s.String("FLEET_GRPC_ADDR", "grpc-addr", "gRPC listen address", &c.grpc_addr)
       .Int32("FLEET_GRPC_WORKERS", "grpc-workers",
-             "threads running gRPC calls, all started at once (each call "
-             "waiting for its backend writes occupies one)",
+             "threads running gRPC calls, all started at once (a batch call "
+             "occupies one while it is decoded, not while backends write; a "
+             "StreamSync message while it is handled)",
              &c.grpc_workers, 1, 1 << 16)
       .Int("FLEET_GRPC_QUEUE", "grpc-queue",
            "gRPC calls that may wait for a worker; more get "
@@ -84,10 +85,16 @@ void DeclareServerSettings(Settings& s, ServerConfig& c) {
           "FLEET_AUTH_CACHE_TTL", "auth-cache-ttl",
           "how long a checked API key is trusted (bounds revocation delay)",
           &c.auth_cache_ttl)
-      .Duration("FLEET_MAX_WAIT", "max-wait",
-                "longest a call waits for the backends", &c.max_wait)
+      .Duration(
+          "FLEET_MAX_WAIT", "max-wait",
+          "longest a StreamSync message or an HTTP/1.1 Connect call waits "
+          "for the backends (gRPC and front-door unary calls are "
+          "answered when the backends' writes end)",
+          &c.max_wait)
       .Int32("FLEET_FLUSH_THREADS", "flush-threads",
-             "concurrent coalesced writes per backend", &c.flush_threads, 1, 64)
+             "concurrent coalesced writes per backend (a write starts beside "
+             "another only when half a full one is waiting)",
+             &c.flush_threads, 1, 64)
       .Duration("FLEET_REPLAY_WINDOW", "replay-window",
                 "how long acknowledged writes are kept to write again when a "
                 "backend restarts (covers what it held only in memory; 0: "

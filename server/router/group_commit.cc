@@ -181,6 +181,7 @@ absl::Status GroupCommitter::Admit(Pending p) {
         options_.overload_retry_after);
   }
   queued_bytes_ += p.bytes;
+  queued_records_ += p.batch->record_count();
   if (queue_bytes_gauge_ != nullptr) queue_bytes_gauge_->Set(queued_bytes_);
   queue_.push_back(std::move(p));
   return absl::OkStatus();
@@ -199,6 +200,7 @@ absl::StatusOr<GroupCommitter::Ticket> GroupCommitter::Enqueue(
 
 absl::Status GroupCommitter::Enqueue(std::shared_ptr<const DecodedBatch> batch,
                                      Done done) {
+  CHECK(done) << "GroupCommitter::Enqueue needs a callback";
   const size_t bytes = batch->approx_bytes();
   return Admit(Pending{std::move(batch), bytes, nullptr, std::move(done)});
 }
@@ -342,8 +344,14 @@ void GroupCommitter::FlushLoop() {
     std::vector<Pending> taken;
     {
       absl::MutexLock lock(&mu_);
+      // Alone, any batch is worth a flush; beside another flush, only half
+      // a full one.
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || !queue_.empty();
+        if (stopping_) return true;
+        if (queue_.empty()) return false;
+        return flushes_in_flight_ == 0 ||
+               2 * queued_records_ >= options_.max_records_per_flush ||
+               2 * queued_bytes_ >= options_.max_bytes_per_flush;
       };
       mu_.Await(absl::Condition(&ready));
       if (stopping_) return;
@@ -352,7 +360,8 @@ void GroupCommitter::FlushLoop() {
           return stopping_ || queued_bytes_ >= options_.max_bytes_per_flush;
         };
         mu_.AwaitWithTimeout(absl::Condition(&full), options_.linger);
-        if (queue_.empty()) continue;
+        // Another flusher may have started while this one lingered.
+        if (!ready()) continue;
       }
       int records = 0;
       size_t bytes = 0;
@@ -370,6 +379,8 @@ void GroupCommitter::FlushLoop() {
         queue_.pop_front();
       }
       queued_bytes_ -= bytes;
+      queued_records_ -= records;
+      ++flushes_in_flight_;
       if (queue_bytes_gauge_ != nullptr) queue_bytes_gauge_->Set(queued_bytes_);
     }
     int records = 0;
@@ -417,6 +428,10 @@ void GroupCommitter::FlushLoop() {
     // then on the window is what covers a backend crash.
     if (replay_enabled() && result.records_written > 0) {
       Remember(absl::MakeConstSpan(taken), generation, clock_->MonotonicNow());
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      --flushes_in_flight_;
     }
     // Last, so that a caller who sees its outcome also sees the metrics and
     // health it caused.

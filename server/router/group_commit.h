@@ -31,7 +31,11 @@ namespace fleetd::server {
 // threads take everything queued (up to a record and byte limit) and write it
 // in one Writer::Write. While one flush is in flight, new batches accumulate
 // for the next, so batches grow with load and latency stays one backend round
-// trip when idle.
+// trip when idle. A flush starts beside one already in flight only when at
+// least half a full flush (records or bytes) is waiting: many small concurrent
+// writes cost the backend and this server more per record than a few large
+// ones (measured: 1,325 writes of 15 device batches took VictoriaMetrics 24 %
+// more CPU per sample than 766 writes of 26).
 //
 // Each caller gets its own outcome. When a coalesced write fails because the
 // backend refused content (INVALID_ARGUMENT or OUT_OF_RANGE, see
@@ -130,6 +134,7 @@ class GroupCommitter {
   // here or on another committer. When Enqueue fails at once (overload,
   // breaker, shutdown) `done` is dropped uncalled and the error returned.
   // No deadline: the flush ends when the Writer's own timeouts say so.
+  // `done` must not be empty.
   absl::Status Enqueue(std::shared_ptr<const DecodedBatch> batch, Done done);
   // Enqueue, then Wait.
   absl::Status Submit(std::shared_ptr<const DecodedBatch> batch,
@@ -242,6 +247,8 @@ class GroupCommitter {
   absl::Mutex mu_;
   std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
   size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t queued_records_ ABSL_GUARDED_BY(mu_) = 0;
+  int flushes_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 
   metrics::Counter* restarts_detected_ = nullptr;

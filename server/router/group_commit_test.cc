@@ -165,6 +165,29 @@ TEST(GroupCommitTest, FlushRespectsRecordLimit) {
   EXPECT_THAT(writer.flush_sizes(), ::testing::ElementsAre(1, 2, 2, 2));
 }
 
+TEST(GroupCommitTest, ASecondFlushStartsBesideTheFirstOnlyForHalfAFullOne) {
+  FakeWriter writer;
+  GroupCommitter gc(&writer, Clock::Real(), nullptr,
+                    {.flush_threads = 2, .max_records_per_flush = 10});
+  std::atomic<int> done{0};
+  auto count = [&](absl::Status s) {
+    EXPECT_THAT(s, IsOk());
+    ++done;
+  };
+  writer.Close();
+  ASSERT_THAT(gc.Enqueue(MakeBatch(0, 1), count), IsOk());
+  ASSERT_TRUE(WaitFor([&] { return writer.in_flight() == 1; }));
+  // 2 records wait: too few to write beside the flush in flight.
+  ASSERT_THAT(gc.Enqueue(MakeBatch(1, 2), count), IsOk());
+  // 5 wait: half of a full flush; the idle flusher takes both.
+  ASSERT_THAT(gc.Enqueue(MakeBatch(2, 3), count), IsOk());
+  ASSERT_TRUE(WaitFor([&] { return writer.in_flight() == 2; }));
+  EXPECT_EQ(gc.queued_batches(), 0u);
+  writer.Open();
+  ASSERT_TRUE(WaitFor([&] { return done.load() == 3; }));
+  EXPECT_THAT(writer.flush_sizes(), ::testing::UnorderedElementsAre(1, 2));
+}
+
 TEST(GroupCommitTest, WriterFailureReachesEveryCallerInTheFlush) {
   FakeWriter writer;
   GroupCommitter gc(&writer, Clock::Real(), nullptr, {.flush_threads = 1});
