@@ -87,9 +87,9 @@ void DeclareServerSettings(Settings& s, ServerConfig& c) {
           &c.auth_cache_ttl)
       .Duration(
           "FLEET_MAX_WAIT", "max-wait",
-          "longest a StreamSync message or an HTTP/1.1 Connect call waits "
-          "for the backends (gRPC and front-door unary calls are "
-          "answered when the backends' writes end)",
+          "longest a call waits for the backends (less when the client's "
+          "deadline is sooner); then it is answered DEADLINE_EXCEEDED while "
+          "the write goes on and is recorded, so a retry is a duplicate",
           &c.max_wait)
       .Int32("FLEET_FLUSH_THREADS", "flush-threads",
              "concurrent coalesced writes per backend (a write starts beside "

@@ -60,6 +60,26 @@ struct SyncCore::Inflight {
   std::vector<AppliedDone> joined ABSL_GUARDED_BY(mu);
 };
 
+// One caller's answer, given by whichever of the delivery and the deadline
+// comes first.
+struct SyncCore::OnceAnswer {
+  absl::Mutex mu;
+  bool given ABSL_GUARDED_BY(mu) = false;
+  AppliedDone done ABSL_GUARDED_BY(mu);
+  TimerQueue::Handle timer;  // set before the delivery starts
+
+  void Give(absl::StatusOr<Applied> result) {
+    AppliedDone d;
+    {
+      absl::MutexLock lock(&mu);
+      if (given) return;
+      given = true;
+      d = std::move(done);
+    }
+    std::move(d)(std::move(result));
+  }
+};
+
 SyncCore::SyncCore(Authenticator* auth, Ledger* ledger, DeviceRegistry* devices,
                    Router* router, Clock* clock, metrics::Registry* metrics,
                    Options options)
@@ -72,7 +92,8 @@ SyncCore::SyncCore(Authenticator* auth, Ledger* ledger, DeviceRegistry* devices,
       options_(options),
       ledger_writer_(std::make_unique<LedgerWriter>(ledger)),
       ledger_commit_(std::make_unique<GroupCommitter>(
-          ledger_writer_.get(), clock, metrics, options.ledger_commit)) {
+          ledger_writer_.get(), clock, metrics, options.ledger_commit)),
+      deadlines_(clock) {
   last_seen_thread_ = std::thread([this] { LastSeenLoop(); });
 }
 
@@ -309,21 +330,31 @@ void SyncCore::ApplyAsync(const CallContext& context, absl::string_view rpc,
   }
   auto batch = std::make_shared<const DecodedBatch>(*std::move(decoded));
   const DataKind kind = batch->kind;
-  DeliverAsync(std::move(batch), [this, kind, done = std::move(done)](
-                                     absl::StatusOr<Applied> applied) mutable {
-    if (metrics_ != nullptr) {
-      std::string result = !applied.ok()        ? "failed"
-                           : applied->duplicate ? "duplicate"
-                                                : "applied";
-      metrics_
-          ->CounterFamily("fleetd_batches_total",
-                          "Device batches by kind and outcome.",
-                          {"kind", "result"})
-          .WithLabels({std::string(DataKindName(kind)), result})
-          .Increment();
-    }
-    std::move(done)(std::move(applied));
+  // The caller is answered by the delivery or by the deadline, whichever
+  // comes first; a delivery that outlives the deadline goes on and is
+  // recorded, so the device's retry is acknowledged as a duplicate.
+  auto answer = std::make_shared<OnceAnswer>();
+  answer->done = std::move(done);
+  answer->timer = deadlines_.Schedule(MonotonicDeadline(context), [answer] {
+    answer->Give(absl::DeadlineExceededError(
+        "deadline passed waiting for the backends"));
   });
+  DeliverAsync(std::move(batch),
+               [this, kind, answer](absl::StatusOr<Applied> applied) mutable {
+                 deadlines_.Cancel(answer->timer);
+                 if (metrics_ != nullptr) {
+                   std::string result = !applied.ok()        ? "failed"
+                                        : applied->duplicate ? "duplicate"
+                                                             : "applied";
+                   metrics_
+                       ->CounterFamily("fleetd_batches_total",
+                                       "Device batches by kind and outcome.",
+                                       {"kind", "result"})
+                       .WithLabels({std::string(DataKindName(kind)), result})
+                       .Increment();
+                 }
+                 answer->Give(std::move(applied));
+               });
 }
 
 absl::StatusOr<SyncCore::Applied> SyncCore::Apply(const CallContext& context,

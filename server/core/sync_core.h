@@ -11,6 +11,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
 #include "common/clock/clock.h"
+#include "common/concurrency/timer_queue.h"
 #include "common/metrics/metrics.h"
 #include "server/auth/authenticator.h"
 #include "server/core/decode.h"
@@ -35,11 +36,12 @@ namespace fleetd::server {
 // The batch RPCs also come without waiting (SyncMetricsAsync, ...): the
 // calling thread authenticates, decodes and checks the ledger, then returns;
 // the answer comes from the flusher that finished the batch's ledger write.
-// The blocking forms are the same path plus a wait bounded by the call's
-// deadline (or Options::max_wait): when it passes, the call answers
-// DEADLINE_EXCEEDED but the delivery goes on and, once it lands, is recorded,
-// so the device's retry is acknowledged as a duplicate. The destructor waits
-// for deliveries under way.
+// The blocking forms are the same path plus a wait. Either way the answer
+// waits at most until the call's deadline (or Options::max_wait): when it
+// passes, the call answers DEADLINE_EXCEEDED (from the core's deadline
+// thread) but the delivery goes on and, once it lands, is recorded, so the
+// device's retry is acknowledged as a duplicate. So a stuck backend holds no
+// call past its deadline. The destructor waits for deliveries under way.
 class SyncCore final : public SyncHandler {
  public:
   struct Options {
@@ -104,7 +106,8 @@ class SyncCore final : public SyncHandler {
   // the calling thread (`decode` is not used after this returns), then
   // `done` receives the outcome exactly once: before this returns when the
   // call ends early (refused, invalid, a known duplicate), else on a flusher
-  // thread, where it must be quick and must not block.
+  // thread, or with DEADLINE_EXCEEDED on the deadline thread when the call's
+  // deadline passes first; it must be quick and must not block.
   void ApplyAsync(const CallContext& context, absl::string_view rpc,
                   const Decoder& decode, AppliedDone done);
 
@@ -112,6 +115,7 @@ class SyncCore final : public SyncHandler {
   class LedgerWriter;
   class Session;
   struct Inflight;
+  struct OnceAnswer;
 
   void DeliverAsync(std::shared_ptr<const DecodedBatch> batch,
                     AppliedDone done);
@@ -165,6 +169,9 @@ class SyncCore final : public SyncHandler {
   int64_t devices_with_set_aside_ ABSL_GUARDED_BY(seen_mu_) = 0;
   Wakeup stop_;
   std::thread last_seen_thread_;
+  // Deadlines of calls waiting for their deliveries (ApplyAsync). Last, so
+  // that it stops before anything its callbacks use is destroyed.
+  TimerQueue deadlines_;
 };
 
 }  // namespace fleetd::server

@@ -364,6 +364,36 @@ TEST_F(SyncCoreTest, BlockingCallPastItsDeadlineStillRecordsTheBatchOnce) {
   EXPECT_EQ(metrics_writer_.rows().size(), 1u);
 }
 
+TEST_F(SyncCoreTest, AsyncCallIsAnsweredAtItsDeadlineAndTheBatchStillOnce) {
+  metrics_writer_.set_open(false);
+  CallContext context = Context(key_);
+  context.deadline = clock_.Now() + absl::Seconds(5);
+  Answers answers;
+  core_.SyncMetricsAsync(context, Metrics(25, 1), answers.Slot());
+  ASSERT_TRUE(WaitFor([&] { return metrics_writer_.in_flight() == 1; }));
+  clock_.Advance(absl::Seconds(4));
+  // Not before the deadline: the answer still waits for the delivery.
+  ASSERT_TRUE(
+      WaitFor([&] { return clock_.NextDeadline() > clock_.MonotonicNow(); }));
+  EXPECT_EQ(answers.count(), 0u);
+  // The write still hangs, but the call is answered at its deadline, so a
+  // stuck backend holds no call (nor its request) past it.
+  clock_.Advance(absl::Seconds(1));
+  ASSERT_TRUE(WaitFor([&] { return answers.count() == 1; }));
+  EXPECT_THAT(answers.got()[0], StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_EQ(ledger_.applied_count(), 0u);
+  // The delivery goes on: once it lands it is recorded (the late outcome is
+  // not given to the caller twice), and the retry is a duplicate.
+  metrics_writer_.set_open(true);
+  ASSERT_TRUE(WaitFor([&] { return ledger_.applied_count() == 1; }));
+  core_.SyncMetricsAsync(Context(key_), Metrics(25, 1), answers.Slot());
+  ASSERT_TRUE(WaitFor([&] { return answers.count() == 2; }));
+  ASSERT_THAT(answers.got()[1], IsOk());
+  EXPECT_TRUE(answers.got()[1]->duplicate());
+  EXPECT_EQ(metrics_writer_.rows().size(), 1u);
+  EXPECT_EQ(answers.count(), 2u);
+}
+
 TEST_F(SyncCoreTest, DestructorWaitsForDeliveriesUnderWay) {
   auto core = std::make_unique<SyncCore>(&auth_, &ledger_, &ledger_, &router_,
                                          &clock_, nullptr, SyncCore::Options{});
