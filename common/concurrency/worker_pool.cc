@@ -93,7 +93,17 @@ absl::Status WorkerPool::Submit(Task task, Admission admission) {
   }
   queue_.push_back(std::move(task));
   UpdateGaugesLocked();
+  if (!waking_) WakeOneLocked();
   return absl::OkStatus();
+}
+
+void WorkerPool::WakeOneLocked() {
+  if (idle_.empty()) return;
+  Idle* worker = idle_.back();
+  idle_.pop_back();
+  worker->woken = true;
+  waking_ = true;
+  worker->cv.Signal();
 }
 
 void WorkerPool::Shutdown(ShutdownMode mode) {
@@ -105,6 +115,9 @@ void WorkerPool::Shutdown(ShutdownMode mode) {
     stopping_ = true;
     if (mode == ShutdownMode::kRejectQueued) rejected.swap(queue_);
     UpdateGaugesLocked();
+    // Every idle worker wakes, drains what is queued (kRunQueued) and exits.
+    for (Idle* worker : idle_) worker->cv.Signal();
+    idle_.clear();
   }
   for (Task& task : rejected) {
     task(absl::CancelledError(
@@ -135,27 +148,34 @@ void WorkerPool::Run(int index) {
     ++started_;
   }
 
-  auto work_or_stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return stopping_ || !queue_.empty();
-  };
+  Idle self;
+  mu_.Lock();
   while (true) {
-    Task task;
-    {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(&work_or_stop));
-      // With kRunQueued the queue is drained before the workers exit.
-      if (queue_.empty()) return;
-      task = std::move(queue_.front());
-      queue_.pop_front();
-      ++busy_;
-      UpdateGaugesLocked();
+    while (queue_.empty() && !stopping_) {
+      self.woken = false;
+      idle_.push_back(&self);
+      while (!self.woken && !stopping_) self.cv.Wait(&mu_);
+      // Woken by a submission or another worker: that wake is used up (a
+      // worker woken only by Shutdown was taken off idle_ there).
+      if (self.woken) waking_ = false;
     }
+    // With kRunQueued the queue is drained before the workers exit.
+    if (queue_.empty()) break;
+    Task task = std::move(queue_.front());
+    queue_.pop_front();
+    ++busy_;
+    // More work waits: one more worker gets going (it wakes the next if
+    // there is still more).
+    if (!queue_.empty() && !waking_) WakeOneLocked();
+    UpdateGaugesLocked();
+    mu_.Unlock();
     task(absl::OkStatus());
     task = nullptr;  // what it captured goes before the next task starts
-    absl::MutexLock lock(&mu_);
+    mu_.Lock();
     --busy_;
     UpdateGaugesLocked();
   }
+  mu_.Unlock();
 }
 
 void WorkerPool::UpdateGaugesLocked() {

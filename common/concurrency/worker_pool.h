@@ -9,6 +9,14 @@
 // order (FIFO) as workers become free; with more than one worker they run
 // concurrently and may end in any order.
 //
+// Idle workers are woken one at a time, the last to go idle first: a
+// submission wakes one unless a woken worker is already on its way, and a
+// worker that takes a task while more wait wakes the next. So a stream of
+// short tasks runs on a few hot threads instead of waking every idle one (a
+// pool of 128 waking a fresh thread per task cost 13 % more CPU per sample in
+// the server's burst than one of 16), and parallelism still grows to every
+// worker while tasks queue.
+//
 // Overload is explicit: at most `max_queued` tasks wait for a worker, and
 // Submit refuses more with RESOURCE_EXHAUSTED instead of queueing without
 // bound (counted). Work that must not be refused because it ends something
@@ -116,6 +124,14 @@ class WorkerPool {
   explicit WorkerPool(Options options);
   void Run(int index);
   void UpdateGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Wakes the worker that went idle last, if any.
+  void WakeOneLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // A worker waiting for a task. Its fields are guarded by mu_.
+  struct Idle {
+    absl::CondVar cv;
+    bool woken = false;  // set by WakeOneLocked
+  };
 
   const Options options_;
   Metrics metrics_;
@@ -123,6 +139,9 @@ class WorkerPool {
 
   mutable absl::Mutex mu_;
   std::deque<Task> queue_ ABSL_GUARDED_BY(mu_);
+  std::vector<Idle*> idle_ ABSL_GUARDED_BY(mu_);  // last idle at the back
+  // A worker was woken and has not yet looked at the queue.
+  bool waking_ ABSL_GUARDED_BY(mu_) = false;
   int32_t busy_ ABSL_GUARDED_BY(mu_) = 0;
   int32_t started_ ABSL_GUARDED_BY(mu_) = 0;  // threads that are running
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

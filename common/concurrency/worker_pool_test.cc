@@ -118,6 +118,45 @@ TEST(WorkerPoolTest, RunsTasksInSubmissionOrder) {
   for (int i = 0; i < 20; ++i) EXPECT_EQ(order[i], i);
 }
 
+TEST(WorkerPoolTest, TasksQueuedAtOnceReachEveryWorker) {
+  // Idle workers are woken one by one (each woken worker wakes the next while
+  // tasks wait): tasks that block must still get every worker.
+  constexpr int kThreads = 16;
+  std::unique_ptr<WorkerPool> pool = StartPool(kThreads, 100);
+  absl::Notification release;
+  std::atomic<int> started{0};
+  for (int i = 0; i < kThreads; ++i) {
+    ASSERT_THAT(pool->Submit(Blocker(&release, &started)), IsOk());
+  }
+  ASSERT_TRUE(WaitFor([&] { return started.load() == kThreads; }));
+  EXPECT_EQ(pool->busy(), kThreads);
+  release.Notify();
+  pool->Shutdown();
+}
+
+TEST(WorkerPoolTest, ShortTasksOneAtATimeRunOnAFewHotWorkers) {
+  // The worker that went idle last is woken first, so tasks submitted one
+  // after another do not wander over the whole pool.
+  std::unique_ptr<WorkerPool> pool = StartPool(32, 100);
+  absl::Mutex mu;
+  std::set<std::thread::id> ran_on;
+  for (int i = 0; i < 200; ++i) {
+    absl::Notification done;
+    ASSERT_THAT(pool->Submit([&](absl::Status) {
+      {
+        absl::MutexLock lock(&mu);
+        ran_on.insert(std::this_thread::get_id());
+      }
+      done.Notify();
+    }),
+                IsOk());
+    done.WaitForNotification();
+  }
+  pool->Shutdown();
+  absl::MutexLock lock(&mu);
+  EXPECT_LE(ran_on.size(), 8u);
+}
+
 TEST(WorkerPoolTest, RefusesBoundedTasksWhenQueueIsFull) {
   metrics::Registry registry;
   std::unique_ptr<WorkerPool> pool = StartPool(2, 3, &registry);
