@@ -365,26 +365,16 @@ absl::StatusOr<SyncCore::Applied> SyncCore::Apply(const CallContext& context,
     bool done ABSL_GUARDED_BY(mu) = false;
     absl::StatusOr<Applied> result ABSL_GUARDED_BY(mu);
   };
-  // Shared: the delivery may outlive this wait.
+  // Shared: the callback may still be leaving the lock when this returns.
   auto answer = std::make_shared<Answer>();
-  const absl::Time deadline = MonotonicDeadline(context);
   ApplyAsync(context, rpc, decode, [answer](absl::StatusOr<Applied> r) {
     absl::MutexLock lock(&answer->mu);
     answer->result = std::move(r);
     answer->done = true;
   });
-  // Waits in real time, re-checking the deadline on our clock at least every
-  // second so that a simulated clock in tests is honoured too.
+  // ApplyAsync answers by the call's deadline at the latest.
   absl::MutexLock lock(&answer->mu);
-  while (!answer->done) {
-    const absl::Duration left = deadline - clock_->MonotonicNow();
-    if (left <= absl::ZeroDuration()) {
-      return absl::DeadlineExceededError(
-          "deadline passed waiting for the backends");
-    }
-    answer->mu.AwaitWithTimeout(absl::Condition(&answer->done),
-                                std::min(left, absl::Seconds(1)));
-  }
+  answer->mu.Await(absl::Condition(&answer->done));
   return answer->result;
 }
 
