@@ -10,7 +10,9 @@ fmt='def r(n): (. * pow(10; n) | round) / pow(10; n);
 def k: if . >= 1000 then (. / 1000 | r(1) | tostring) + "k" else (r(1) | tostring) end;
 def m: if . >= 1000000 then (. / 1000000 | r(2) | tostring) + " M" else k end;
 def cpu: if . == null then "–" else r(2) | tostring end;
-def pct: . * 100 | round | tostring + " %";'
+def pct: . * 100 | round | tostring + " %";
+def per($b): if . == null or $b == null or $b == 0 then null else . / $b end;
+def x(n): if . == null then "–" else r(n) | tostring end;'
 j() { jq -r "$fmt $1" "$results"; }
 
 intro() {
@@ -72,22 +74,22 @@ ingest_sections() {
       "",
       "- samples/s: fleetd-server (gRPC burst) \($b.samples_per_second | k) / vmagent \($v.samples_per_second | k) = \($g.samples_per_second_ratio | r(2)): " +
       (if $g.throughput_met then "**met**" else "**missed by \(1 - $g.samples_per_second_ratio | pct)** (ours would need \(1 / $g.samples_per_second_ratio | r(1))× its rate)" end) + ";",
-      "- CPU-s per M samples: fleetd-server \($b.cpu_s_per_m_samples.server | cpu) / vmagent \($v.cpu_s_per_m_samples.vmagent | cpu) = \($g.cpu_per_m_samples_ratio | r(2)): " +
-      (if $g.cpu_met then "**met**" else "**missed by \($g.cpu_per_m_samples_ratio | r(1))×** (ours spends \($g.cpu_per_m_samples_ratio | r(1)) times vmagent'"'"'s CPU per sample)" end) + ";",
-      "- with PostgreSQL behind it counted as ours (vmagent has no ledger): \(($b.cpu_s_per_m_samples.server + $b.cpu_s_per_m_samples.postgresql) | cpu) CPU-s per M samples, \((($b.cpu_s_per_m_samples.server + $b.cpu_s_per_m_samples.postgresql) / $v.cpu_s_per_m_samples.vmagent) | r(1))× vmagent'"'"'s."'
+      "- CPU-s per M samples: fleetd-server \($b.cpu_s_per_m_samples.server | cpu) / vmagent \($v.cpu_s_per_m_samples.vmagent | cpu) = \($g.cpu_per_m_samples_ratio | x(2)): " +
+      (if $g.cpu_met then "**met**" else "**missed by \($g.cpu_per_m_samples_ratio | x(1))×** (ours spends \($g.cpu_per_m_samples_ratio | x(1)) times vmagent'"'"'s CPU per sample)" end) + ";",
+      "- with PostgreSQL behind it counted as ours (vmagent has no ledger): \(($b.cpu_s_per_m_samples.server + $b.cpu_s_per_m_samples.postgresql) | cpu) CPU-s per M samples, \(($b.cpu_s_per_m_samples.server + $b.cpu_s_per_m_samples.postgresql) | per($v.cpu_s_per_m_samples.vmagent) | x(1))× vmagent'"'"'s."'
     j '.goal.device_shaped as $g | .vmagent_device_shaped as $v | if $g == null then empty else
       "- against the device-shaped peer (one request per device batch, as ours gets them): samples/s \($g.samples_per_second_ratio | r(2))× vmagent'"'"'s \($v.samples_per_second | k) (" +
       (if $g.throughput_met then "met" else "missed by \(1 - $g.samples_per_second_ratio | pct)" end) +
-      "), CPU-s per M samples \($g.cpu_per_m_samples_ratio | r(2))× vmagent'"'"'s \($v.cpu_s_per_m_samples.vmagent | cpu) (" +
-      (if $g.cpu_met then "met" else "missed by \($g.cpu_per_m_samples_ratio | r(1))×" end) + ")." end'
+      "), CPU-s per M samples \($g.cpu_per_m_samples_ratio | x(2))× vmagent'"'"'s \($v.cpu_s_per_m_samples.vmagent | cpu) (" +
+      (if $g.cpu_met then "met" else "missed by \($g.cpu_per_m_samples_ratio | x(1))×" end) + ")." end'
     j '(.bursts | map(select(.transport == "connect")) | first) as $c | .vmagent as $v |
       if $c == null then empty else
-      "- over Connect: \($c.samples_per_second | k) samples/s (\($c.samples_per_second / $v.samples_per_second | r(2))× vmagent), \($c.cpu_s_per_m_samples.server | cpu) CPU-s per M samples (\($c.cpu_s_per_m_samples.server / $v.cpu_s_per_m_samples.vmagent | r(1))× vmagent'"'"'s)." end'
+      "- over Connect: \($c.samples_per_second | k) samples/s (\($c.samples_per_second / $v.samples_per_second | r(2))× vmagent), \($c.cpu_s_per_m_samples.server | cpu) CPU-s per M samples (\($c.cpu_s_per_m_samples.server | per($v.cpu_s_per_m_samples.vmagent) | x(1))× vmagent'"'"'s)." end'
     # The front door (issue 12) against the front end it replaces, same client.
     j '.bursts as $all | .vmagent as $v | $all[] | select(.transport | startswith("door-")) |
       (.transport | ltrimstr("door-")) as $t | ($all | map(select(.transport == $t)) | first) as $old |
-      "- through the front door (\($t) client): \(.samples_per_second | k) samples/s at \(.cpu_s_per_m_samples.server | cpu) CPU-s per M samples (\(.cpu_s_per_m_samples.server / $v.cpu_s_per_m_samples.vmagent | r(1))× vmagent'"'"'s)" +
-      (if $old == null then "." else "; the \($t) front end it replaces: \($old.samples_per_second | k) samples/s at \($old.cpu_s_per_m_samples.server | cpu) (door / old CPU per sample: \(.cpu_s_per_m_samples.server / $old.cpu_s_per_m_samples.server | r(2)))." end)'
+      "- through the front door (\($t) client): \(.samples_per_second | k) samples/s at \(.cpu_s_per_m_samples.server | cpu) CPU-s per M samples (\(.cpu_s_per_m_samples.server | per($v.cpu_s_per_m_samples.vmagent) | x(1))× vmagent'"'"'s)" +
+      (if $old == null then "." else "; the \($t) front end it replaces: \($old.samples_per_second | k) samples/s at \($old.cpu_s_per_m_samples.server | cpu) (door / old CPU per sample: \(.cpu_s_per_m_samples.server | per($old.cpu_s_per_m_samples.server) | x(2)))." end)'
     echo
   fi
   echo "Server throughput, best of all runs / ceiling: **$(r '.ceiling_ratio * 100 | round') %**."
