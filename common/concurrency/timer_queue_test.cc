@@ -20,9 +20,11 @@ TEST(TimerQueueTest, RunsACallbackOnlyOnceItsDeadlinePassed) {
   SimulatedClock clock;
   TimerQueue timers(&clock);
   std::atomic<int> ran{0};
-  timers.Schedule(clock.MonotonicNow() + absl::Seconds(10), [&] { ++ran; });
-  ASSERT_TRUE(clock.AwaitSleepers(1, absl::Seconds(30)));
-  ASSERT_EQ(clock.NextDeadline(), clock.MonotonicNow() + absl::Seconds(10));
+  const absl::Time deadline = clock.MonotonicNow() + absl::Seconds(10);
+  timers.Schedule(deadline, [&] { ++ran; });
+  // The queue's thread may still be asleep with no deadline when Schedule
+  // wakes it: wait until it sleeps toward this one.
+  ASSERT_TRUE(WaitFor([&] { return clock.NextDeadline() == deadline; }));
   clock.Advance(absl::Seconds(9));
   // The queue's thread still sleeps toward the deadline, the callback unrun.
   ASSERT_TRUE(clock.AwaitSleepers(1, absl::Seconds(30)));
