@@ -8,13 +8,21 @@
 //                            traits (what a sync or callback service does
 //                            around the handler);
 //   BM_GrpcParseDecode       parse from the received ByteBuffer, then
-//                            DecodeMetrics: the front end's whole share.
+//                            DecodeMetrics: the front end's whole share;
+//   BM_ParseMetricSamples    MetricSamples::Parse alone on tier 1's
+//                            decompressed batch, label entries in one order
+//                            per series (as C++ protobuf writes a map) or in
+//                            an order that changes from sample to sample (as
+//                            Go's protobuf writes one).
 // items/s are samples per second; bytes/s are request bytes on the wire
 // (after in-message compression) per second.
 //
 //   build/bin/decode_benchmark --benchmark_filter=DecodeMetrics
+#include <algorithm>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -25,6 +33,7 @@
 #include "grpcpp/support/byte_buffer.h"
 #include "server/core/decode.h"
 #include "server/model/batch.h"
+#include "server/model/metric_samples.h"
 
 namespace fleetd::server {
 namespace {
@@ -124,6 +133,66 @@ void BM_GrpcParseDecode(benchmark::State& state) {
   SetRates(state, request, bench::ShapeOfTier(tier).samples);
 }
 BENCHMARK(BM_GrpcParseDecode)->ArgName("tier")->DenseRange(1, 3);
+
+void AppendVarint(uint64_t v, std::string* out) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>(v | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+void AppendField(int field, const std::string& bytes, std::string* out) {
+  AppendVarint(static_cast<uint64_t>(field) << 3 | 2, out);
+  AppendVarint(bytes.size(), out);
+  out->append(bytes);
+}
+
+// Tier 1's batch, serialized; with `shuffled`, sample i's label entries are
+// rotated by i, so consecutive samples of a series differ in entry order.
+std::string TierOneBytes(bool shuffled) {
+  const v1::MetricsBatch batch = bench::MakeMetricsBatch(
+      bench::ShapeOfTier(1).samples, Start(), /*seed=*/1, Device().device_id);
+  if (!shuffled) return batch.SerializeAsString();
+  std::string out;
+  for (int i = 0; i < batch.metrics_size(); ++i) {
+    v1::Metric bare = batch.metrics(i);
+    bare.clear_labels();
+    std::string metric = bare.SerializeAsString();
+    std::vector<std::pair<std::string, std::string>> labels(
+        batch.metrics(i).labels().begin(), batch.metrics(i).labels().end());
+    std::sort(labels.begin(), labels.end());
+    std::rotate(labels.begin(), labels.begin() + i % labels.size(),
+                labels.end());
+    for (const auto& [key, value] : labels) {
+      std::string entry;
+      AppendField(1, key, &entry);
+      AppendField(2, value, &entry);
+      AppendField(4, entry, &metric);
+    }
+    AppendField(1, metric, &out);
+  }
+  return out;
+}
+
+void BM_ParseMetricSamples(benchmark::State& state) {
+  const std::string bytes = TierOneBytes(state.range(0) != 0);
+  const int samples = bench::ShapeOfTier(1).samples;
+  for (auto _ : state) {
+    absl::StatusOr<MetricSamples> parsed =
+        MetricSamples::Parse(bytes, /*max_labels=*/64);
+    if (!Ok(state, parsed.status())) break;
+    if (parsed->size() != samples) {
+      state.SkipWithError("wrong sample count");
+      break;
+    }
+    benchmark::DoNotOptimize(parsed);
+  }
+  state.SetItemsProcessed(state.iterations() * samples);
+  state.SetBytesProcessed(state.iterations() *
+                          static_cast<int64_t>(bytes.size()));
+}
+BENCHMARK(BM_ParseMetricSamples)->ArgName("shuffled")->DenseRange(0, 1);
 
 }  // namespace
 }  // namespace fleetd::server

@@ -43,6 +43,7 @@ class Reader {
 
   bool AtEnd() const { return p_ == end_; }
   const uint8_t* position() const { return p_; }
+  const uint8_t* end() const { return end_; }
   size_t left() const { return static_cast<size_t>(end_ - p_); }
 
   bool Varint(uint64_t* out) {
@@ -218,6 +219,54 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool SameBytes(absl::string_view a,
                        p[size - 1] == q[size - 1]);
 }
 
+// Open addressing over an array of records kept elsewhere, at most half
+// full: each slot holds the high 32 bits of a record's hash and its index + 1
+// (0: empty). Looks at kMaxProbes slots at most, so that keys made to collide
+// cost little.
+class SlotTable {
+ public:
+  static constexpr int kMaxProbes = 16;
+  static constexpr int64_t kAbsent = -1;  // an empty slot was reached
+  static constexpr int64_t kGaveUp = -2;  // kMaxProbes slots, none empty
+
+  void Reset(size_t slots) { slots_.assign(slots, 0); }
+  size_t size() const { return slots_.size(); }
+
+  // The index of a record with `hash` for which `same(index)` holds, or
+  // kAbsent or kGaveUp.
+  template <typename Same>
+  int64_t Find(uint64_t hash, Same same) const {
+    const size_t mask = slots_.size() - 1;
+    size_t i = hash & mask;
+    for (int probes = 0; probes < kMaxProbes; ++probes, i = (i + 1) & mask) {
+      const uint64_t slot = slots_[i];
+      if (slot == 0) return kAbsent;
+      if ((slot & kHigh) != (hash & kHigh)) continue;
+      const int64_t index = static_cast<int64_t>(slot & ~kHigh) - 1;
+      if (same(static_cast<size_t>(index))) return index;
+    }
+    return kGaveUp;
+  }
+
+  // Adds record `index`; false when its kMaxProbes slots are all taken (it is
+  // then never found).
+  bool Place(uint64_t hash, size_t index) {
+    const size_t mask = slots_.size() - 1;
+    size_t i = hash & mask;
+    for (int probes = 0; probes < kMaxProbes; ++probes, i = (i + 1) & mask) {
+      if (slots_[i] == 0) {
+        slots_[i] = (hash & kHigh) | (index + 1);
+        return true;
+      }
+    }
+    return false;
+  }
+
+ private:
+  static constexpr uint64_t kHigh = ~uint64_t{0xffffffff};
+  std::vector<uint64_t> slots_;
+};
+
 }  // namespace
 
 // Reads the wire encoding into a MetricSamples whose `bytes_` holds it.
@@ -236,7 +285,9 @@ class MetricSamples::Parser {
         scratch_(ThreadScratch()) {
     scratch_.known.clear();
     scratch_.known_entries.clear();
-    scratch_.slots.assign(kInitialSlots, 0);
+    scratch_.slots.Reset(kInitialSlots);
+    scratch_.tails.clear();
+    scratch_.tail_slots.Reset(kInitialSlots);
   }
 
   ~Parser() { scratch_.ReleaseIfLarge(); }
@@ -282,6 +333,14 @@ class MetricSamples::Parser {
     Span raw;
     uint64_t hash = 0;
   };
+  // A label tail seen before: the sample's name field and the bytes from its
+  // first label entry to its end, all label entries.
+  struct Tail {
+    uint64_t hash;
+    Span name;
+    Span tail;
+    uint32_t series;
+  };
   // A shared series: its name field, its entries (known_entries[begin, +n)).
   struct Known {
     uint64_t hash;
@@ -299,14 +358,15 @@ class MetricSamples::Parser {
     std::vector<Span> unchecked;
     std::vector<Known> known;
     std::vector<Entry> known_entries;
-    // Open addressing over `known`, at most half full: the high 32 bits of
-    // the hash, then index + 1 (0: empty).
-    std::vector<uint64_t> slots;
+    SlotTable slots;  // over `known`
+    std::vector<Tail> tails;
+    SlotTable tail_slots;  // over `tails`
 
     // A batch with many series leaves no lasting footprint.
     void ReleaseIfLarge() {
       if (known_entries.capacity() > kKeptEntries ||
-          unchecked.capacity() > kKeptEntries) {
+          unchecked.capacity() > kKeptEntries ||
+          tails.capacity() > kKeptEntries) {
         *this = Scratch();
       }
     }
@@ -314,7 +374,9 @@ class MetricSamples::Parser {
 
   static constexpr size_t kInitialSlots = 64;
   static constexpr size_t kKeptEntries = 4096;
-  static constexpr int kMaxProbes = 16;
+  // Label tails remembered per batch at most (a sender that shuffles its
+  // label entries leaves one per order).
+  static constexpr size_t kMaxTails = 1 << 16;
   // The most entries a shared series has (one bit each while comparing).
   static constexpr size_t kMaxSharedEntries = 64;
 
@@ -359,7 +421,12 @@ class MetricSamples::Parser {
     SampleRec& sample = out_->samples_.emplace_back();
     Span name;
     int names = 0;
+    // Where the first label entry's tag starts, and whether every field from
+    // there to the end of the sample is a label entry (its "label tail").
+    const uint8_t* tail_at = nullptr;
+    bool tail_only_labels = true;
     while (!in.AtEnd()) {
+      const uint8_t* field_at = in.position();
       uint32_t tag;
       if (!in.Tag(&tag)) return Fail(index, Truncated(index));
       const uint32_t field = tag >> 3;
@@ -377,6 +444,19 @@ class MetricSamples::Parser {
       } else if (field == 3 && type == kLengthDelimited) {
         if (!Timestamp(in, &sample)) return Fail(index, Truncated(index));
       } else if (field == 4 && type == kLengthDelimited) {
+        if (tail_at == nullptr) {
+          tail_at = field_at;
+          if (names <= 1) {
+            const Span tail =
+                MakeSpan(field_at, static_cast<uint32_t>(in.end() - field_at));
+            if (const Tail* seen = FindTail(name, tail)) {
+              // Byte for byte the label tail of an earlier sample with the
+              // same name, which passed every check: its series.
+              sample.series = seen->series;
+              return absl::OkStatus();
+            }
+          }
+        }
         if (static_cast<int64_t>(s.labels.size()) >= max_labels_) {
           return Fail(index, absl::InvalidArgumentError(
                                  absl::StrCat("metric ", index, ": more than ",
@@ -394,7 +474,17 @@ class MetricSamples::Parser {
       } else if (!SkipField(in, tag, kRecursionLimit - 1)) {
         return Fail(index, Truncated(index));
       }
+      if (tail_at != nullptr && !(field == 4 && type == kLengthDelimited)) {
+        tail_only_labels = false;
+      }
     }
+    // Later samples with this name and these tail bytes take its series.
+    const bool remember_tail =
+        tail_at != nullptr && tail_only_labels && names <= 1;
+    const Span tail =
+        remember_tail
+            ? MakeSpan(tail_at, static_cast<uint32_t>(in.end() - tail_at))
+            : Span{};
     // A repeated name field keeps its last value, so the others would not be
     // part of the key.
     bool shareable = names <= 1 && s.entries.size() <= kMaxSharedEntries;
@@ -404,6 +494,7 @@ class MetricSamples::Parser {
       if (const Known* known = Find(hash, name, &shareable)) {
         // The same bytes as a sample that passed every check below.
         sample.series = known->series;
+        if (remember_tail) RememberTail(name, tail, sample.series);
         return absl::OkStatus();
       }
     }
@@ -413,7 +504,43 @@ class MetricSamples::Parser {
     const bool repeated = out_->AddSeries(name, begin);
     sample.series = static_cast<uint32_t>(out_->series_.size() - 1);
     if (shareable && !repeated) Remember(hash, name, sample.series);
+    // Equal bytes parse the same way, repeated keys or not.
+    if (remember_tail) RememberTail(name, tail, sample.series);
     return absl::OkStatus();
+  }
+
+  static uint64_t TailHash(absl::string_view name, absl::string_view tail) {
+    return HashBytes(tail) ^ (HashBytes(name) * 0x9e3779b97f4a7c15u);
+  }
+
+  // The remembered label tail with these name and tail bytes, or null. Looks
+  // at SlotTable::kMaxProbes slots at most.
+  const Tail* FindTail(Span name, Span tail) const {
+    const absl::string_view tail_bytes = out_->View(tail);
+    const absl::string_view name_bytes = out_->View(name);
+    const uint64_t hash = TailHash(name_bytes, tail_bytes);
+    const int64_t found = scratch_.tail_slots.Find(hash, [&](size_t i) {
+      const Tail& t = scratch_.tails[i];
+      return t.hash == hash && SameBytes(out_->View(t.tail), tail_bytes) &&
+             SameBytes(out_->View(t.name), name_bytes);
+    });
+    return found >= 0 ? &scratch_.tails[found] : nullptr;
+  }
+
+  // Lets later samples with these name and label tail bytes take `series`.
+  // A tail already remembered, or one whose probe run is full, is left out.
+  void RememberTail(Span name, Span tail, uint32_t series) {
+    Scratch& s = scratch_;
+    if (s.tails.size() >= kMaxTails) return;
+    const uint64_t hash = TailHash(out_->View(name), out_->View(tail));
+    if (2 * (s.tails.size() + 1) > s.tail_slots.size()) {
+      s.tail_slots.Reset(2 * s.tail_slots.size());
+      for (size_t i = 0; i < s.tails.size(); ++i) {
+        s.tail_slots.Place(s.tails[i].hash, i);
+      }
+    }
+    s.tails.push_back({hash, name, tail, series});
+    if (!s.tail_slots.Place(hash, s.tails.size() - 1)) s.tails.pop_back();
   }
 
   // Every occurrence of a string field is checked, as the generated parser
@@ -455,23 +582,16 @@ class MetricSamples::Parser {
   }
 
   // The shared series with the sample's name and entries, or null. Looks
-  // at kMaxProbes slots at most, so that label sets made to collide cost
-  // little: when it gives up, clears `*remember` (the sample's series would
-  // not be found either).
+  // at SlotTable::kMaxProbes slots at most, so that label sets made to collide
+  // cost little: when it gives up, clears `*remember` (the sample's series
+  // would not be found either).
   const Known* Find(uint64_t hash, Span name, bool* remember) const {
-    const std::vector<uint64_t>& slots = scratch_.slots;
-    const size_t mask = slots.size() - 1;
-    const uint64_t tag = hash & ~uint64_t{0xffffffff};
-    size_t i = hash & mask;
-    for (int probes = 0; probes < kMaxProbes; ++probes, i = (i + 1) & mask) {
-      const uint64_t slot = slots[i];
-      if (slot == 0) return nullptr;
-      if ((slot & ~uint64_t{0xffffffff}) != tag) continue;
-      const Known& k = scratch_.known[(slot & 0xffffffff) - 1];
-      if (k.hash == hash && Same(k, name)) return &k;
-    }
-    *remember = false;
-    return nullptr;
+    const int64_t found = scratch_.slots.Find(hash, [&](size_t i) {
+      const Known& k = scratch_.known[i];
+      return k.hash == hash && Same(k, name);
+    });
+    if (found == SlotTable::kGaveUp) *remember = false;
+    return found >= 0 ? &scratch_.known[found] : nullptr;
   }
 
   // Whether `k` has the sample's name and, entry for entry in some order,
@@ -510,20 +630,13 @@ class MetricSamples::Parser {
     s.known_entries.insert(s.known_entries.end(), s.entries.begin(),
                            s.entries.end());
     if (2 * s.known.size() > s.slots.size()) {
-      s.slots.assign(2 * s.slots.size(), 0);
-      for (size_t i = 0; i < s.known.size(); ++i) Place(i);
+      s.slots.Reset(2 * s.slots.size());
+      for (size_t i = 0; i < s.known.size(); ++i) {
+        s.slots.Place(s.known[i].hash, i);
+      }
     } else {
-      Place(s.known.size() - 1);
+      s.slots.Place(hash, s.known.size() - 1);
     }
-  }
-
-  void Place(size_t known) {
-    std::vector<uint64_t>& slots = scratch_.slots;
-    const size_t mask = slots.size() - 1;
-    const uint64_t hash = scratch_.known[known].hash;
-    size_t i = hash & mask;
-    while (slots[i] != 0) i = (i + 1) & mask;
-    slots[i] = (hash & ~uint64_t{0xffffffff}) | (known + 1);
   }
 
   // google.protobuf.Timestamp, merged into what an earlier occurrence set.

@@ -345,6 +345,20 @@ void ExpectSeriesConsistent(const MetricSamples& s) {
   EXPECT_EQ(seen, s.series_count());
 }
 
+// The batch of `metrics` (each a serialized Metric), parsed, checked against
+// the generated parser and for consistent series ids; empty if refused.
+MetricSamples ParseAndCheck(const std::vector<std::string>& metrics) {
+  Wire batch;
+  for (const std::string& m : metrics) batch.Bytes(1, m);
+  absl::StatusOr<MetricSamples> parsed =
+      MetricSamples::Parse(batch.str(), kMaxLabels);
+  EXPECT_TRUE(parsed.ok()) << parsed.status();
+  if (!parsed.ok()) return MetricSamples();
+  EXPECT_TRUE(*parsed == *Reference(batch.str()));
+  ExpectSeriesConsistent(*parsed);
+  return *std::move(parsed);
+}
+
 TEST(MetricSamplesTest, SamplesOfOneSeriesShareOneSeries) {
   const std::string a = Entry("a", "1");
   const std::string b = Entry("b", "2");
@@ -370,14 +384,8 @@ TEST(MetricSamplesTest, SamplesOfOneSeriesShareOneSeries) {
       MetricWire({}, {}, 12),                  // 11: nothing
       MetricWire({}, {}, 13),                  // 12: nothing again
   };
-  Wire batch;
-  for (const std::string& m : metrics) batch.Bytes(1, m);
-  absl::StatusOr<MetricSamples> parsed =
-      MetricSamples::Parse(batch.str(), kMaxLabels);
-  ASSERT_TRUE(parsed.ok()) << parsed.status();
-  EXPECT_TRUE(*parsed == *Reference(batch.str()));
-  ExpectSeriesConsistent(*parsed);
-  const MetricSamples& s = *parsed;
+  const MetricSamples s = ParseAndCheck(metrics);
+  ASSERT_EQ(s.size(), static_cast<int>(metrics.size()));
   EXPECT_EQ(s.series(1), s.series(0));
   EXPECT_EQ(s.series(8), s.series(0));
   EXPECT_EQ(s.series(12), s.series(11));
@@ -411,6 +419,58 @@ TEST(MetricSamplesTest, RepeatedKeysKeepTheLastValueWhateverWasSharedBefore) {
   EXPECT_EQ(parsed->FindLabel(2, "a"), "1");
   EXPECT_TRUE(*parsed == *Reference(batch.str()));
   ExpectSeriesConsistent(*parsed);
+}
+
+// Samples written the usual way, name, value and timestamp first and label
+// entries last: a sample whose name and trailing label bytes repeat an
+// earlier sample's takes its series without its labels being read again;
+// anything after the labels (here a value) is still read.
+TEST(MetricSamplesTest, SamplesEndingInTheSameLabelBytesShareTheirSeries) {
+  const std::string a = Entry("host", "rpi-1");
+  const std::string b = Entry("cpu", "0");
+  const std::string a2 = Entry("host", "rpi-2");
+  const auto labels_last = [](const std::vector<std::string>& names,
+                              double value,
+                              const std::vector<std::string>& entries) {
+    Wire w;
+    for (const std::string& n : names) w.Bytes(1, n);
+    w.Fixed64(2, value);
+    for (const std::string& e : entries) w.Bytes(4, e);
+    return w.str();
+  };
+  const std::vector<std::string> metrics = {
+      labels_last({"up"}, 1, {a, b}),       // 0: series 0
+      labels_last({"up"}, 2, {a, b}),       // 1: the same tail
+      labels_last({"down"}, 3, {a, b}),     // 2: same tail, other name
+      labels_last({"up"}, 4, {b, a}),       // 3: series 0, other order
+      labels_last({"up"}, 5, {a2, b}),      // 4: another value of host
+      labels_last({"up"}, 6, {a, b, a2}),   // 5: repeated key, host=rpi-2
+      labels_last({"up"}, 7, {a, b, a2}),   // 6: the same bytes
+      labels_last({"up"}, 8, {a2, b, a}),   // 7: repeated key, host=rpi-1
+      labels_last({"x", "up"}, 9, {a, b}),  // 8: repeated name field
+      // 9 and 10: a value after the labels, so the tail is not all labels;
+      // the second must not be taken for the first (its value is 11).
+      Wire().Bytes(1, "up").Bytes(4, a).Bytes(4, b).Fixed64(2, 11).str(),
+      Wire()
+          .Bytes(1, "up")
+          .Fixed64(2, 10)
+          .Bytes(4, a)
+          .Bytes(4, b)
+          .Fixed64(2, 11)
+          .str(),
+      labels_last({"up"}, 12, {a, b}),  // 11: series 0 again
+  };
+  const MetricSamples s = ParseAndCheck(metrics);
+  ASSERT_EQ(s.size(), static_cast<int>(metrics.size()));
+  for (int i : {1, 3, 9, 10, 11}) EXPECT_EQ(s.series(i), s.series(0)) << i;
+  for (int i : {2, 4, 5, 7}) EXPECT_NE(s.series(i), s.series(0)) << i;
+  EXPECT_EQ(s.series(6), s.series(5));
+  EXPECT_EQ(s.FindLabel(6, "host"), "rpi-2");
+  EXPECT_EQ(s.FindLabel(7, "host"), "rpi-1");
+  EXPECT_EQ(s.name(8), "up");
+  for (int i = 0; i < s.size(); ++i) {
+    EXPECT_EQ(s.value(i), i == 9 || i == 10 ? 11 : i + 1) << i;
+  }
 }
 
 TEST(MetricSamplesTest, EraseSeriesLabelChangesEverySampleOfTheSeries) {
