@@ -169,6 +169,11 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(
   p.auth = std::make_unique<CachingAuthenticator>(
       p.store.get(), Clock::Real(),
       CachingAuthenticator::Options{.ttl = c.auth_cache_ttl});
+  // Devices reconnect together after a restart: one query for their keys
+  // instead of one each.
+  if (absl::Status warm = p.auth->Warm(); !warm.ok()) {
+    LOG(WARNING) << "API key cache starts cold: " << warm;
+  }
   SyncCore::Options core_options;
   core_options.limits.max_decompressed_bytes =
       static_cast<size_t>(c.max_message_bytes);

@@ -97,7 +97,7 @@ class LedgerPgTest : public ::testing::Test {
 };
 
 TEST_F(LedgerPgTest, MigrationAddsTheFloorTable) {
-  EXPECT_THAT(store_->SchemaVersion(), IsOkAndHolds(3));
+  EXPECT_THAT(store_->SchemaVersion(), IsOkAndHolds(4));
   EXPECT_THAT(pg_->QueryOn(db_, "SELECT count(*) FROM sync_ledger_floor"),
               IsOkAndHolds("0"));
 }

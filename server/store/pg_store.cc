@@ -1,10 +1,13 @@
 #include "server/store/pg_store.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <pqxx/pqxx>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "google/protobuf/util/json_util.h"
 #include "server/auth/api_key.h"
 
@@ -62,6 +65,12 @@ constexpr const char* kMigrations[] = {
       floor_seq bigint NOT NULL,
       PRIMARY KEY (device_id, stream)
     );
+    )sql",
+    // 4: revocations by time, for key caches that ask what was revoked since
+    // they last looked (KeyLookup::RevokedSince).
+    R"sql(
+    CREATE INDEX api_keys_revoked ON api_keys (revoked_at)
+      WHERE revoked_at IS NOT NULL;
     )sql",
 };
 constexpr int kSchemaVersion = sizeof(kMigrations) / sizeof(kMigrations[0]);
@@ -316,6 +325,52 @@ absl::StatusOr<std::optional<DeviceIdentity>> PgStore::LookupKeyHash(
   });
   if (!s.ok()) return s;
   return identity;
+}
+
+absl::StatusOr<KeyLookup::Revocations> PgStore::RevokedSince(absl::Time since) {
+  Revocations out;
+  absl::Status s = pool_->Run([&](pqxx::connection& c) {
+    SetUtc(c);
+    out = Revocations();
+    pqxx::nontransaction r(c);  // one statement: its own snapshot
+    // Hashes are hex, so a comma-joined list parses back without quoting.
+    pqxx::result res = r.exec_params(
+        "SELECT now()::text, coalesce(string_agg(key_hash, ','), '') "
+        "FROM api_keys WHERE revoked_at >= $1::timestamptz",
+        since == absl::InfinitePast()     ? std::string("-infinity")
+        : since == absl::InfiniteFuture() ? std::string("infinity")
+                                          : ToTimestamptz(since));
+    out.now = ParseTimestamp(res[0][0].as<std::string>());
+    const std::string hashes = res[0][1].as<std::string>();
+    if (!hashes.empty()) out.hashes = absl::StrSplit(hashes, ',');
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
+absl::StatusOr<KeyLookup::ValidKeySet> PgStore::ValidKeys(size_t limit) {
+  ValidKeySet out;
+  absl::Status s = pool_->Run([&](pqxx::connection& c) {
+    SetUtc(c);
+    out = ValidKeySet();
+    pqxx::read_transaction r(c);
+    out.now =
+        ParseTimestamp(r.exec1("SELECT now()::text")[0].as<std::string>());
+    pqxx::result res = r.exec_params(
+        "SELECT key_hash, device_id, org_id, key_id FROM api_keys "
+        "WHERE revoked_at IS NULL ORDER BY created_at DESC LIMIT $1",
+        static_cast<int64_t>(
+            std::min<size_t>(limit, std::numeric_limits<int64_t>::max())));
+    out.keys.reserve(res.size());
+    for (const auto& row : res) {
+      out.keys.emplace_back(
+          row[0].as<std::string>(),
+          DeviceIdentity{row[1].as<std::string>(), row[2].as<std::string>(),
+                         row[3].as<std::string>()});
+    }
+  });
+  if (!s.ok()) return s;
+  return out;
 }
 
 absl::StatusOr<std::vector<bool>> PgStore::AreApplied(

@@ -99,6 +99,9 @@ class PgStore final : public KeyLookup,
   // KeyLookup
   absl::StatusOr<std::optional<DeviceIdentity>> LookupKeyHash(
       const std::string& sha256_hex) override;
+  // One indexed statement each (api_keys_revoked for RevokedSince).
+  absl::StatusOr<Revocations> RevokedSince(absl::Time since) override;
+  absl::StatusOr<ValidKeySet> ValidKeys(size_t limit) override;
   // Ledger. An entry is applied if its row exists. RecordApplied inserts all
   // entries in one statement (ON CONFLICT DO NOTHING); rows already there
   // count as present.

@@ -40,9 +40,9 @@ class PgStoreTest : public ::testing::Test {
 };
 
 TEST_F(PgStoreTest, MigrationIsIdempotentAndVersioned) {
-  EXPECT_THAT(store_->SchemaVersion(), IsOkAndHolds(3));
+  EXPECT_THAT(store_->SchemaVersion(), IsOkAndHolds(4));
   EXPECT_THAT(store_->Migrate(), IsOk());
-  EXPECT_THAT(store_->SchemaVersion(), IsOkAndHolds(3));
+  EXPECT_THAT(store_->SchemaVersion(), IsOkAndHolds(4));
 }
 
 TEST_F(PgStoreTest, ReportedSyncHealthIsStoredAndNewerReportsWin) {
@@ -128,6 +128,46 @@ TEST_F(PgStoreTest, RotationKeepsOldKeysValidUntilRevoked) {
   EXPECT_TRUE((*listed)[1].revoked_at.has_value());
   EXPECT_THAT(store_->RotateKey("nobody"),
               StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(PgStoreTest, RevocationsAreListedByTimeAndValidKeysNewestFirst) {
+  std::vector<NewKey> keys;
+  for (const char* device : {"dev-1", "dev-2", "dev-3"}) {
+    auto k = store_->CreateKey(device, "org-1");
+    ASSERT_THAT(k, IsOk());
+    keys.push_back(*k);
+  }
+  auto before = store_->RevokedSince(absl::InfiniteFuture());
+  ASSERT_THAT(before, IsOk());
+  EXPECT_TRUE(before->hashes.empty());
+  EXPECT_GT(before->now, absl::FromUnixSeconds(1'700'000'000));
+
+  auto all = store_->ValidKeys(10);
+  ASSERT_THAT(all, IsOk());
+  ASSERT_EQ(all->keys.size(), 3u);
+  auto two = store_->ValidKeys(2);
+  ASSERT_THAT(two, IsOk());
+  ASSERT_EQ(two->keys.size(), 2u);
+  EXPECT_EQ(two->keys[0].first, HashApiKey(keys[2].api_key));
+  EXPECT_EQ(two->keys[0].second.device_id, "dev-3");
+  EXPECT_EQ(two->keys[0].second.org_id, "org-1");
+  EXPECT_EQ(two->keys[0].second.key_id, keys[2].key_id);
+
+  ASSERT_THAT(store_->RevokeKey(keys[1].key_id), IsOk());
+  auto revoked = store_->RevokedSince(before->now - absl::Minutes(1));
+  ASSERT_THAT(revoked, IsOk());
+  EXPECT_THAT(revoked->hashes,
+              ::testing::ElementsAre(HashApiKey(keys[1].api_key)));
+  EXPECT_GE(revoked->now, before->now);
+  auto later = store_->RevokedSince(revoked->now + absl::Hours(1));
+  ASSERT_THAT(later, IsOk());
+  EXPECT_TRUE(later->hashes.empty());
+  auto valid = store_->ValidKeys(10);
+  ASSERT_THAT(valid, IsOk());
+  ASSERT_EQ(valid->keys.size(), 2u);
+  for (const auto& [hash, identity] : valid->keys) {
+    EXPECT_NE(identity.device_id, "dev-2");
+  }
 }
 
 TEST_F(PgStoreTest, DeviceCannotMoveToAnotherOrg) {

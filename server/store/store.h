@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -26,6 +27,30 @@ class KeyLookup {
   // etc.).
   virtual absl::StatusOr<std::optional<DeviceIdentity>> LookupKeyHash(
       const std::string& sha256_hex) = 0;
+
+  // Hashes of the keys revoked at or after `since` on the store's clock (the
+  // store itself may hold revocations stamped a little before they became
+  // visible: callers ask again from a margin before the last `now`), and the
+  // store's time when it answered. UNIMPLEMENTED when the store cannot list
+  // revocations; callers then re-check each key by itself.
+  struct Revocations {
+    std::vector<std::string> hashes;
+    absl::Time now;
+  };
+  virtual absl::StatusOr<Revocations> RevokedSince(absl::Time since) {
+    return absl::UnimplementedError("this key store cannot list revocations");
+  }
+
+  // Up to `limit` valid keys, newest first, by hash, and the store's time when
+  // it answered (to start asking RevokedSince from). For warming a cache;
+  // UNIMPLEMENTED when the store cannot list keys.
+  struct ValidKeySet {
+    std::vector<std::pair<std::string, DeviceIdentity>> keys;
+    absl::Time now;
+  };
+  virtual absl::StatusOr<ValidKeySet> ValidKeys(size_t limit) {
+    return absl::UnimplementedError("this key store cannot list keys");
+  }
 };
 
 // One applied batch.
