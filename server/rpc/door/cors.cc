@@ -70,11 +70,14 @@ class CorsExchange final : public http::Exchange {
 
   void SendHeaders(int status, http::Headers headers,
                    bool end_stream) override {
-    headers.push_back({"access-control-allow-origin", allow_origin_});
-    headers.push_back(
-        {"access-control-expose-headers", std::string(kExposeHeaders)});
-    headers.push_back({"vary", "Origin"});
+    AddCorsHeaders(headers);
     inner_->SendHeaders(status, std::move(headers), end_stream);
+  }
+  void SendResponse(int status, http::Headers headers, std::string body,
+                    http::Headers trailers) override {
+    AddCorsHeaders(headers);
+    inner_->SendResponse(status, std::move(headers), std::move(body),
+                         std::move(trailers));
   }
   void SendData(std::string data, bool end_stream) override {
     inner_->SendData(std::move(data), end_stream);
@@ -86,6 +89,13 @@ class CorsExchange final : public http::Exchange {
   void ConsumeRequest(size_t bytes) override { inner_->ConsumeRequest(bytes); }
 
  private:
+  void AddCorsHeaders(http::Headers& headers) const {
+    headers.push_back({"access-control-allow-origin", allow_origin_});
+    headers.push_back(
+        {"access-control-expose-headers", std::string(kExposeHeaders)});
+    headers.push_back({"vary", "Origin"});
+  }
+
   const std::shared_ptr<http::Exchange> inner_;
   const std::string allow_origin_;
 };

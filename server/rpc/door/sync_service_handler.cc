@@ -545,9 +545,8 @@ void Door::Succeed(const Call& call, std::string message) const {
         headers.push_back({"grpc-encoding",
                            std::string(CompressionName(call.response_coding))});
       }
-      exchange.SendHeaders(200, std::move(headers), false);
-      exchange.SendData(std::move(out), false);
-      exchange.SendTrailers({{"grpc-status", "0"}});
+      exchange.SendResponse(200, std::move(headers), std::move(out),
+                            {{"grpc-status", "0"}});
       return;
     }
     case Wire::kGrpcWeb:

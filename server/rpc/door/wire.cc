@@ -131,8 +131,7 @@ std::string ConnectEndStreamFrame(const absl::Status& status) {
 void SendWhole(http::Exchange& exchange, int status, http::Headers headers,
                std::string body) {
   headers.push_back({"content-length", absl::StrCat(body.size())});
-  exchange.SendHeaders(status, std::move(headers), false);
-  exchange.SendData(std::move(body), true);
+  exchange.SendResponse(status, std::move(headers), std::move(body), {});
 }
 
 }  // namespace fleetd::server::rpc::door

@@ -77,6 +77,8 @@ class Http1Exchange final : public HeadExchange {
   void SendHeaders(int status, Headers headers, bool end_stream) override;
   void SendData(std::string data, bool end_stream) override;
   void SendTrailers(Headers trailers) override;
+  void SendResponse(int status, Headers headers, std::string body,
+                    Headers trailers) override;
   void Reset(bool internal_error) override;
 
  private:
@@ -564,6 +566,18 @@ void Http1Exchange::SendTrailers(Headers trailers) {
   OnStrand([trailers = std::move(trailers)](Http1Session& session,
                                             uint64_t id) mutable {
     session.SendTrailers(id, std::move(trailers));
+  });
+}
+
+void Http1Exchange::SendResponse(int status, Headers headers, std::string body,
+                                 Headers trailers) {
+  OnStrand([status, headers = std::move(headers), body = std::move(body),
+            trailers = std::move(trailers)](Http1Session& session,
+                                            uint64_t id) mutable {
+    const bool trailed = !trailers.empty();
+    session.SendHeaders(id, status, std::move(headers), false);
+    session.SendData(id, std::move(body), !trailed);
+    if (trailed) session.SendTrailers(id, std::move(trailers));
   });
 }
 

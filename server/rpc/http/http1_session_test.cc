@@ -243,6 +243,21 @@ TEST_F(Http1SessionTest, ChunkedResponseWithTrailers) {
   EXPECT_FALSE(session_->WantsClose());
 }
 
+TEST_F(Http1SessionTest, WholeResponseInOneStepIsTheSameBytes) {
+  ASSERT_THAT(session_->Feed(kGet), IsOk());
+  Ex(0).SendResponse(200, {{"content-type", "application/grpc-web"}}, "abc",
+                     {{"grpc-status", "0"}});
+  EXPECT_EQ(Pump(),
+            "HTTP/1.1 200 OK\r\ncontent-type: application/grpc-web\r\n"
+            "transfer-encoding: chunked\r\n\r\n"
+            "3\r\nabc\r\n"
+            "0\r\ngrpc-status: 0\r\n\r\n");
+  ASSERT_THAT(session_->Feed(kGet), IsOk());
+  Ex(1).SendResponse(200, {{"content-length", "2"}}, "ok", {});
+  EXPECT_EQ(Pump(), "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+  EXPECT_TRUE(session_->Idle());
+}
+
 TEST_F(Http1SessionTest, ChunkedResponseEndedByData) {
   ASSERT_THAT(session_->Feed(kGet), IsOk());
   Ex(0).SendHeaders(500, {}, false);

@@ -58,6 +58,8 @@ class Http2Exchange final : public HeadExchange {
   void SendHeaders(int status, Headers headers, bool end_stream) override;
   void SendData(std::string data, bool end_stream) override;
   void SendTrailers(Headers trailers) override;
+  void SendResponse(int status, Headers headers, std::string body,
+                    Headers trailers) override;
   void Reset(bool internal_error) override;
   void ConsumeRequest(size_t bytes) override;
 
@@ -430,6 +432,41 @@ class Http2Session final : public ConnectionSession {
 
   void ApplySendHeaders(int32_t id, int status, Headers headers,
                         bool end_stream) {
+    SubmitHeaders(id, status, std::move(headers), end_stream);
+    Flushed();
+  }
+
+  void ApplySendData(int32_t id, std::string data, bool end_stream) {
+    SubmitData(id, std::move(data), end_stream);
+    Flushed();
+  }
+
+  void ApplySendTrailers(int32_t id, Headers trailers) {
+    SubmitTrailers(id, std::move(trailers));
+    Flushed();
+  }
+
+  // The three in one step, so the response leaves in one write.
+  void ApplySendResponse(int32_t id, int status, Headers headers,
+                         std::string body, Headers trailers) {
+    const bool trailed = !trailers.empty();
+    SubmitHeaders(id, status, std::move(headers), false);
+    SubmitData(id, std::move(body), !trailed);
+    if (trailed) SubmitTrailers(id, std::move(trailers));
+    Flushed();
+  }
+
+  void ApplyReset(int32_t id, bool internal_error) {
+    Stream* stream = Find(id);
+    if (stream == nullptr || stream->reset) return;
+    stream->response_ended = true;
+    ResetStream(*stream,
+                internal_error ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_CANCEL);
+    Flushed();
+  }
+
+ private:
+  void SubmitHeaders(int32_t id, int status, Headers headers, bool end_stream) {
     Stream* stream = Find(id);
     if (stream == nullptr || stream->response_started ||
         stream->response_ended) {
@@ -445,10 +482,9 @@ class Http2Session final : public ConnectionSession {
     stream->response_started = true;
     if (end_stream) stream->response_ended = true;
     if (rv != 0) ResetStream(*stream, NGHTTP2_INTERNAL_ERROR);
-    Flushed();
   }
 
-  void ApplySendData(int32_t id, std::string data, bool end_stream) {
+  void SubmitData(int32_t id, std::string data, bool end_stream) {
     Stream* stream = Find(id);
     if (stream == nullptr || !stream->response_started ||
         stream->response_ended) {
@@ -463,10 +499,9 @@ class Http2Session final : public ConnectionSession {
       stream->response_ended = true;
     }
     nghttp2_session_resume_data(session_, id);  // fails when not deferred
-    Flushed();
   }
 
-  void ApplySendTrailers(int32_t id, Headers trailers) {
+  void SubmitTrailers(int32_t id, Headers trailers) {
     Stream* stream = Find(id);
     if (stream == nullptr || !stream->response_started ||
         stream->response_ended) {
@@ -476,19 +511,8 @@ class Http2Session final : public ConnectionSession {
     stream->data_eof = true;
     stream->response_ended = true;
     nghttp2_session_resume_data(session_, id);
-    Flushed();
   }
 
-  void ApplyReset(int32_t id, bool internal_error) {
-    Stream* stream = Find(id);
-    if (stream == nullptr || stream->reset) return;
-    stream->response_ended = true;
-    ResetStream(*stream,
-                internal_error ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_CANCEL);
-    Flushed();
-  }
-
- private:
   Stream* Find(int32_t id) {
     if (aborted_) return nullptr;
     auto it = streams_.find(id);
@@ -812,6 +836,16 @@ void Http2Exchange::SendTrailers(Headers trailers) {
   poster_->Post([session = session_, id = stream_id_,
                  trailers = std::move(trailers)]() mutable {
     session->ApplySendTrailers(id, std::move(trailers));
+  });
+}
+
+void Http2Exchange::SendResponse(int status, Headers headers, std::string body,
+                                 Headers trailers) {
+  poster_->Post([session = session_, id = stream_id_, status,
+                 headers = std::move(headers), body = std::move(body),
+                 trailers = std::move(trailers)]() mutable {
+    session->ApplySendResponse(id, status, std::move(headers), std::move(body),
+                               std::move(trailers));
   });
 }
 

@@ -407,6 +407,40 @@ TEST_F(Http2SessionTest, UnaryRequestAndResponseWithBodyAndTrailers) {
   EXPECT_FALSE(session_->WantsClose());
 }
 
+// SendResponse is SendHeaders, SendData and SendTrailers in one closure on
+// the strand, which tells the driver about output once.
+TEST_F(Http2SessionTest, WholeResponseIsQueuedOnceAndToldOnce) {
+  Start();
+  int32_t trailed = client_.StartRequest("/a", {}, /*end_stream=*/true);
+  int32_t plain = client_.StartRequest("/b", {}, /*end_stream=*/true);
+  Pump();
+  ASSERT_EQ(calls_.size(), 2u);
+  const int told = output_ready_;
+  call(0).exchange->SendResponse(200, {{"content-type", "application/grpc"}},
+                                 "world", {{"grpc-status", "0"}});
+  EXPECT_EQ(poster_->RunAll(), 1);
+  EXPECT_EQ(output_ready_, told + 1);
+  call(1).exchange->SendResponse(404, {{"content-length", "4"}}, "gone", {});
+  EXPECT_EQ(poster_->RunAll(), 1);
+  EXPECT_EQ(output_ready_, told + 2);
+  Pump();
+
+  const ClientStream& a = client_.stream(trailed);
+  EXPECT_EQ(a.status, 200);
+  EXPECT_THAT(a.headers,
+              ElementsAre(HeaderIs("content-type", "application/grpc")));
+  EXPECT_EQ(a.data, "world");
+  EXPECT_THAT(a.trailers, ElementsAre(HeaderIs("grpc-status", "0")));
+  EXPECT_TRUE(a.closed);
+  const ClientStream& b = client_.stream(plain);
+  EXPECT_EQ(b.status, 404);
+  EXPECT_EQ(b.data, "gone");
+  EXPECT_TRUE(b.trailers.empty());
+  EXPECT_TRUE(b.closed);
+  EXPECT_EQ(b.close_code, NGHTTP2_NO_ERROR);
+  EXPECT_TRUE(session_->Idle());
+}
+
 TEST_F(Http2SessionTest, AdvertisesLimitsInSettings) {
   SessionLimits limits;
   limits.max_concurrent_streams = 7;
