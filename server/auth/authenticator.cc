@@ -1,6 +1,8 @@
 #include "server/auth/authenticator.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
@@ -30,7 +32,20 @@ CachingAuthenticator::Entry& CachingAuthenticator::Put(
   return it->second;
 }
 
+void CachingAuthenticator::SetNextCheck(absl::Time when) {
+  next_check_ = when;
+  next_check_hint_.store(when == absl::InfiniteFuture()
+                             ? std::numeric_limits<int64_t>::max()
+                             : absl::ToUnixNanos(when),
+                         std::memory_order_relaxed);
+}
+
 void CachingAuthenticator::MaybeCheckRevocations(absl::Time now) {
+  // Most calls: not due, seen without the lock.
+  if (absl::ToUnixNanos(now) <
+      next_check_hint_.load(std::memory_order_relaxed)) {
+    return;
+  }
   absl::Time since;
   {
     absl::MutexLock lock(&mu_);
@@ -46,9 +61,10 @@ void CachingAuthenticator::MaybeCheckRevocations(absl::Time now) {
   if (!revoked.ok()) {
     if (absl::IsUnimplemented(revoked.status())) {
       can_list_revocations_ = false;
+      SetNextCheck(absl::InfiniteFuture());
     } else {
       // Cached keys age towards their own lookup meanwhile; try again soon.
-      next_check_ = now + options_.ttl / 8;
+      SetNextCheck(now + options_.ttl / 8);
       LOG_EVERY_T(WARNING, 60)
           << "cannot check API keys for revocations: " << revoked.status();
     }
@@ -63,7 +79,7 @@ void CachingAuthenticator::MaybeCheckRevocations(absl::Time now) {
   checked_ = std::max(checked_, now);
   ++checks_;
   since_ = revoked->now - options_.revocation_margin;
-  next_check_ = now + options_.ttl / 2;
+  SetNextCheck(now + options_.ttl / 2);
 }
 
 absl::Status CachingAuthenticator::Warm() {
@@ -83,7 +99,7 @@ absl::Status CachingAuthenticator::Warm() {
   if (since_ == absl::InfinitePast()) {
     // Revocations after the listing are what the next check must see.
     since_ = valid->now - options_.revocation_margin;
-    next_check_ = start + options_.ttl / 2;
+    SetNextCheck(start + options_.ttl / 2);
   }
   return absl::OkStatus();
 }

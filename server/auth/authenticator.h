@@ -2,7 +2,9 @@
 #ifndef FLEETD_SERVER_AUTH_AUTHENTICATOR_H_
 #define FLEETD_SERVER_AUTH_AUTHENTICATOR_H_
 
+#include <atomic>
 #include <cstdint>
+#include <limits>
 #include <list>
 #include <optional>
 #include <string>
@@ -87,6 +89,7 @@ class CachingAuthenticator final : public Authenticator {
 
   // Asks the store for revocations if one is due and no other call is asking.
   void MaybeCheckRevocations(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  void SetNextCheck(absl::Time when) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Adds or refreshes the entry of `hash`, evicting the least recently used
   // entry when full.
   Entry& Put(const std::string& hash) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -107,6 +110,9 @@ class CachingAuthenticator final : public Authenticator {
   uint64_t checks_ ABSL_GUARDED_BY(mu_) = 0;  // successful ones applied
   absl::Time since_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::Time next_check_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  // next_check_ in Unix nanoseconds, read without the lock (a stale value
+  // only sends a call to the lock, which decides).
+  std::atomic<int64_t> next_check_hint_{std::numeric_limits<int64_t>::min()};
   bool checking_ ABSL_GUARDED_BY(mu_) = false;
   bool can_list_revocations_ ABSL_GUARDED_BY(mu_) = true;
 };
