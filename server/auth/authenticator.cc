@@ -47,13 +47,16 @@ void CachingAuthenticator::MaybeCheckRevocations(absl::Time now) {
     return;
   }
   absl::Time since;
+  bool baseline;
   {
     absl::MutexLock lock(&mu_);
     if (!can_list_revocations_ || checking_ || now < next_check_) return;
     checking_ = true;
-    // The first check only learns the store's time to ask from next: keys
-    // cached from now on are looked up after it.
-    since = since_ == absl::InfinitePast() ? absl::InfiniteFuture() : since_;
+    // The first check only learns the store's time to ask from next: it
+    // looks at no revocation, so it confirms no key (keys cached from now on
+    // are looked up after it).
+    baseline = since_ == absl::InfinitePast();
+    since = baseline ? absl::InfiniteFuture() : since_;
   }
   absl::StatusOr<KeyLookup::Revocations> revoked = lookup_->RevokedSince(since);
   absl::MutexLock lock(&mu_);
@@ -76,8 +79,10 @@ void CachingAuthenticator::MaybeCheckRevocations(absl::Time now) {
     lru_.erase(it->second.lru);
     cache_.erase(it);
   }
-  checked_ = std::max(checked_, now);
-  ++checks_;
+  if (!baseline) {
+    checked_ = std::max(checked_, now);
+    ++checks_;
+  }
   since_ = revoked->now - options_.revocation_margin;
   SetNextCheck(now + options_.ttl / 2);
 }
