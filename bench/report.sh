@@ -39,7 +39,8 @@ ingest_sections() {
   echo "Every run below moves the same $(j '.ceiling.samples | m') samples: $(r .backlog.devices) devices of the tier"
   echo "mix, $(r .backlog.batches) batches each. fleetd-server gets them as a *burst*: after an outage each"
   echo "device drains its backlog as fast as the server allows (the server's best case), over gRPC"
-  echo "and, with a fresh server, over Connect. The baselines get the same batches as"
+  echo "and, with a fresh server, over Connect, both answered by the front door (server/rpc/door, the"
+  echo "server's front end on every address). The baselines get the same batches as"
   echo "VictoriaMetrics JSON lines (\`fleetd-loadgen --export-vm-jsonl\`, with the device_id/org_id"
   echo "labels the server adds), sent by $(r .ceiling.posters) concurrent \`curl\`s in ~4 MB bodies: the *ceiling* straight into"
   echo "VictoriaMetrics' \`/api/v1/import\`, the *peer* into vmagent's, which remote-writes to"
@@ -85,11 +86,6 @@ ingest_sections() {
     j '(.bursts | map(select(.transport == "connect")) | first) as $c | .vmagent as $v |
       if $c == null then empty else
       "- over Connect: \($c.samples_per_second | k) samples/s (\($c.samples_per_second / $v.samples_per_second | r(2))× vmagent), \($c.cpu_s_per_m_samples.server | cpu) CPU-s per M samples (\($c.cpu_s_per_m_samples.server | per($v.cpu_s_per_m_samples.vmagent) | x(1))× vmagent'"'"'s)." end'
-    # The front door (issue 12) against the front end it replaces, same client.
-    j '.bursts as $all | .vmagent as $v | $all[] | select(.transport | startswith("door-")) |
-      (.transport | ltrimstr("door-")) as $t | ($all | map(select(.transport == $t)) | first) as $old |
-      "- through the front door (\($t) client): \(.samples_per_second | k) samples/s at \(.cpu_s_per_m_samples.server | cpu) CPU-s per M samples (\(.cpu_s_per_m_samples.server | per($v.cpu_s_per_m_samples.vmagent) | x(1))× vmagent'"'"'s)" +
-      (if $old == null then "." else "; the \($t) front end it replaces: \($old.samples_per_second | k) samples/s at \($old.cpu_s_per_m_samples.server | cpu) (door / old CPU per sample: \(.cpu_s_per_m_samples.server | per($old.cpu_s_per_m_samples.server) | x(2)))." end)'
     echo
   fi
   echo "Server throughput, best of all runs / ceiling: **$(r '.ceiling_ratio * 100 | round') %**."

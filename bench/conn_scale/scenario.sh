@@ -5,7 +5,7 @@
 # quick, server_pid, door_port).
 #
 # N simulated devices, each on its own long-lived TLS 1.3 connection to the
-# server's front door (FLEET_DOOR_ADDR), mostly idle, each sending one
+# server's front door (its gRPC address), mostly idle, each sending one
 # SyncMetrics batch of 10 samples every period with phases spread uniformly.
 # The clients are independent: Node processes (client.mjs) on the official
 # Connect-ES client, a share of the devices each so none exceeds its

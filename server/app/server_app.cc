@@ -1,5 +1,10 @@
 #include "server/app/server_app.h"
 
+#include <algorithm>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -36,9 +41,16 @@ struct ServerApp::Parts {
   std::unique_ptr<Router> router;
   std::unique_ptr<CachingAuthenticator> auth;
   std::unique_ptr<SyncCore> core;
+  // FLEET_FRONT_END=legacy only (deprecated).
   std::unique_ptr<rpc::GrpcFrontEnd> grpc;
   std::unique_ptr<rpc::ConnectFrontEnd> connect;
-  std::unique_ptr<rpc::FrontDoor> door;  // null unless FLEET_DOOR_ADDR is set
+  // Serves every RPC address (legacy: FLEET_DOOR_ADDR only, when set).
+  std::unique_ptr<rpc::FrontDoor> door;
+  // The bound ports of FLEET_GRPC_ADDR, FLEET_HTTP_ADDR and FLEET_DOOR_ADDR;
+  // 0 when not served.
+  int grpc_port = 0;
+  int http_port = 0;
+  int door_port = 0;
   std::unique_ptr<AdminServer> admin;
   bool stopped = false;
 };
@@ -108,6 +120,45 @@ absl::Status MigrateAll(const ServerConfig& config) {
 ServerApp::ServerApp() : parts_(std::make_unique<Parts>()) {}
 
 ServerApp::~ServerApp() { Shutdown(); }
+
+// FLEET_FRONT_END=legacy (deprecated): grpc++ on the gRPC address and the
+// HTTP/1.1 Connect front end on the HTTP address.
+absl::Status ServerApp::StartLegacyFrontEnds(const ServerConfig& c, Parts& p) {
+  LOG(WARNING) << "FLEET_FRONT_END=legacy is deprecated and goes in the next "
+                  "release: the front door serves gRPC, Connect and gRPC-Web "
+                  "on both addresses";
+  rpc::GrpcFrontEndOptions grpc_options;
+  grpc_options.address = c.grpc_addr;
+  grpc_options.tls_cert_file = c.tls_cert;
+  grpc_options.tls_key_file = c.tls_key;
+  grpc_options.insecure = c.insecure;
+  grpc_options.max_receive_message_bytes = c.max_message_bytes;
+  grpc_options.workers = c.grpc_workers;
+  grpc_options.max_queued_calls = c.grpc_queue;
+  grpc_options.metrics = &p.metrics;
+  ASSIGN_OR_RETURN(p.grpc,
+                   rpc::GrpcFrontEnd::Start(grpc_options, p.core.get()));
+
+  rpc::ConnectFrontEndOptions connect_options;
+  connect_options.address = c.http_addr;
+  connect_options.tls_cert_file = c.tls_cert;
+  connect_options.tls_key_file = c.tls_key;
+  connect_options.insecure = c.insecure;
+  connect_options.max_message_bytes = c.max_message_bytes;
+  // Each worker serves one connection at a time, idle keep-alive included.
+  // Devices sync every few seconds to minutes, so a long keep-alive only ties
+  // workers up: close idle connections quickly and keep enough workers for
+  // bursts of concurrent devices.
+  connect_options.threads = 64;
+  connect_options.idle_timeout = absl::Seconds(1);
+  connect_options.metrics = &p.metrics;
+  ASSIGN_OR_RETURN(p.connect,
+                   rpc::ConnectFrontEnd::Start(connect_options, p.core.get()));
+
+  p.grpc_port = p.grpc->port();
+  p.http_port = p.connect->port();
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(
     const ServerConfig& c) {
@@ -182,37 +233,26 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(
                                       p.router.get(), Clock::Real(), &p.metrics,
                                       core_options);
 
-  rpc::GrpcFrontEndOptions grpc_options;
-  grpc_options.address = c.grpc_addr;
-  grpc_options.tls_cert_file = c.tls_cert;
-  grpc_options.tls_key_file = c.tls_key;
-  grpc_options.insecure = c.insecure;
-  grpc_options.max_receive_message_bytes = c.max_message_bytes;
-  grpc_options.workers = c.grpc_workers;
-  grpc_options.max_queued_calls = c.grpc_queue;
-  grpc_options.metrics = &p.metrics;
-  ASSIGN_OR_RETURN(p.grpc,
-                   rpc::GrpcFrontEnd::Start(grpc_options, p.core.get()));
-
-  rpc::ConnectFrontEndOptions connect_options;
-  connect_options.address = c.http_addr;
-  connect_options.tls_cert_file = c.tls_cert;
-  connect_options.tls_key_file = c.tls_key;
-  connect_options.insecure = c.insecure;
-  connect_options.max_message_bytes = c.max_message_bytes;
-  // Each worker serves one connection at a time, idle keep-alive included.
-  // Devices sync every few seconds to minutes, so a long keep-alive only ties
-  // workers up: close idle connections quickly and keep enough workers for
-  // bursts of concurrent devices.
-  connect_options.threads = 64;
-  connect_options.idle_timeout = absl::Seconds(1);
-  connect_options.metrics = &p.metrics;
-  ASSIGN_OR_RETURN(p.connect,
-                   rpc::ConnectFrontEnd::Start(connect_options, p.core.get()));
-
-  if (!c.door_addr.empty()) {
+  if (c.front_end == "legacy") {
+    RETURN_IF_ERROR(StartLegacyFrontEnds(c, p));
+  }
+  // The door serves every address the legacy front ends do not.
+  std::vector<std::pair<const std::string*, int*>> door_addresses;
+  if (c.front_end != "legacy") {
+    door_addresses.push_back({&c.grpc_addr, &p.grpc_port});
+    door_addresses.push_back({&c.http_addr, &p.http_port});
+  }
+  door_addresses.push_back({&c.door_addr, &p.door_port});
+  door_addresses.erase(
+      std::remove_if(door_addresses.begin(), door_addresses.end(),
+                     [](const auto& a) { return a.first->empty(); }),
+      door_addresses.end());
+  if (!door_addresses.empty()) {
     rpc::FrontDoorOptions door;
-    door.address = c.door_addr;
+    door.address = *door_addresses.front().first;
+    for (size_t i = 1; i < door_addresses.size(); ++i) {
+      door.more_addresses.push_back(*door_addresses[i].first);
+    }
     door.tls_cert_file = c.tls_cert;
     door.tls_key_file = c.tls_key;
     door.insecure = c.insecure;
@@ -226,6 +266,10 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(
           absl::StripAsciiWhitespace(origin));
     }
     ASSIGN_OR_RETURN(p.door, rpc::FrontDoor::Start(door, p.core.get()));
+    std::vector<int> ports = p.door->ports();
+    for (size_t i = 0; i < door_addresses.size(); ++i) {
+      *door_addresses[i].second = ports[i];
+    }
   }
 
   std::vector<AdminServer::Check> checks;
@@ -244,17 +288,21 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(
   }
   ASSIGN_OR_RETURN(
       p.admin, AdminServer::Start(c.admin_addr, &p.metrics, std::move(checks)));
-  LOG(INFO) << "fleetd-server serving gRPC on port " << p.grpc->port()
-            << ", Connect/gRPC-Web on port " << p.connect->port()
+  LOG(INFO) << "fleetd-server (" << c.front_end << " front end) serving "
+            << (c.front_end == "legacy" ? "gRPC" : "gRPC, Connect, gRPC-Web")
+            << " on port " << p.grpc_port << ", "
+            << (c.front_end == "legacy" ? "Connect/gRPC-Web" : "the same")
+            << " on port " << p.http_port
+            << (p.door_port != 0
+                    ? absl::StrCat(", front door on port ", p.door_port)
+                    : "")
             << ", admin on port " << p.admin->port();
   return app;
 }
 
-int ServerApp::grpc_port() const { return parts_->grpc->port(); }
-int ServerApp::http_port() const { return parts_->connect->port(); }
-int ServerApp::door_port() const {
-  return parts_->door != nullptr ? parts_->door->port() : 0;
-}
+int ServerApp::grpc_port() const { return parts_->grpc_port; }
+int ServerApp::http_port() const { return parts_->http_port; }
+int ServerApp::door_port() const { return parts_->door_port; }
 int ServerApp::admin_port() const { return parts_->admin->port(); }
 metrics::Registry* ServerApp::metrics() { return &parts_->metrics; }
 

@@ -30,7 +30,9 @@ class ServerApp {
 
   int grpc_port() const;
   int http_port() const;
-  // The front door's port; 0 when FLEET_DOOR_ADDR is not set.
+  // The bound ports of FLEET_GRPC_ADDR, FLEET_HTTP_ADDR and FLEET_DOOR_ADDR
+  // (all served by the front door unless FLEET_FRONT_END=legacy); 0 for an
+  // address that is not set.
   int door_port() const;
   int admin_port() const;
   metrics::Registry* metrics();
@@ -42,6 +44,8 @@ class ServerApp {
  private:
   struct Parts;
   ServerApp();
+  static absl::Status StartLegacyFrontEnds(const ServerConfig& config,
+                                           Parts& parts);
   std::unique_ptr<Parts> parts_;
 };
 

@@ -7,23 +7,33 @@
 namespace fleetd::server {
 
 void DeclareServerSettings(Settings& s, ServerConfig& c) {
-  s.String("FLEET_GRPC_ADDR", "grpc-addr", "gRPC listen address", &c.grpc_addr)
+  s.Choice("FLEET_FRONT_END", "front-end",
+           "what serves the RPC addresses: door (gRPC, gRPC-Web and Connect "
+           "on every address, HTTP/1.1 and HTTP/2, a fixed set of threads) "
+           "or legacy (deprecated, removed in the next release: grpc++ on "
+           "FLEET_GRPC_ADDR, Connect/gRPC-Web over HTTP/1.1 on "
+           "FLEET_HTTP_ADDR)",
+           &c.front_end, {"door", "legacy"})
+      .String("FLEET_GRPC_ADDR", "grpc-addr",
+              "listen address for gRPC (with the door also Connect and "
+              "gRPC-Web); empty: none",
+              &c.grpc_addr)
       .Int32("FLEET_GRPC_WORKERS", "grpc-workers",
-             "threads running gRPC calls, all started at once (a batch call "
+             "threads running calls, all started at once (a batch call "
              "occupies one while it is decoded, not while backends write; a "
              "StreamSync message while it is handled)",
              &c.grpc_workers, 1, 1 << 16)
       .Int("FLEET_GRPC_QUEUE", "grpc-queue",
-           "gRPC calls that may wait for a worker; more get "
+           "calls that may wait for a worker; more get "
            "RESOURCE_EXHAUSTED with a retry hint",
            &c.grpc_queue, 0, int64_t{1} << 24)
       .String("FLEET_HTTP_ADDR", "http-addr",
-              "Connect and gRPC-Web (HTTP/1.1) listen address", &c.http_addr)
+              "listen address for Connect and gRPC-Web (with the door also "
+              "gRPC, and HTTP/2); empty: none",
+              &c.http_addr)
       .String("FLEET_DOOR_ADDR", "door-addr",
-              "front door listen address: gRPC, gRPC-Web and Connect on one "
-              "port, HTTP/1.1 and HTTP/2, on a fixed set of threads; "
-              "StreamSync over HTTP/2 in all three protocols (full duplex); "
-              "empty: off",
+              "a further front door address (gRPC, gRPC-Web and Connect); "
+              "empty: none",
               &c.door_addr)
       .String("FLEET_DOOR_CORS_ORIGINS", "door-cors-origins",
               "browser origins allowed to call the front door (CORS), "
@@ -142,6 +152,21 @@ absl::StatusOr<std::vector<std::string>> ParseRoute(const std::string& setting,
 }
 
 absl::Status ValidateServerConfig(const ServerConfig& c) {
+  if (c.front_end == "legacy") {
+    if (c.grpc_addr.empty() || c.http_addr.empty()) {
+      return absl::InvalidArgumentError(
+          "FLEET_FRONT_END=legacy needs FLEET_GRPC_ADDR and FLEET_HTTP_ADDR");
+    }
+  } else if (c.front_end != "door") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("FLEET_FRONT_END: unknown front end \"", c.front_end,
+                     "\" (want door or legacy)"));
+  } else if (c.grpc_addr.empty() && c.http_addr.empty() &&
+             c.door_addr.empty()) {
+    return absl::InvalidArgumentError(
+        "no listen address: set FLEET_GRPC_ADDR, FLEET_HTTP_ADDR or "
+        "FLEET_DOOR_ADDR");
+  }
   bool has_tls = !c.tls_cert.empty() || !c.tls_key.empty();
   if (has_tls && (c.tls_cert.empty() || c.tls_key.empty())) {
     return absl::InvalidArgumentError(

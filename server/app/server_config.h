@@ -14,15 +14,22 @@
 namespace fleetd::server {
 
 struct ServerConfig {
+  // What serves the RPC addresses: "door" (server/rpc/door: gRPC, gRPC-Web
+  // and Connect on every address, HTTP/1.1 and HTTP/2, a fixed set of
+  // threads) or the deprecated "legacy" pair (grpc++ on grpc_addr behind a
+  // thread-per-connection TLS relay, Connect/gRPC-Web over HTTP/1.1 on
+  // http_addr), kept for one release.
+  std::string front_end = "door";
+  // Addresses the front end listens on; empty: not served (at least one of
+  // the three must be set). With the door all of them serve every protocol.
   std::string grpc_addr = "0.0.0.0:50051";
-  // Threads running gRPC calls and calls that may wait for one (see
-  // GrpcFrontEndOptions::workers and max_queued_calls).
+  // Threads running calls and calls that may wait for one (see
+  // FrontDoorOptions::workers and max_queued_calls).
   int32_t grpc_workers = 128;
   int64_t grpc_queue = 2048;
   std::string http_addr = "0.0.0.0:8080";
-  // The front door (server/rpc/door): gRPC, gRPC-Web and Connect unary calls
-  // on one address, HTTP/1.1 and HTTP/2; empty: off. Its workers and queue
-  // are sized by grpc_workers and grpc_queue.
+  // A further door address (the door's own setting from before it served
+  // the two above).
   std::string door_addr;
   // Comma-separated CORS origins of the front door; empty: off.
   std::string door_cors_origins;
@@ -67,10 +74,11 @@ struct ServerConfig {
 // `settings`.
 void DeclareServerSettings(Settings& settings, ServerConfig& config);
 
-// Cross-setting checks: TLS material or FLEET_INSECURE=1; a backend URL for
-// every backend a route names; a PostgreSQL DSN; ledger durations not
-// negative (the compaction interval positive). Errors name the variables
-// involved.
+// Cross-setting checks: a known front end with at least one address (the
+// legacy one needs both of its own); TLS material or FLEET_INSECURE=1; a
+// backend URL for every backend a route names; a PostgreSQL DSN; ledger
+// durations not negative (the compaction interval positive). Errors name the
+// variables involved.
 absl::Status ValidateServerConfig(const ServerConfig& config);
 
 // The backends named by a route setting ("victoriametrics,clickhouse"),

@@ -39,6 +39,42 @@ TEST(ServerConfigTest, DefaultsMatchTheDocumentedOnes) {
   EXPECT_FALSE(c.insecure);
   EXPECT_EQ(c.grpc_workers, 128);
   EXPECT_EQ(c.grpc_queue, 2048);
+  EXPECT_EQ(c.front_end, "door");
+}
+
+TEST(ServerConfigTest, FrontEndChoiceAndItsAddresses) {
+  absl::Status s;
+  auto env = Base();
+  // The door may serve a single address.
+  env["FLEET_HTTP_ADDR"] = "";
+  ServerConfig c = Loaded(env, &s);
+  ASSERT_THAT(s, IsOk());
+  EXPECT_THAT(ValidateServerConfig(c), IsOk());
+  // ... but needs one.
+  env["FLEET_GRPC_ADDR"] = "";
+  c = Loaded(env, &s);
+  ASSERT_THAT(s, IsOk());
+  EXPECT_THAT(ValidateServerConfig(c),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("no listen address")));
+  env["FLEET_DOOR_ADDR"] = "127.0.0.1:8443";
+  c = Loaded(env, &s);
+  EXPECT_THAT(ValidateServerConfig(c), IsOk());
+  // The legacy pair needs both of its addresses.
+  env["FLEET_FRONT_END"] = "legacy";
+  c = Loaded(env, &s);
+  ASSERT_THAT(s, IsOk());
+  EXPECT_THAT(ValidateServerConfig(c),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("FLEET_FRONT_END=legacy")));
+  env.erase("FLEET_GRPC_ADDR");
+  env.erase("FLEET_HTTP_ADDR");
+  c = Loaded(env, &s);
+  EXPECT_THAT(ValidateServerConfig(c), IsOk());
+  env["FLEET_FRONT_END"] = "nginx";
+  Loaded(env, &s);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument,
+                          HasSubstr("FLEET_FRONT_END")));
 }
 
 TEST(ServerConfigTest, GrpcWorkersAndQueueFromTheEnvironment) {

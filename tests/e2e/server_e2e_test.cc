@@ -1,9 +1,12 @@
 // End to end through the real server: gRPC and Connect front ends → core → real
 // PostgreSQL, VictoriaMetrics and ClickHouse (and a Loki push receiver),
 // reading back what each backend stored.
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -13,6 +16,7 @@
 #include "common/testing/wait.h"
 #include "fleetd/v1/sync.grpc.pb.h"
 #include "gmock/gmock.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
@@ -437,6 +441,79 @@ TEST_F(ServerE2eTest, ReportedSetAsideCountsLandInPostgres) {
   ASSERT_TRUE(metrics);
   EXPECT_THAT(metrics->body,
               HasSubstr("fleetd_device_set_aside_batches_reported_total"));
+}
+
+// grpc.health.v1.Health/Check by grpc++'s generic stub on `port`: the
+// status and the response bytes.
+std::pair<grpc::Status, std::string> HealthCheck(int port,
+                                                 const std::string& service) {
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port),
+                                     grpc::InsecureChannelCredentials());
+  grpc::GenericStub generic(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(30));
+  grpc::CompletionQueue cq;
+  // HealthCheckRequest{service}.
+  std::string message =
+      std::string("\x0a", 1) + static_cast<char>(service.size()) + service;
+  grpc::Slice slice(message);
+  grpc::ByteBuffer request(&slice, 1);
+  std::unique_ptr<grpc::GenericClientAsyncResponseReader> call =
+      generic.PrepareUnaryCall(&context, "/grpc.health.v1.Health/Check",
+                               request, &cq);
+  call->StartCall();
+  grpc::ByteBuffer reply;
+  grpc::Status status;
+  call->Finish(&reply, &status, reinterpret_cast<void*>(1));
+  void* tag = nullptr;
+  bool ok = false;
+  EXPECT_TRUE(cq.Next(&tag, &ok));
+  std::string bytes;
+  std::vector<grpc::Slice> slices;
+  if (status.ok() && reply.Dump(&slices).ok()) {
+    for (const grpc::Slice& s : slices) {
+      bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    }
+  }
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return {status, bytes};
+}
+
+// The front door serves both configured addresses: gRPC (health checks and
+// SyncService by grpc++) and Connect on each.
+TEST_F(ServerE2eTest, BothAddressesServeEveryProtocol) {
+  std::string key = NewDevice("e2e-door");
+  for (int port : {stack->app->grpc_port(), stack->app->http_port()}) {
+    SCOPED_TRACE(port);
+    auto [status, bytes] = HealthCheck(port, "");
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(bytes, std::string("\x08\x01", 2));  // SERVING
+    EXPECT_EQ(HealthCheck(port, "fleetd.v1.SyncService").second,
+              std::string("\x08\x01", 2));
+    EXPECT_EQ(HealthCheck(port, "no.Such").first.error_code(),
+              grpc::StatusCode::NOT_FOUND);
+
+    auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port),
+                                       grpc::InsecureChannelCredentials());
+    auto stub = v1::SyncService::NewStub(channel);
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("x-api-key", key);
+    v1::GetSyncConfigRequest req;
+    v1::GetSyncConfigResponse resp;
+    grpc::Status got = stub->GetSyncConfig(&ctx, req, &resp);
+    EXPECT_TRUE(got.ok()) << got.error_message();
+
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(20, 0);
+    httplib::Headers headers = {{"x-api-key", key}};
+    auto r = c.Post("/fleetd.v1.SyncService/GetSyncConfig", headers, "{}",
+                    "application/json");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200) << r->body;
+  }
 }
 
 TEST_F(ServerE2eTest, AdminEndpointReportsMetricsAndReadiness) {

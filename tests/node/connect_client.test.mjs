@@ -46,8 +46,9 @@ const apiKey = required("FLEETD_API_KEY");
 const deviceId = required("FLEETD_DEVICE_ID");
 const orgId = required("FLEETD_ORG_ID");
 const vmUrl = required("FLEET_VICTORIAMETRICS_URL");
-// Set (1) when both URLs are the front door's one port, which also serves StreamSync
-// over Connect and gRPC-Web (HTTP/2); the two-port setup serves it over gRPC only.
+// Set (1) when the URLs are served by the front door (FLEET_FRONT_END=door, the
+// default), which also serves StreamSync over Connect and gRPC-Web (HTTP/2); the
+// deprecated legacy front ends serve it over gRPC only.
 const door = process.env.FLEETD_DOOR === "1";
 
 // Unique per run, so a sample found in VictoriaMetrics can only come from this run.

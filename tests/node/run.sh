@@ -2,10 +2,10 @@
 # Independent client test: starts real backends (fleetd-devstack), migrates, creates a
 # device key, starts `fleetd-server serve` in plaintext on free loopback ports, generates
 # the Connect-ES code from proto/ (npx buf generate) and runs connect_client.test.mjs with
-# node's test runner against it: once against the gRPC and Connect front ends (two
-# ports), once with every protocol against the front door's single port
-# (FLEET_DOOR_ADDR: Connect, gRPC-Web over HTTP/1.1 and gRPC over h2c on one address,
-# and StreamSync over gRPC, Connect and gRPC-Web on h2c; FLEETD_DOOR=1 tells the test),
+# node's test runner against it: once against the gRPC and HTTP addresses, once with
+# every protocol against a single port (FLEET_DOOR_ADDR). The front door serves all
+# three: Connect, gRPC-Web over HTTP/1.1 and gRPC over h2c, and StreamSync over gRPC,
+# Connect and gRPC-Web on h2c (FLEETD_DOOR=1 tells the test to try them all),
 # then browser_cors.test.mjs: Debian's Chromium, through playwright-core, calls the door
 # from a page of another origin (FLEET_DOOR_CORS_ORIGINS). Everything started here is
 # stopped on exit (and, through PR_SET_PDEATHSIG, when this script is killed).
@@ -100,8 +100,8 @@ FLEET_INSECURE=1 FLEET_GRPC_ADDR=127.0.0.1:$grpc_port FLEET_HTTP_ADDR=127.0.0.1:
 pids+=($!)
 wait_for "curl -fsS http://127.0.0.1:$admin_port/readyz" 60
 
-echo "== node --test: the gRPC and Connect front ends"
-FLEETD_HTTP_URL=http://127.0.0.1:$http_port FLEETD_GRPC_URL=http://127.0.0.1:$grpc_port \
+echo "== node --test: the gRPC and HTTP addresses (both the front door)"
+FLEETD_DOOR=1 FLEETD_HTTP_URL=http://127.0.0.1:$http_port FLEETD_GRPC_URL=http://127.0.0.1:$grpc_port \
   FLEETD_API_KEY=$key FLEETD_DEVICE_ID=$device FLEETD_ORG_ID=$org \
   node --test --test-reporter=spec tests/node/connect_client.test.mjs
 

@@ -5,10 +5,12 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "common/concurrency/worker_pool.h"
 #include "glog/logging.h"
 #include "server/rpc/door/cors.h"
+#include "server/rpc/door/health.h"
 #include "server/rpc/door/sync_service_handler.h"
 #include "server/rpc/http/server.h"
 #include "server/rpc/net/tls_context.h"
@@ -23,10 +25,11 @@ class FrontDoorImpl final : public FrontDoor {
       : options_(std::move(options)),
         workers_(std::move(workers)),
         server_(std::move(server)),
-        port_(server_->port()) {}
+        ports_(server_->ports()) {}
   ~FrontDoorImpl() override { Shutdown(); }
 
-  int port() const override { return port_; }
+  int port() const override { return ports_.front(); }
+  std::vector<int> ports() const override { return ports_; }
   size_t connections() const override {
     absl::MutexLock lock(&mu_);
     return server_ != nullptr ? server_->connections() : 0;
@@ -47,7 +50,7 @@ class FrontDoorImpl final : public FrontDoor {
   std::unique_ptr<WorkerPool> workers_;
   mutable absl::Mutex mu_;
   std::unique_ptr<http::HttpServer> server_ ABSL_GUARDED_BY(mu_);
-  const int port_;
+  const std::vector<int> ports_;
 };
 
 }  // namespace
@@ -85,6 +88,7 @@ absl::StatusOr<std::unique_ptr<FrontDoor>> FrontDoor::Start(
 
   http::ServerOptions http;
   http.address = options.address;
+  http.more_addresses = options.more_addresses;
   http.io_threads =
       options.io_threads > 0
           ? options.io_threads
@@ -92,17 +96,20 @@ absl::StatusOr<std::unique_ptr<FrontDoor>> FrontDoor::Start(
   http.tls = tls.get();  // the server takes its own reference
   http.max_connections = options.max_connections;
   http.idle_timeout = options.idle_timeout;
-  http.handler = door::WithCors({options.cors_allowed_origins, absl::Hours(2)},
-                                NewSyncServiceHandler(handler, door));
+  http.handler = door::WithCors(
+      {options.cors_allowed_origins, absl::Hours(2)},
+      door::WithGrpcHealth(NewSyncServiceHandler(handler, door)));
   absl::StatusOr<std::unique_ptr<http::HttpServer>> server =
       http::HttpServer::Start(std::move(http));
   if (!server.ok()) {
     (*workers)->Shutdown(WorkerPool::ShutdownMode::kRejectQueued);
     return server.status();
   }
-  LOG(INFO) << "front door: gRPC, gRPC-Web and Connect on port "
-            << (*server)->port() << (options.insecure ? " (plaintext)" : "")
-            << ", " << pool.threads << " workers";
+  LOG(INFO) << "front door: gRPC, gRPC-Web and Connect on port"
+            << ((*server)->ports().size() > 1 ? "s " : " ")
+            << absl::StrJoin((*server)->ports(), ", ")
+            << (options.insecure ? " (plaintext)" : "") << ", " << pool.threads
+            << " workers";
   return std::unique_ptr<FrontDoor>(
       new FrontDoorImpl(options, *std::move(workers), *std::move(server)));
 }

@@ -5,8 +5,7 @@
 // handler calls. Neither grows with connections.
 //
 // Every method of fleetd.v1.SyncService (sync_service_handler.h), StreamSync
-// over HTTP/2 (stream_call.h). Off unless FLEET_DOOR_ADDR is set; the two
-// older front ends keep serving meanwhile.
+// over HTTP/2 (stream_call.h), and grpc.health.v1.Health/Check (health.h).
 #ifndef FLEETD_SERVER_RPC_DOOR_FRONT_DOOR_H_
 #define FLEETD_SERVER_RPC_DOOR_FRONT_DOOR_H_
 
@@ -27,6 +26,10 @@ namespace fleetd::server::rpc {
 struct FrontDoorOptions {
   // "host:port" or "[ipv6]:port"; port 0 picks a free one (see port()).
   std::string address = "0.0.0.0:8443";
+  // Further addresses served the same way by the same threads (the older
+  // gRPC and HTTP addresses kept for compatibility); max_connections counts
+  // all of them.
+  std::vector<std::string> more_addresses;
   // TLS 1.3 certificate chain and key (PEM files). Both empty only with
   // `insecure`.
   std::string tls_cert_file;
@@ -64,7 +67,10 @@ class FrontDoor {
       const FrontDoorOptions& options, SyncHandler* handler);
   virtual ~FrontDoor() = default;
 
+  // The port bound for `address`.
   virtual int port() const = 0;
+  // Every bound port: `address`'s, then `more_addresses`' in order.
+  virtual std::vector<int> ports() const = 0;
   // Open connections.
   virtual size_t connections() const = 0;
   // Stops accepting, lets calls in flight finish within the grace, runs or

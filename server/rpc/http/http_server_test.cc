@@ -354,6 +354,42 @@ TEST_F(HttpServerTest, BusyPortIsUnavailable) {
               StatusIs(absl::StatusCode::kUnavailable));
 }
 
+// More addresses: each is served, by the same threads and under the same
+// connection limit; one that cannot be bound fails the start.
+TEST_F(HttpServerTest, ServesEveryAddressUnderOneLimit) {
+  ServerOptions options;
+  options.more_addresses = {"127.0.0.1:0", "127.0.0.1:0"};
+  options.max_connections = 2;
+  options.io_threads = 1;
+  const int threads_before = ThreadCount();
+  std::unique_ptr<HttpServer> server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  std::vector<int> ports = server->ports();
+  ASSERT_EQ(ports.size(), 3u);
+  EXPECT_EQ(ports[0], server->port());
+  EXPECT_EQ(ThreadCount(), threads_before + 1);
+  for (size_t i = 0; i < ports.size(); ++i) {
+    CurlResult r = Curl(absl::StrCat(
+        "--http1.1 -i --data-binary ping http://127.0.0.1:", ports[i], "/at/",
+        i));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_THAT(r.output, HasSubstr(absl::StrCat("POST /at/", i, " ping")));
+  }
+  // Two connections on two addresses fill the limit of all three.
+  UniqueFd a = ConnectTcp(ports[0]);
+  UniqueFd b = ConnectTcp(ports[1]);
+  ASSERT_TRUE(WaitFor([&] { return server->connections() == 2; }));
+  UniqueFd c = ConnectTcp(ports[1]);
+  ASSERT_TRUE(c.valid());
+  EXPECT_TRUE(ReadUntilClosed(c.get(), absl::Seconds(10)).closed);
+
+  ServerOptions busy;
+  busy.handler = Echo;
+  busy.more_addresses = {absl::StrCat("127.0.0.1:", ports[1])};
+  EXPECT_THAT(HttpServer::Start(busy),
+              StatusIs(absl::StatusCode::kUnavailable));
+}
+
 // Every way in: plaintext (HTTP/1.1, or h2c told apart by the preface) and
 // TLS (ALPN h2, ALPN http/1.1, no ALPN), each answered by the echo handler.
 TEST_F(HttpServerTest, ServesEveryProtocolOverTlsAndPlaintext) {

@@ -290,28 +290,29 @@ class ServerImpl final : public HttpServer {
       : options_(std::move(options)),
         io_(std::max(options_.io_threads, 1)),
         work_(asio::make_work_guard(io_)),
-        accept_strand_(asio::make_strand(io_)),
-        acceptor_(accept_strand_),
-        accept_retry_(accept_strand_) {}
+        accept_strand_(asio::make_strand(io_)) {}
 
   ~ServerImpl() override {
     Shutdown(absl::ZeroDuration());
     if (options_.tls != nullptr) SSL_CTX_free(options_.tls);
   }
 
+  // Adds a listening socket; before StartThreads only.
   absl::Status Listen(UniqueFd fd) {
     ErrorCode ec;
     sockaddr_storage addr{};
     socklen_t len = sizeof(addr);
     ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&addr), &len);
-    acceptor_.assign(addr.ss_family == AF_INET6 ? tcp::v6() : tcp::v4(),
-                     fd.get(), ec);
+    auto listener = std::make_unique<Listener>(accept_strand_);
+    listener->acceptor.assign(
+        addr.ss_family == AF_INET6 ? tcp::v6() : tcp::v4(), fd.get(), ec);
     if (ec) {
       return absl::UnavailableError(
           absl::StrCat("cannot listen: ", ec.message()));
     }
     fd.release();
-    port_ = LocalPort(acceptor_.native_handle());
+    ports_.push_back(LocalPort(listener->acceptor.native_handle()));
+    listeners_.push_back(std::move(listener));
     return absl::OkStatus();
   }
 
@@ -319,14 +320,17 @@ class ServerImpl final : public HttpServer {
     // OpenSSL writes with write(2): a peer gone would raise SIGPIPE. The I/O
     // threads inherit the blocked signal and get EPIPE instead.
     ScopedSigpipeBlock block_sigpipe;
-    asio::post(accept_strand_, [this] { Accept(); });
+    for (const std::unique_ptr<Listener>& l : listeners_) {
+      asio::post(accept_strand_, [this, l = l.get()] { Accept(l); });
+    }
     threads_.reserve(options_.io_threads);
     for (int i = 0; i < options_.io_threads; ++i) {
       threads_.emplace_back([this] { io_.run(); });
     }
   }
 
-  int port() const override { return port_; }
+  int port() const override { return ports_.front(); }
+  std::vector<int> ports() const override { return ports_; }
   size_t connections() const override {
     return open_.load(std::memory_order_relaxed);
   }
@@ -346,23 +350,33 @@ class ServerImpl final : public HttpServer {
   }
 
  private:
-  void Accept() {
-    acceptor_.async_accept(
+  // One listening socket; used on the accept strand only.
+  struct Listener {
+    explicit Listener(const Strand& strand) : acceptor(strand), retry(strand) {}
+    tcp::acceptor acceptor;
+    asio::steady_timer retry;
+  };
+
+  // On the accept strand.
+  void Accept(Listener* l) {
+    l->acceptor.async_accept(
         io_, asio::bind_executor(accept_strand_,
-                                 [this](const ErrorCode& ec, auto s) {
-                                   OnAccept(ec, tcp::socket(std::move(s)));
+                                 [this, l](const ErrorCode& ec, auto s) {
+                                   OnAccept(l, ec, tcp::socket(std::move(s)));
                                  }));
   }
 
-  void OnAccept(const ErrorCode& ec, tcp::socket socket) {
-    if (ec == asio::error::operation_aborted || !acceptor_.is_open()) return;
+  void OnAccept(Listener* l, const ErrorCode& ec, tcp::socket socket) {
+    if (ec == asio::error::operation_aborted || !l->acceptor.is_open()) {
+      return;
+    }
     if (ec) {
       // Out of descriptors or memory: try again shortly instead of spinning.
       accept_errors_.fetch_add(1, std::memory_order_relaxed);
-      accept_retry_.expires_after(kAcceptRetryDelay);
-      accept_retry_.async_wait(
-          asio::bind_executor(accept_strand_, [this](const ErrorCode& ec) {
-            if (!ec && acceptor_.is_open()) Accept();
+      l->retry.expires_after(kAcceptRetryDelay);
+      l->retry.async_wait(
+          asio::bind_executor(accept_strand_, [this, l](const ErrorCode& ec) {
+            if (!ec && l->acceptor.is_open()) Accept(l);
           }));
       return;
     }
@@ -384,7 +398,7 @@ class ServerImpl final : public HttpServer {
       ErrorCode ignored;
       socket.close(ignored);
     }
-    Accept();
+    Accept(l);
   }
 
   std::vector<std::shared_ptr<Connection>> Snapshot() {
@@ -408,10 +422,9 @@ class ServerImpl final : public HttpServer {
   asio::io_context io_;
   asio::executor_work_guard<asio::io_context::executor_type> work_;
   Strand accept_strand_;
-  tcp::acceptor acceptor_;
-  asio::steady_timer accept_retry_;
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::vector<int> ports_;
   std::vector<std::thread> threads_;
-  int port_ = 0;
   std::atomic<size_t> open_{0};
   std::atomic<uint64_t> rejected_{0};
   std::atomic<uint64_t> accept_errors_{0};
@@ -435,9 +448,11 @@ void ServerImpl::Shutdown(absl::Duration grace) {
   // Stop accepting: the acceptor belongs to its strand.
   absl::Notification closed;
   asio::post(accept_strand_, [this, &closed] {
-    ErrorCode ignored;
-    acceptor_.close(ignored);
-    accept_retry_.cancel();
+    for (const std::unique_ptr<Listener>& l : listeners_) {
+      ErrorCode ignored;
+      l->acceptor.close(ignored);
+      l->retry.cancel();
+    }
     closed.Notify();
   });
   closed.WaitForNotification();
@@ -939,6 +954,13 @@ Connection::Io Connection::Transfer(bool read, char* data, size_t size,
   return ec == asio::error::eof ? Io::kEof : Io::kError;
 }
 
+// `address`, then `more_addresses`.
+std::vector<const std::string*> AllAddresses(const ServerOptions& options) {
+  std::vector<const std::string*> all = {&options.address};
+  for (const std::string& a : options.more_addresses) all.push_back(&a);
+  return all;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
@@ -957,14 +979,20 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
     return absl::InvalidArgumentError(
         "max_connections and the timeouts must be positive");
   }
-  absl::StatusOr<HostPort> address = ParseHostPort(options.address);
-  if (!address.ok()) return address.status();
-  absl::StatusOr<UniqueFd> fd = ListenTcp(*address, kListenBacklog);
-  if (!fd.ok()) return fd.status();
+  std::vector<UniqueFd> fds;
+  for (const std::string* text : AllAddresses(options)) {
+    absl::StatusOr<HostPort> address = ParseHostPort(*text);
+    if (!address.ok()) return address.status();
+    absl::StatusOr<UniqueFd> fd = ListenTcp(*address, kListenBacklog);
+    if (!fd.ok()) return fd.status();
+    fds.push_back(*std::move(fd));
+  }
   if (options.tls != nullptr) SSL_CTX_up_ref(options.tls);
   auto server = std::make_unique<ServerImpl>(std::move(options));
-  absl::Status listening = server->Listen(std::move(*fd));
-  if (!listening.ok()) return listening;
+  for (UniqueFd& fd : fds) {
+    absl::Status listening = server->Listen(std::move(fd));
+    if (!listening.ok()) return listening;
+  }
   server->StartThreads();
   return server;
 }

@@ -1,4 +1,5 @@
-// The front door's connection driver: accepts TCP connections on one address,
+// The front door's connection driver: accepts TCP connections on one or more
+// addresses,
 // speaks TLS 1.3 (ALPN "h2" or "http/1.1") or plaintext (h2c with prior
 // knowledge, or HTTP/1.1, told apart by the HTTP/2 preface), and runs each
 // connection's ConnectionSession (session.h) on a strand of a fixed pool of
@@ -12,6 +13,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -23,6 +25,9 @@ namespace fleetd::server::rpc::http {
 struct ServerOptions {
   // "host:port"; port 0 picks a free one (see HttpServer::port()).
   std::string address = "127.0.0.1:0";
+  // Further addresses served the same way, by the same threads, under the
+  // same limits (max_connections counts all of them).
+  std::vector<std::string> more_addresses;
   // I/O threads (each runs the event loop); never more are created.
   int io_threads = 2;
   // TLS: a TLS 1.3-only server context offering ALPN "h2" and "http/1.1"
@@ -69,8 +74,10 @@ class HttpServer {
       ServerOptions options);
   virtual ~HttpServer() = default;
 
-  // The bound port.
+  // The port bound for `address`.
   virtual int port() const = 0;
+  // Every bound port: `address`'s, then `more_addresses`' in order.
+  virtual std::vector<int> ports() const = 0;
   // Open connections right now.
   virtual size_t connections() const = 0;
   // Stops accepting, asks every session to shut down gracefully (HTTP/2
