@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "common/concurrency/timer_queue.h"
 #include "common/concurrency/worker_pool.h"
 #include "glog/logging.h"
 #include "server/rpc/door/cors.h"
@@ -20,9 +21,11 @@ namespace {
 
 class FrontDoorImpl final : public FrontDoor {
  public:
-  FrontDoorImpl(FrontDoorOptions options, std::unique_ptr<WorkerPool> workers,
+  FrontDoorImpl(FrontDoorOptions options, std::unique_ptr<TimerQueue> timers,
+                std::unique_ptr<WorkerPool> workers,
                 std::unique_ptr<http::HttpServer> server)
-      : options_(std::move(options)),
+      : timers_(std::move(timers)),
+        options_(std::move(options)),
         workers_(std::move(workers)),
         server_(std::move(server)),
         ports_(server_->ports()) {}
@@ -46,6 +49,8 @@ class FrontDoorImpl final : public FrontDoor {
   }
 
  private:
+  // First, so it goes last: every call may still cancel its timer.
+  std::unique_ptr<TimerQueue> timers_;
   const FrontDoorOptions options_;
   std::unique_ptr<WorkerPool> workers_;
   mutable absl::Mutex mu_;
@@ -72,6 +77,9 @@ absl::StatusOr<std::unique_ptr<FrontDoor>> FrontDoor::Start(
     tls = *std::move(ctx);
   }
 
+  auto timers = std::make_unique<TimerQueue>(
+      options.clock != nullptr ? options.clock : Clock::Real());
+
   WorkerPool::Options pool;
   pool.name = "door";
   pool.threads = options.workers;
@@ -85,6 +93,7 @@ absl::StatusOr<std::unique_ptr<FrontDoor>> FrontDoor::Start(
   door.workers = workers->get();
   door.clock = options.clock;
   door.metrics = options.metrics;
+  door.timers = timers.get();
 
   http::ServerOptions http;
   http.address = options.address;
@@ -110,8 +119,8 @@ absl::StatusOr<std::unique_ptr<FrontDoor>> FrontDoor::Start(
             << absl::StrJoin((*server)->ports(), ", ")
             << (options.insecure ? " (plaintext)" : "") << ", " << pool.threads
             << " workers";
-  return std::unique_ptr<FrontDoor>(
-      new FrontDoorImpl(options, *std::move(workers), *std::move(server)));
+  return std::unique_ptr<FrontDoor>(new FrontDoorImpl(
+      options, std::move(timers), *std::move(workers), *std::move(server)));
 }
 
 }  // namespace fleetd::server::rpc

@@ -100,6 +100,17 @@ class StreamCall final : public StreamSink,
     {
       absl::MutexLock lock(&mu_);
       scheduled_ = true;
+      if (options_.timers != nullptr &&
+          context_.deadline != absl::InfiniteFuture()) {
+        // The deadline is on the wall clock; timers run on the monotonic one.
+        const absl::Duration left = context_.deadline - options_.clock->Now();
+        timer_ = options_.timers->Schedule(
+            options_.clock->MonotonicNow() + left, [weak = weak_from_this()] {
+              if (std::shared_ptr<StreamCall> self = weak.lock()) {
+                self->OnDeadline();
+              }
+            });
+      }
     }
     absl::Status submitted =
         options_.workers->Submit([self = shared_from_this()](absl::Status run) {
@@ -156,6 +167,18 @@ class StreamCall final : public StreamSink,
     absl::MutexLock lock(&mu_);
     cancelled_ = true;
     closed_ = true;  // the answer goes nowhere now
+    ScheduleLocked(WorkerPool::Admission::kAlways);
+  }
+
+  // ---- On the timer thread ----
+
+  void OnDeadline() {
+    absl::MutexLock lock(&mu_);
+    timer_ = {};
+    if (finished_ || closed_) return;
+    if (failure_.ok()) {
+      failure_ = absl::DeadlineExceededError("stream deadline passed");
+    }
     ScheduleLocked(WorkerPool::Admission::kAlways);
   }
 
@@ -349,6 +372,10 @@ class StreamCall final : public StreamSink,
                    cancelled_ ? absl::StatusCode::kCancelled : status.code())})
           .Increment();
     }
+    if (timer_.id != 0) {
+      options_.timers->Cancel(timer_);
+      timer_ = {};
+    }
     if (closed_) return;
     closed_ = true;
     switch (protocol_.wire) {
@@ -400,6 +427,8 @@ class StreamCall final : public StreamSink,
   bool headers_sent_ ABSL_GUARDED_BY(mu_) = false;
   // The response ended or the client left: Send returns false.
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  // The deadline's timer while scheduled (id 0: none).
+  TimerQueue::Handle timer_ ABSL_GUARDED_BY(mu_);
 
   // The Pump's (one at a time, ordered by `scheduled_` under mu_). Declared
   // last, so the session (which may Send on this sink) goes first.

@@ -44,9 +44,11 @@
 // after the client cancelled (its answer then goes nowhere; a batch whose ack
 // was lost is sent again by the client and deduplicated by the ledger). The
 // deadline (grpc-timeout, Connect-Timeout-Ms) is checked before the session
-// opens and before each message; a stream idle past its deadline ends at its
-// next message or half-close, not on a timer. Every finished call is counted
-// in `calls` {protocol, "StreamSync", code}.
+// opens and before each message, and with `timers` a stream still open at
+// its deadline ends then with DEADLINE_EXCEEDED, idle or not (a message being
+// handled at that moment finishes first); without `timers` an idle stream
+// ends at its next message or half-close. Every finished call is counted in
+// `calls` {protocol, "StreamSync", code}.
 #ifndef FLEETD_SERVER_RPC_DOOR_STREAM_CALL_H_
 #define FLEETD_SERVER_RPC_DOOR_STREAM_CALL_H_
 
@@ -56,6 +58,7 @@
 #include "absl/time/time.h"
 #include "common/clock/clock.h"
 #include "common/codec/codec.h"
+#include "common/concurrency/timer_queue.h"
 #include "common/concurrency/worker_pool.h"
 #include "common/metrics/metrics.h"
 #include "server/core/handler.h"
@@ -71,6 +74,9 @@ struct StreamCallOptions {
   int64_t max_message_bytes = int64_t{16} << 20;
   absl::Duration overload_retry_after = absl::Seconds(1);
   metrics::Family<metrics::Counter>* calls = nullptr;  // may be null
+  // Ends streams at their deadline (on `clock`); may be null. Must outlive
+  // every call.
+  TimerQueue* timers = nullptr;
 };
 
 // Starts a StreamSync call on `exchange` (already routed: POST, a streaming

@@ -129,7 +129,8 @@ class Door : public std::enable_shared_from_this<Door> {
                         clock_,
                         options.max_message_bytes,
                         options.overload_retry_after,
-                        calls_} {}
+                        calls_,
+                        options.timers} {}
 
   // On the strand: routes the request and returns the observer of its body.
   std::unique_ptr<http::RequestObserver> Accept(

@@ -67,6 +67,7 @@
 
 #include "absl/time/time.h"
 #include "common/clock/clock.h"
+#include "common/concurrency/timer_queue.h"
 #include "common/concurrency/worker_pool.h"
 #include "common/metrics/metrics.h"
 #include "server/core/handler.h"
@@ -88,6 +89,10 @@ struct DoorOptions {
   metrics::Registry* metrics = nullptr;
   // The retry hint sent with RESOURCE_EXHAUSTED when `workers` is full.
   absl::Duration overload_retry_after = absl::Seconds(1);
+  // Ends StreamSync calls at their deadline (stream_call.h); may be null
+  // (a stream past its deadline then ends at its next message). Not owned;
+  // must outlive every exchange the handler accepted.
+  TimerQueue* timers = nullptr;
   // Refuse Connect requests without Connect-Protocol-Version: 1 (and GETs
   // without connect=v1) with invalid_argument.
   bool require_connect_protocol_version = false;

@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "common/clock/clock.h"
 #include "common/codec/codec.h"
+#include "common/concurrency/timer_queue.h"
 #include "common/concurrency/worker_pool.h"
 #include "common/metrics/metrics.h"
 #include "common/status/retry_after.h"
@@ -130,7 +131,8 @@ class SyncServiceHandlerTest : public ::testing::Test {
   void SetUp() override { Start(); }
 
   void Start(int32_t threads = 2, int64_t max_queued = 16,
-             int64_t max_message_bytes = int64_t{16} << 20) {
+             int64_t max_message_bytes = int64_t{16} << 20,
+             bool stream_timers = true) {
     WorkerPool::Options pool;
     pool.name = "door-test";
     pool.threads = threads;
@@ -146,6 +148,7 @@ class SyncServiceHandlerTest : public ::testing::Test {
     options.clock = &clock_;
     options.metrics = &registry_;
     options.overload_retry_after = absl::Milliseconds(1500);
+    options.timers = stream_timers ? &timers_ : nullptr;
     door_ = NewSyncServiceHandler(handler(), options);
   }
 
@@ -260,6 +263,8 @@ class SyncServiceHandlerTest : public ::testing::Test {
 
   FakeSyncHandler handler_;
   SimulatedClock clock_;
+  // Outlives the calls (they cancel their timers when they end).
+  TimerQueue timers_{&clock_};
   metrics::Registry registry_;
   std::unique_ptr<WorkerPool> workers_;
   http::ExchangeHandler door_;
@@ -951,7 +956,47 @@ TEST_F(SyncServiceHandlerTest, StreamRefusedWhenNoWorkerIsFree) {
   EXPECT_EQ(handler_.call_count(), 0);
 }
 
-TEST_F(SyncServiceHandlerTest, StreamDeadlineEndsTheCallAtTheNextMessage) {
+TEST_F(SyncServiceHandlerTest, StreamDeadlineEndsAnIdleCallOnTime) {
+  Headers headers = GrpcStreamHeaders();
+  headers.push_back({"grpc-timeout", "1S"});
+  OpenStream stream(door_, std::move(headers));
+  ASSERT_TRUE(WaitFor([&] { return stream.exchange().status() == 200; }));
+  EXPECT_EQ(timers_.pending(), 1u);
+  // Not a moment before the deadline.
+  clock_.Advance(absl::Milliseconds(999));
+  stream.Send(StreamFrame(1));
+  ASSERT_TRUE(stream.WaitForFrames(1));
+  EXPECT_FALSE(stream.exchange().ended());
+  // Then without another message from the client.
+  clock_.Advance(absl::Milliseconds(1));
+  ASSERT_TRUE(stream.exchange().WaitForEnd());
+  EXPECT_EQ(stream.exchange().trailer("grpc-status"), "4");
+  EXPECT_TRUE(WaitFor([&] { return handler_.stream_finishes() == 1; }));
+  EXPECT_EQ(handler_.stream_messages().size(), 1u);
+  EXPECT_TRUE(WaitFor([&] {
+    return absl::StrContains(Metrics(),
+                             "protocol=\"grpc\",method=\"StreamSync\",code="
+                             "\"DEADLINE_EXCEEDED\"} 1");
+  }));
+}
+
+TEST_F(SyncServiceHandlerTest, StreamThatEndsBeforeItsDeadlineDropsItsTimer) {
+  Headers headers = GrpcStreamHeaders();
+  headers.push_back({"grpc-timeout", "1S"});
+  OpenStream stream(door_, std::move(headers));
+  ASSERT_TRUE(WaitFor([&] { return stream.exchange().status() == 200; }));
+  EXPECT_EQ(timers_.pending(), 1u);
+  stream.HalfClose();
+  ASSERT_TRUE(stream.exchange().WaitForEnd());
+  EXPECT_EQ(stream.exchange().trailer("grpc-status"), "0");
+  EXPECT_EQ(timers_.pending(), 0u);
+  clock_.Advance(absl::Seconds(2));
+  EXPECT_EQ(handler_.stream_finishes(), 1);
+}
+
+TEST_F(SyncServiceHandlerTest, WithoutTimersStreamDeadlineEndsAtNextMessage) {
+  Start(/*threads=*/2, /*max_queued=*/16, int64_t{16} << 20,
+        /*stream_timers=*/false);
   Headers headers = GrpcStreamHeaders();
   headers.push_back({"grpc-timeout", "1S"});
   OpenStream stream(door_, std::move(headers));
