@@ -93,6 +93,8 @@ struct Call {
   CallContext context;
   Compression request_coding = Compression::kNone;
   Compression response_coding = Compression::kNone;
+  // Connect's GET form: the answer is cacheable by HTTP's rules.
+  bool get = false;
   // Set on the strand by OnCancel; read by the worker before the handler.
   std::atomic<bool> cancelled{false};
 };
@@ -112,6 +114,17 @@ void SendGrpcWeb(const Call& call, std::string frames,
         {"grpc-encoding", std::string(CompressionName(call.response_coding))});
   }
   SendWhole(*call.exchange, 200, std::move(headers), std::move(frames));
+}
+
+// A GET answer (Connect's GET form, which HTTP caches may store) is one
+// device's: it depends on the API key and on the coding the client accepts,
+// and a device's config may change at any time. Shared caches (a CDN, a
+// proxy) must not hand it to another device, and no cache may reuse it
+// unchecked.
+void AddGetCaching(const Call& call, Headers& headers) {
+  if (!call.get) return;
+  headers.push_back({"cache-control", "private, no-cache"});
+  headers.push_back({"vary", "Accept-Encoding, X-Api-Key"});
 }
 
 // The SyncService's protocols over Exchange. Immutable once built; shared by
@@ -385,6 +398,7 @@ void Door::ServeGet(const std::shared_ptr<Exchange>& exchange,
     protocol.response_type = "application/proto";
   }
   std::shared_ptr<Call> call = NewCall(exchange, procedure, protocol);
+  call->get = true;
   if (procedure == nullptr) {
     Fail(*call, absl::UnimplementedError("not a method of SyncService"));
     return;
@@ -524,6 +538,7 @@ void Door::Succeed(const Call& call, std::string message) const {
       Count(call, absl::StatusCode::kOk);
       Headers headers = {{"content-type", protocol.response_type},
                          {"accept-encoding", connect::kAcceptedCodings}};
+      AddGetCaching(call, headers);
       if (call.response_coding != Compression::kNone &&
           message.size() >= door::kCompressMinBytes) {
         absl::StatusOr<std::string> compressed =
@@ -591,6 +606,7 @@ void Door::Fail(const Call& call, const absl::Status& status) const {
     case Wire::kConnectUnary: {
       Headers headers = {{"content-type", "application/json"},
                          {"accept-encoding", connect::kAcceptedCodings}};
+      AddGetCaching(call, headers);
       for (const auto& [name, value] : ConnectErrorHeaders(status)) {
         headers.push_back({absl::AsciiStrToLower(name), value});
       }

@@ -12,7 +12,10 @@
 // anything else 415 with Accept-Post. GET is Connect's GET form
 // (?connect=v1&encoding=proto|json&message=...[&base64=1][&compression=...])
 // and only for NO_SIDE_EFFECTS methods (GetSyncConfig): other methods answer
-// 405 with Allow: POST, and verbs other than GET and POST 405 too. A path
+// 405 with Allow: POST, and verbs other than GET and POST 405 too. A GET's
+// answer is one device's, so it carries Cache-Control: private, no-cache and
+// Vary: Accept-Encoding, X-Api-Key (no shared cache hands it to another
+// device; none reuses it unchecked). A path
 // outside the service is a plain 404; an unknown method of the service is
 // UNIMPLEMENTED in the protocol's form (gRPC: trailers-only; Connect: 404 with
 // {"code":"unimplemented"}; gRPC-Web: a trailers frame).

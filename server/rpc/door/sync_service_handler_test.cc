@@ -637,6 +637,9 @@ TEST_F(SyncServiceHandlerTest, ConnectGetGetSyncConfig) {
                   {{"x-api-key", kApiKey}}, "", HttpVersion::kHttp11);
   EXPECT_EQ(ex->status(), 200);
   EXPECT_EQ(ex->header("content-type"), "application/proto");
+  // One device's answer: no shared cache may give it to another.
+  EXPECT_EQ(ex->header("cache-control"), "private, no-cache");
+  EXPECT_EQ(ex->header("vary"), "Accept-Encoding, X-Api-Key");
   v1::GetSyncConfigResponse response;
   ASSERT_TRUE(response.ParseFromString(ex->body()));
   EXPECT_EQ(response.config().batch_size(), 102);
@@ -654,6 +657,22 @@ TEST_F(SyncServiceHandlerTest, ConnectGetGetSyncConfig) {
                     {}, "", HttpVersion::kHttp11);
   EXPECT_EQ(json->status(), 200);
   EXPECT_THAT(json->body(), HasSubstr("metrics/dev-3"));
+
+  // An error answer to a GET is kept out of caches too; a POST's has no
+  // caching headers.
+  handler_.SetStatus("GetSyncConfig", absl::PermissionDeniedError("revoked"));
+  auto denied =
+      Serve("GET",
+            Path("GetSyncConfig") +
+                "?connect=v1&encoding=proto&base64=1&message=" + message,
+            {{"x-api-key", kApiKey}}, "", HttpVersion::kHttp11);
+  EXPECT_EQ(denied->status(), 403);
+  EXPECT_EQ(denied->header("cache-control"), "private, no-cache");
+  handler_.SetStatus("GetSyncConfig", absl::OkStatus());
+  auto post = Connect("GetSyncConfig", request.SerializeAsString());
+  EXPECT_EQ(post->status(), 200);
+  EXPECT_EQ(post->header("cache-control"), std::nullopt);
+  EXPECT_EQ(post->header("vary"), std::nullopt);
 }
 
 TEST_F(SyncServiceHandlerTest, GetOfPostOnlyMethodIs405) {
