@@ -39,6 +39,8 @@ ingest_sections() {
   echo "Every run below moves the same $(j '.ceiling.samples | m') samples: $(r .backlog.devices) devices of the tier"
   echo "mix, $(r .backlog.batches) batches each. fleetd-server gets them as a *burst*: after an outage each"
   echo "device drains its backlog as fast as the server allows (the server's best case), over gRPC"
+  echo "(the batches are built, compressed and checksummed before the clock starts, as a device's"
+  echo "backlog sits ready in its store, and as the baselines' bodies are files made beforehand)"
   echo "and, with a fresh server, over Connect, both answered by the front door (server/rpc/door, the"
   echo "server's front end on every address). The baselines get the same batches as"
   echo "VictoriaMetrics JSON lines (\`fleetd-loadgen --export-vm-jsonl\`, with the device_id/org_id"

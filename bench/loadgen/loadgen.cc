@@ -70,6 +70,9 @@ struct Device {
   int log_batch = 0;
   Compression codec = Compression::kNone;
   std::unique_ptr<agent::SyncTransport> transport;
+  // Backlog mode: the metrics batches to drain, in order, ready to send (one
+  // sender at a time uses a device's; each is released once acknowledged).
+  std::vector<v1::SyncMetricsRequest> backlog;
   std::atomic<int64_t> next_sequence[2] = {{0}, {0}};
   std::atomic<bool> active{false};
 };
@@ -102,6 +105,12 @@ class Runner {
   void Sender(WorkerStats* stats);
   void Execute(const Job& job, WorkerStats* stats);
   void Enqueue(const Job& job);
+  // The metadata of a batch `d` sends with `sequence` and `attempt`.
+  v1::SyncMetadata Metadata(const Device& d, int64_t sequence,
+                            int attempt) const;
+  // Backlog mode: builds every device's batches, in time order, the last
+  // ending at `now`.
+  void BuildBacklogs(absl::Time now);
   // Backlog mode: one device has no more work.
   void DeviceDone() { scheduler_->AddPending(-1); }
 
@@ -206,13 +215,14 @@ absl::Status Runner::Setup() {
     s.phase = interval == absl::InfiniteDuration() ? absl::ZeroDuration()
                                                    : interval * unit(rng);
   }
+  // Sequence numbers start at the wall time in nanoseconds, as the agent's do,
+  // so runs reusing the same keys never collide with earlier runs.
+  sequence_base_ = absl::ToUnixNanos(clock_->Now());
+  if (backlog) BuildBacklogs(clock_->Now());
   // A little headroom for the sender threads to start.
   start_ = clock_->MonotonicNow() + absl::Milliseconds(100);
   wall_start_ = clock_->Now() + absl::Milliseconds(100);
   end_ = start_ + o_.duration;
-  // Sequence numbers start at the wall time in nanoseconds, as the agent's do,
-  // so runs reusing the same keys never collide with earlier runs.
-  sequence_base_ = absl::ToUnixNanos(clock_->Now());
   scheduler_ = std::make_unique<Scheduler>(clock_, schedule, start_, end_);
   if (backlog) {
     for (size_t i = 0; i < devices_.size(); ++i) {
@@ -234,6 +244,49 @@ absl::Status Runner::Setup() {
                                        absl::FormatDuration(interval)))
             << ", " << o_.concurrency << " sender threads";
   return absl::OkStatus();
+}
+
+v1::SyncMetadata Runner::Metadata(const Device& d, int64_t sequence,
+                                  int attempt) const {
+  v1::SyncMetadata md;
+  md.set_device_id(d.key->device_id);
+  md.set_org_id(d.key->org_id);
+  md.set_sequence_number(sequence);
+  SetTimestamp(md.mutable_client_time(), clock_->Now());
+  md.set_retry_count(attempt);
+  md.mutable_capability()->set_tier(d.tier);
+  md.mutable_capability()->set_architecture("arm64");
+  md.mutable_capability()->set_os("linux");
+  md.mutable_capability()->set_has_network(true);
+  return md;
+}
+
+void Runner::BuildBacklogs(absl::Time now) {
+  const absl::Time built = clock_->MonotonicNow();
+  for (size_t i = 0; i < devices_.size(); ++i) {
+    Device& d = *devices_[i];
+    // Each batch covers its own scrapes: the batches of a device follow one
+    // another without overlap, the last ending now.
+    const absl::Duration span = absl::Seconds(10 * ((d.batch + 23) / 24));
+    d.backlog.resize(o_.backlog_batches);
+    for (int b = 0; b < o_.backlog_batches; ++b) {
+      const int64_t sequence = sequence_base_ + b;
+      const uint64_t seed = o_.seed * 1'000'003u +
+                            static_cast<uint64_t>(i) * 7'919u +
+                            static_cast<uint64_t>(sequence);
+      v1::SyncMetricsRequest& request = d.backlog[b];
+      *request.mutable_batch() =
+          MakeMetricsBatch(d.batch, now - span * (o_.backlog_batches - b), seed,
+                           d.key->device_id);
+      v1::SyncMetadata md = Metadata(d, sequence, 0);
+      PackForWire(d.codec, request.mutable_batch(), &md);
+      *request.mutable_metadata() = std::move(md);
+    }
+  }
+  LOG(INFO) << "fleetd-loadgen: built " << o_.backlog_batches
+            << " backlog batches for each of " << devices_.size()
+            << " devices in "
+            << absl::FormatDuration(clock_->MonotonicNow() - built);
 }
 
 void Runner::Enqueue(const Job& job) {
@@ -369,37 +422,41 @@ void Runner::Sender(WorkerStats* stats) {
 void Runner::Execute(const Job& job, WorkerStats* stats) {
   Device& d = *devices_[job.device];
   d.active.store(true);
+  const bool backlog = o_.backlog_batches > 0;
+  // Backlog mode: the prepared batch this job sends.
+  v1::SyncMetricsRequest* prepared =
+      backlog && job.kind == kMetrics
+          ? &d.backlog[o_.backlog_batches - 1 - job.remaining]
+          : nullptr;
   int64_t sequence = job.sequence;
-  if (sequence == 0) {
+  if (prepared != nullptr) {
+    sequence = prepared->metadata().sequence_number();
+  } else if (sequence == 0) {
     sequence = sequence_base_ + d.next_sequence[job.kind].fetch_add(1);
   }
   absl::Time wall = wall_start_ + (job.intended - start_);
   uint64_t seed = o_.seed * 1'000'003u +
                   static_cast<uint64_t>(job.device) * 7'919u +
                   static_cast<uint64_t>(sequence);
-  v1::SyncMetadata md;
-  md.set_device_id(d.key->device_id);
-  md.set_org_id(d.key->org_id);
-  md.set_sequence_number(sequence);
-  SetTimestamp(md.mutable_client_time(), clock_->Now());
-  md.set_retry_count(job.attempt);
-  md.mutable_capability()->set_tier(d.tier);
-  md.mutable_capability()->set_architecture("arm64");
-  md.mutable_capability()->set_os("linux");
-  md.mutable_capability()->set_has_network(true);
 
   absl::Status status;
   int records = 0;
   bool duplicate = false;
   if (job.kind == kMetrics) {
     records = d.batch;
-    // Samples cover the scrapes up to the intended send time.
-    absl::Time first = wall - absl::Seconds(10 * ((records + 23) / 24));
-    v1::SyncMetricsRequest request;
-    *request.mutable_batch() =
-        MakeMetricsBatch(records, first, seed, d.key->device_id);
-    PackForWire(d.codec, request.mutable_batch(), &md);
-    *request.mutable_metadata() = std::move(md);
+    v1::SyncMetricsRequest built;
+    v1::SyncMetricsRequest& request = prepared != nullptr ? *prepared : built;
+    if (prepared != nullptr) {
+      request.mutable_metadata()->set_retry_count(job.attempt);
+    } else {
+      // Samples cover the scrapes up to the intended send time.
+      absl::Time first = wall - absl::Seconds(10 * ((records + 23) / 24));
+      *request.mutable_batch() =
+          MakeMetricsBatch(records, first, seed, d.key->device_id);
+      v1::SyncMetadata md = Metadata(d, sequence, job.attempt);
+      PackForWire(d.codec, request.mutable_batch(), &md);
+      *request.mutable_metadata() = std::move(md);
+    }
     if (job.attempt == 0) samples_offered_.fetch_add(records);
     // As the transports count it: the message plus gRPC's 5-byte frame header
     // (Connect sends the bare message).
@@ -419,6 +476,7 @@ void Runner::Execute(const Job& job, WorkerStats* stats) {
     records = d.log_batch;
     v1::SyncLogsRequest request;
     *request.mutable_batch() = MakeLogsBatch(records, wall, seed);
+    v1::SyncMetadata md = Metadata(d, sequence, job.attempt);
     PackForWire(d.codec, request.mutable_batch(), &md);
     *request.mutable_metadata() = std::move(md);
     absl::StatusOr<v1::SyncLogsResponse> response =
@@ -435,8 +493,8 @@ void Runner::Execute(const Job& job, WorkerStats* stats) {
   ++stats->calls;
   stats->latencies_ms.push_back(
       absl::ToDoubleMilliseconds(done - job.intended));
-  bool backlog = o_.backlog_batches > 0;
   if (status.ok()) {
+    if (prepared != nullptr) v1::SyncMetricsRequest().Swap(prepared);
     stats->last_ack = std::max(stats->last_ack, done);
     ++stats->batches_acked;
     if (duplicate) ++stats->duplicates;

@@ -46,7 +46,10 @@ struct LoadgenOptions {
   // > 0: backlog mode. Instead of the periodic schedule each device starts
   // with this many metrics batches queued (as after an outage) and sends them
   // one after another as fast as the server allows, retrying retryable errors
-  // after the server's retry hint (same sequence number).
+  // after the server's retry hint (same sequence number). The batches are
+  // built (generated, serialized, compressed, checksummed) before the clock
+  // starts, as a device's backlog sits ready in its store: the run measures
+  // sending them, not making them.
   int backlog_batches = 0;
   // Sender threads (= most calls in flight).
   int concurrency = 64;

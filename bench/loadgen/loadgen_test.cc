@@ -1,6 +1,6 @@
-// Unit tests of the load generator's pieces that need no server: the keys
-// CSV, percentiles, the open-loop scheduler (on a SimulatedClock) and the
-// baselines' exports.
+// Unit tests of the load generator's pieces: the keys CSV, percentiles, the
+// open-loop scheduler (on a SimulatedClock), the baselines' exports, and a
+// backlog run against the front door over a fake SyncHandler on loopback.
 #include "bench/loadgen/loadgen.h"
 
 #include <algorithm>
@@ -25,6 +25,8 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "prometheus/remote.pb.h"
+#include "server/rpc/door/front_door.h"
+#include "server/rpc/testing/fake_sync_handler.h"
 #include "snappy.h"
 
 namespace fleetd::bench {
@@ -346,6 +348,58 @@ TEST(ExportTest, RemoteWriteHoldsTheJsonLinesSamplesOneRequestPerBatch) {
   }
   EXPECT_EQ(from_rw.size(), from_jsonl.size());
   EXPECT_TRUE(from_rw == from_jsonl);
+}
+
+// Backlog mode sends every prepared batch once, each device's in order and
+// one after another, with the device's metadata and a valid checksum.
+TEST(BacklogRunTest, DrainsEveryDevicesBatchesInOrderOnce) {
+  server::testing::FakeSyncHandler handler;
+  server::rpc::FrontDoorOptions door_options;
+  door_options.address = "127.0.0.1:0";
+  door_options.insecure = true;
+  door_options.workers = 4;
+  door_options.io_threads = 1;
+  auto door = server::rpc::FrontDoor::Start(door_options, &handler);
+  ASSERT_THAT(door, IsOk());
+  LoadgenOptions o;
+  o.server_url = absl::StrCat("http://127.0.0.1:", (*door)->port());
+  o.transport = "grpc";
+  o.devices = 5;  // every tier, and each codec
+  for (int i = 0; i < o.devices; ++i) {
+    o.keys.push_back({absl::StrCat("dev-", i), "org-1", absl::StrCat("k", i)});
+  }
+  o.backlog_batches = 3;
+  o.logs_ratio = 0;
+  o.concurrency = 4;
+  o.duration = absl::Seconds(60);
+  absl::StatusOr<LoadgenReport> r = RunLoadgen(o, Clock::Real());
+  ASSERT_THAT(r, IsOk());
+  EXPECT_TRUE(r->drained);
+  EXPECT_TRUE(r->errors.empty());
+  int64_t samples = 0;
+  for (int i = 0; i < o.devices; ++i)
+    samples += 3 * TierBatchSize(TierOfDevice(i));
+  EXPECT_EQ(r->samples_acked, samples);
+
+  std::map<std::string, std::vector<int64_t>> sequences;
+  std::map<std::string, int64_t> last_first_ms;
+  for (const server::testing::RecordedCall& call : handler.calls()) {
+    ASSERT_EQ(call.method, "SyncMetrics");
+    const auto& request =
+        static_cast<const v1::SyncMetricsRequest&>(*call.request);
+    const std::string& device = request.metadata().device_id();
+    EXPECT_EQ(call.context.api_key,
+              absl::StrCat("k", device.substr(device.find('-') + 1)));
+    EXPECT_FALSE(request.metadata().checksum().empty());
+    sequences[device].push_back(request.metadata().sequence_number());
+  }
+  ASSERT_EQ(sequences.size(), 5u);
+  for (const auto& [device, seq] : sequences) {
+    ASSERT_EQ(seq.size(), 3u) << device;
+    EXPECT_EQ(seq[1], seq[0] + 1) << device;
+    EXPECT_EQ(seq[2], seq[1] + 1) << device;
+  }
+  (*door)->Shutdown();
 }
 
 }  // namespace
