@@ -94,6 +94,30 @@ SyncCore::SyncCore(Authenticator* auth, Ledger* ledger, DeviceRegistry* devices,
       ledger_commit_(std::make_unique<GroupCommitter>(
           ledger_writer_.get(), clock, metrics, options.ledger_commit)),
       deadlines_(clock) {
+  if (metrics_ != nullptr) {
+    rpc_requests_ = &metrics_->CounterFamily(
+        "fleetd_rpc_requests_total", "RPCs handled, by method and result.",
+        {"method", "protocol", "code"});
+    rpc_duration_ = &metrics_->HistogramFamily(
+        "fleetd_rpc_duration_seconds", "Time to handle an RPC.", {"method"},
+        metrics::LatencyBuckets());
+    auto& records = metrics_->CounterFamily(
+        "fleetd_records_received_total",
+        "Records in valid batches received, by kind.", {"kind"});
+    auto& batches = metrics_->CounterFamily(
+        "fleetd_batches_total", "Device batches by kind and outcome.",
+        {"kind", "result"});
+    for (DataKind kind :
+         {DataKind::kMetrics, DataKind::kLogs, DataKind::kEvents}) {
+      const int k = static_cast<int>(kind);
+      const std::string name(DataKindName(kind));
+      records_received_[k] = &records.WithLabels({name});
+      int r = 0;
+      for (const char* result : {"applied", "duplicate", "failed"}) {
+        batches_[k][r++] = &batches.WithLabels({name, result});
+      }
+    }
+  }
   last_seen_thread_ = std::thread([this] { LastSeenLoop(); });
 }
 
@@ -224,17 +248,11 @@ void SyncCore::LastSeenLoop() {
 void SyncCore::Observe(absl::string_view rpc, const CallContext& context,
                        const absl::Status& status, absl::Time start) {
   if (metrics_ == nullptr) return;
-  metrics_
-      ->CounterFamily("fleetd_rpc_requests_total",
-                      "RPCs handled, by method and result.",
-                      {"method", "protocol", "code"})
-      .WithLabels({std::string(rpc), context.protocol,
-                   std::string(absl::StatusCodeToString(status.code()))})
+  rpc_requests_
+      ->WithLabels({std::string(rpc), context.protocol,
+                    std::string(absl::StatusCodeToString(status.code()))})
       .Increment();
-  metrics_
-      ->HistogramFamily("fleetd_rpc_duration_seconds", "Time to handle an RPC.",
-                        {"method"}, metrics::LatencyBuckets())
-      .WithLabels({std::string(rpc)})
+  rpc_duration_->WithLabels({std::string(rpc)})
       .Observe(absl::ToDoubleSeconds(clock_->MonotonicNow() - start));
 }
 
@@ -322,11 +340,8 @@ void SyncCore::ApplyAsync(const CallContext& context, absl::string_view rpc,
   }
   Touch(identity->device_id);
   if (metrics_ != nullptr) {
-    metrics_
-        ->CounterFamily("fleetd_records_received_total",
-                        "Records in valid batches received, by kind.", {"kind"})
-        .WithLabels({std::string(DataKindName(decoded->kind))})
-        .Increment(decoded->record_count());
+    records_received_[static_cast<int>(decoded->kind)]->Increment(
+        decoded->record_count());
   }
   auto batch = std::make_shared<const DecodedBatch>(*std::move(decoded));
   const DataKind kind = batch->kind;
@@ -339,22 +354,15 @@ void SyncCore::ApplyAsync(const CallContext& context, absl::string_view rpc,
     answer->Give(absl::DeadlineExceededError(
         "deadline passed waiting for the backends"));
   });
-  DeliverAsync(std::move(batch),
-               [this, kind, answer](absl::StatusOr<Applied> applied) mutable {
-                 deadlines_.Cancel(answer->timer);
-                 if (metrics_ != nullptr) {
-                   std::string result = !applied.ok()        ? "failed"
-                                        : applied->duplicate ? "duplicate"
-                                                             : "applied";
-                   metrics_
-                       ->CounterFamily("fleetd_batches_total",
-                                       "Device batches by kind and outcome.",
-                                       {"kind", "result"})
-                       .WithLabels({std::string(DataKindName(kind)), result})
-                       .Increment();
-                 }
-                 answer->Give(std::move(applied));
-               });
+  DeliverAsync(std::move(batch), [this, kind, answer](
+                                     absl::StatusOr<Applied> applied) mutable {
+    deadlines_.Cancel(answer->timer);
+    if (metrics_ != nullptr) {
+      const int result = !applied.ok() ? 2 : applied->duplicate ? 1 : 0;
+      batches_[static_cast<int>(kind)][result]->Increment();
+    }
+    answer->Give(std::move(applied));
+  });
 }
 
 absl::StatusOr<SyncCore::Applied> SyncCore::Apply(const CallContext& context,

@@ -149,6 +149,13 @@ class SyncCore final : public SyncHandler {
   const Options options_;
   std::unique_ptr<LedgerWriter> ledger_writer_;
   std::unique_ptr<GroupCommitter> ledger_commit_;
+  // The per-call metrics, resolved once (a registry lookup takes its lock
+  // and builds strings); all null without a registry. By DataKind, and for
+  // batches by result: applied, duplicate, failed.
+  metrics::Family<metrics::Counter>* rpc_requests_ = nullptr;
+  metrics::Family<metrics::Histogram>* rpc_duration_ = nullptr;
+  metrics::Counter* records_received_[3] = {};
+  metrics::Counter* batches_[3][3] = {};
 
   // Deliveries begun by DeliverAsync and not yet finished.
   absl::Mutex deliveries_mu_;
