@@ -9,6 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/status/status_macros.h"
 #include "glog/logging.h"
 #include "server/admin/admin_server.h"
@@ -56,6 +58,10 @@ struct ServerApp::Parts {
 };
 
 namespace {
+
+// The ledger keys loaded at start: those of devices that sent a batch this
+// recently (a device syncs every few seconds to minutes).
+constexpr absl::Duration kLedgerWarmWindow = absl::Minutes(10);
 
 // Creates the writers every route names, once each.
 absl::Status MakeWriters(
@@ -180,6 +186,18 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(
                                              .window = c.ledger_cache_window,
                                              .metrics = &p.metrics}));
     ledger = p.ledger_cache.get();
+    // After a restart every device comes back at once: load the keys of the
+    // devices heard from lately in a few statements instead of one each.
+    const absl::Time warm_start = absl::Now();
+    absl::StatusOr<int64_t> warmed = p.ledger_cache->Warm(kLedgerWarmWindow);
+    if (warmed.ok()) {
+      LOG(INFO) << "ledger cache: " << *warmed
+                << " keys of devices heard from in the last "
+                << absl::FormatDuration(kLedgerWarmWindow) << " loaded in "
+                << absl::FormatDuration(absl::Now() - warm_start);
+    } else {
+      LOG(WARNING) << "ledger cache starts cold: " << warmed.status();
+    }
   }
   if (c.ledger_retention > absl::ZeroDuration()) {
     ASSIGN_OR_RETURN(

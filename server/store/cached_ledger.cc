@@ -244,7 +244,6 @@ absl::Status CachedLedger::LoadAndAnswer(absl::Span<const LedgerEntry> entries,
                                          std::vector<bool>& out,
                                          std::vector<size_t>& unknown) {
   counters_->key_misses.Increment(static_cast<double>(missing.size()));
-  const size_t window = static_cast<size_t>(options_.window);
   // The distinct keys, and which entries ask about each.
   std::vector<LedgerKey> keys;
   std::vector<size_t> hashes;
@@ -260,6 +259,23 @@ absl::Status CachedLedger::LoadAndAnswer(absl::Span<const LedgerEntry> entries,
     }
     asking[it->second].push_back(i);
   }
+  return LoadKeys(keys, hashes, [&](size_t k, const Slot& slot) {
+    for (size_t i : asking[k]) {
+      Answer a = slot.Evaluate(entries[i].sequence_number);
+      if (a == Answer::kUnknown) {
+        unknown.push_back(i);
+      } else {
+        out[i] = a == Answer::kApplied;
+      }
+    }
+  });
+}
+
+template <typename Visit>
+absl::Status CachedLedger::LoadKeys(const std::vector<LedgerKey>& keys,
+                                    const std::vector<size_t>& hashes,
+                                    Visit visit) {
+  const size_t window = static_cast<size_t>(options_.window);
   // Announce the loads before reading the store: a record committed after
   // this point reaches the load's `recorded`; one committed before it is in
   // what the store returns.
@@ -304,16 +320,36 @@ absl::Status CachedLedger::LoadAndAnswer(absl::Span<const LedgerEntry> entries,
     // again is the first to go.
     for (int64_t seq : recorded) slot->Add(seq, window);
     if (doubt != INT64_MIN) slot->Doubt(doubt);
-    for (size_t i : asking[k]) {
-      Answer a = slot->Evaluate(entries[i].sequence_number);
-      if (a == Answer::kUnknown) {
-        unknown.push_back(i);
-      } else {
-        out[i] = a == Answer::kApplied;
-      }
-    }
+    visit(k, *slot);
   }
   return loaded.status();
+}
+
+absl::StatusOr<int64_t> CachedLedger::Warm(absl::Duration within) {
+  ASSIGN_OR_RETURN(
+      std::vector<LedgerKey> recent,
+      store_->RecentKeys(within, static_cast<size_t>(options_.max_keys / 2)));
+  int64_t loaded = 0;
+  std::vector<LedgerKey> keys;
+  std::vector<size_t> hashes;
+  for (size_t from = 0; from < recent.size(); from += kWarmChunk) {
+    keys.clear();
+    hashes.clear();
+    const size_t to = std::min(recent.size(), from + kWarmChunk);
+    for (size_t i = from; i < to; ++i) {
+      const KeyRef key(recent[i].device_id, recent[i].stream);
+      const size_t hash = HashOf(key);
+      Shard& shard = ShardFor(hash);
+      absl::MutexLock lock(&shard.mu);
+      if (shard.index.find(key, hash) != shard.index.end()) continue;
+      keys.push_back(std::move(recent[i]));
+      hashes.push_back(hash);
+    }
+    if (keys.empty()) continue;
+    RETURN_IF_ERROR(LoadKeys(keys, hashes, [](size_t, const Slot&) {}));
+    loaded += static_cast<int64_t>(keys.size());
+  }
+  return loaded;
 }
 
 template <typename Fn>

@@ -47,6 +47,47 @@ TEST(CachedLedgerTest, HitsAnswerWithoutTheStore) {
       << "a key not held needs the store";
 }
 
+TEST(CachedLedgerTest, WarmLoadsRecentKeysSoTheirFirstCheckIsAHit) {
+  FakeLedgerStore store;
+  std::vector<LedgerEntry> applied;
+  for (int d = 0; d < 12; ++d) {
+    applied.push_back(TestEntry(absl::StrCat("dev-", d), 10));
+    applied.push_back(TestEntry(absl::StrCat("dev-", d), 11));
+  }
+  ASSERT_THAT(store.RecordApplied(applied), IsOk());
+  auto cache = *CachedLedger::Create(&store, {.max_keys = 100});
+  // One key held already is left alone.
+  ASSERT_THAT(AppliedIn(*cache, "dev-0", 11), IsOkAndHolds(true));
+  const int64_t loads = store.calls().load_history;
+  EXPECT_THAT(cache->Warm(absl::Minutes(10)), IsOkAndHolds(11));
+  EXPECT_EQ(store.calls().load_history, loads + 1) << "one chunk";
+  EXPECT_EQ(cache->stats().keys, 12);
+  store.SetDown(true);  // any read of the store would now fail
+  for (int d = 0; d < 12; ++d) {
+    const std::string device = absl::StrCat("dev-", d);
+    EXPECT_THAT(AppliedIn(*cache, device, 11), IsOkAndHolds(true)) << device;
+    EXPECT_THAT(AppliedIn(*cache, device, 12), IsOkAndHolds(false)) << device;
+  }
+  EXPECT_EQ(cache->stats().key_misses, 1) << "only dev-0's first check";
+}
+
+TEST(CachedLedgerTest, WarmTakesAtMostHalfTheCacheAndReportsStoreErrors) {
+  FakeLedgerStore store;
+  std::vector<LedgerEntry> applied;
+  for (int d = 0; d < 30; ++d) {
+    applied.push_back(TestEntry(absl::StrCat("dev-", d), 1));
+  }
+  ASSERT_THAT(store.RecordApplied(applied), IsOk());
+  auto cache = *CachedLedger::Create(&store, {.max_keys = 20});
+  EXPECT_THAT(cache->Warm(absl::Minutes(10)), IsOkAndHolds(10));
+  EXPECT_EQ(cache->stats().keys, 10);
+  EXPECT_EQ(cache->stats().evictions, 0);
+  store.SetDown(true);
+  EXPECT_THAT(cache->Warm(absl::Minutes(10)),
+              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(cache->stats().keys, 10);
+}
+
 TEST(CachedLedgerTest, MissingKeysOfOneCallLoadInOneStoreCall) {
   FakeLedgerStore store;
   std::vector<LedgerEntry> applied = {TestEntry("dev-a", 5),

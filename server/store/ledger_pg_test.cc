@@ -286,6 +286,43 @@ TEST_F(LedgerPgTest, RestartedServerSeesWhatWasApplied) {
   EXPECT_THAT(AppliedIn(*second, "dev-1", 20), IsOkAndHolds(false));
 }
 
+TEST_F(LedgerPgTest, RecentKeysAreTheKeysAppliedWithinTheWindowNewestFirst) {
+  // dev-old at the clock's start, dev-a then dev-b two hours later (dev-a
+  // on two streams; dev-b twice).
+  std::vector<LedgerEntry> old_flush = {TestEntry("dev-old", 1)};
+  ASSERT_THAT(store_->RecordApplied(old_flush), IsOk());
+  clock_.Advance(absl::Hours(2));
+  std::vector<LedgerEntry> a = {TestEntry("dev-a", 1),
+                                TestEntry("dev-a", 1, "logs")};
+  ASSERT_THAT(store_->RecordApplied(a), IsOk());
+  clock_.Advance(absl::Seconds(5));
+  std::vector<LedgerEntry> b = {TestEntry("dev-b", 1), TestEntry("dev-b", 2)};
+  ASSERT_THAT(store_->RecordApplied(b), IsOk());
+  auto keys = store_->RecentKeys(absl::Hours(1), 10);
+  ASSERT_THAT(keys, IsOk());
+  std::vector<std::string> got;
+  for (const LedgerKey& k : *keys) got.push_back(k.device_id + "/" + k.stream);
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(got[0], "dev-b/metrics");
+  EXPECT_THAT(got, ::testing::UnorderedElementsAre(
+                       "dev-b/metrics", "dev-a/metrics", "dev-a/logs"));
+  auto one = store_->RecentKeys(absl::Hours(1), 1);
+  ASSERT_THAT(one, IsOk());
+  ASSERT_EQ(one->size(), 1u);
+  EXPECT_EQ((*one)[0].device_id, "dev-b");
+  auto all = store_->RecentKeys(absl::Hours(3), 10);
+  ASSERT_THAT(all, IsOk());
+  EXPECT_EQ(all->size(), 4u);
+
+  // A restarted server's cache warmed from them answers without PostgreSQL.
+  auto cache = *CachedLedger::Create(store_.get(), {});
+  EXPECT_THAT(cache->Warm(absl::Hours(1)), IsOkAndHolds(3));
+  EXPECT_THAT(AppliedIn(*cache, "dev-b", 2), IsOkAndHolds(true));
+  EXPECT_THAT(AppliedIn(*cache, "dev-b", 3), IsOkAndHolds(false));
+  EXPECT_EQ(cache->stats().key_misses, 0);
+  EXPECT_EQ(cache->stats().hits, 2);
+}
+
 TEST_F(LedgerPgTest, TwoServersShareOnePostgres) {
   auto pool_b = PgPool::Connect({.dsn = dsn_, .size = 2});
   ASSERT_THAT(pool_b, IsOk());

@@ -475,6 +475,31 @@ absl::StatusOr<std::vector<LedgerHistory>> PgStore::LoadHistory(
   return out;
 }
 
+absl::StatusOr<std::vector<LedgerKey>> PgStore::RecentKeys(
+    absl::Duration within, size_t limit) {
+  std::vector<LedgerKey> out;
+  if (limit == 0) return out;
+  // applied_at is written from the injected clock: compare on it too.
+  const std::string since = ToTimestamptz(clock_->Now() - within);
+  absl::Status s = pool_->Run([&](pqxx::connection& c) {
+    out.clear();
+    pqxx::nontransaction r(c);
+    pqxx::result rows = r.exec_params(
+        "SELECT device_id, stream FROM sync_ledger "
+        "WHERE applied_at >= $1::timestamptz "
+        "GROUP BY device_id, stream ORDER BY max(applied_at) DESC LIMIT $2",
+        since,
+        static_cast<int64_t>(
+            std::min<size_t>(limit, std::numeric_limits<int64_t>::max())));
+    out.reserve(rows.size());
+    for (const auto& row : rows) {
+      out.push_back({row[0].as<std::string>(), row[1].as<std::string>()});
+    }
+  });
+  if (!s.ok()) return s;
+  return out;
+}
+
 absl::StatusOr<LedgerCompaction> PgStore::CompactLedger(absl::Time older_than) {
   LedgerCompaction done;
   const std::string cutoff = ToTimestamptz(older_than);

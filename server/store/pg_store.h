@@ -111,6 +111,11 @@ class PgStore final : public KeyLookup,
   // LedgerStore
   absl::StatusOr<std::vector<LedgerHistory>> LoadHistory(
       absl::Span<const LedgerKey> keys, int limit) override;
+  // The keys of the ledger rows applied within `within` before the store's
+  // clock (which stamps applied_at), grouped, newest first (one scan of the
+  // applied_at index over that range).
+  absl::StatusOr<std::vector<LedgerKey>> RecentKeys(absl::Duration within,
+                                                    size_t limit) override;
   absl::StatusOr<int64_t> RecordAppliedCountingPresent(
       absl::Span<const LedgerEntry> entries) override;
 

@@ -110,6 +110,13 @@ class LedgerStore : public Ledger {
   // in `entries`). All or nothing.
   virtual absl::StatusOr<int64_t> RecordAppliedCountingPresent(
       absl::Span<const LedgerEntry> entries) = 0;
+  // Up to `limit` keys with a batch applied within `within` before the
+  // store's clock, the most recently applied first: the devices a restarted
+  // server will hear from first. UNIMPLEMENTED when the store cannot tell.
+  virtual absl::StatusOr<std::vector<LedgerKey>> RecentKeys(
+      absl::Duration within, size_t limit) {
+    return absl::UnimplementedError("this ledger store cannot list keys");
+  }
 };
 
 // Delivery health a device reports in heartbeats and device info: batches the

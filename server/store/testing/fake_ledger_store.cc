@@ -78,6 +78,18 @@ absl::StatusOr<std::vector<LedgerHistory>> FakeLedgerStore::LoadHistory(
   return out;
 }
 
+absl::StatusOr<std::vector<LedgerKey>> FakeLedgerStore::RecentKeys(
+    absl::Duration within, size_t limit) {
+  absl::MutexLock lock(&mu_);
+  if (down_) return Down();
+  std::vector<LedgerKey> out;
+  for (const auto& [key, stream] : streams_) {
+    if (out.size() == limit) break;
+    if (!stream.applied.empty()) out.push_back({key.first, key.second});
+  }
+  return out;
+}
+
 void FakeLedgerStore::Compact(const std::string& device_id,
                               const std::string& stream, int64_t floor) {
   absl::MutexLock lock(&mu_);

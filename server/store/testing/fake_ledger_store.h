@@ -39,6 +39,10 @@ class FakeLedgerStore final : public LedgerStore {
       absl::Span<const LedgerKey> keys, int limit) override;
   absl::StatusOr<int64_t> RecordAppliedCountingPresent(
       absl::Span<const LedgerEntry> entries) override;
+  // Every key with an applied entry, in key order (the fake keeps no times:
+  // `within` is ignored), at most `limit`.
+  absl::StatusOr<std::vector<LedgerKey>> RecentKeys(absl::Duration within,
+                                                    size_t limit) override;
 
   // As PgStore::CompactLedger for one key: raises its floor to `floor` (never
   // lowers it) and forgets the entries at or below it (they count as not
