@@ -272,6 +272,32 @@ TEST(CodecZstdInteropTest, LargeWindowSmallContentFrameIsAccepted) {
               IsOkAndHolds(std::string(100, 'A')));
 }
 
+TEST(CodecZstdInteropTest, DeclaredSizesDecodeStraightIntoTheResult) {
+  // Frames that declare their size are decoded in one step into a result of
+  // that size: the window does not matter then (no window buffer is used),
+  // only the declared sizes, checked against the limit first.
+  std::string big_window = ZstdRleFrame(kZstdMaxWindowLog + 4, 100, 1, 100);
+  EXPECT_THAT(Decompress(Compression::kZstd, big_window, 100),
+              IsOkAndHolds(std::string(100, 'A')));
+  // Two frames, both declared.
+  std::string two = ZstdRleFrame(20, 100, 1, 100) + ZstdRleFrame(20, 50, 1, 50);
+  EXPECT_THAT(Decompress(Compression::kZstd, two, 150),
+              IsOkAndHolds(std::string(150, 'A')));
+  // A frame whose content is not what it declares is corrupt, either way.
+  EXPECT_THAT(
+      Decompress(Compression::kZstd, ZstdRleFrame(20, 50, 1, 100), kMiB),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("corrupt")));
+  EXPECT_THAT(
+      Decompress(Compression::kZstd, ZstdRleFrame(20, 200, 1, 100), kMiB),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("corrupt")));
+  // One declared frame and one without a size: the streaming path, same
+  // result.
+  std::string mixed =
+      ZstdRleFrame(20, 100, 1, 100) + ZstdRleFrame(20, std::nullopt, 1, 50);
+  EXPECT_THAT(Decompress(Compression::kZstd, mixed, 150),
+              IsOkAndHolds(std::string(150, 'A')));
+}
+
 TEST(CodecZstdInteropTest, WindowAboveTheCapIsRefused) {
   // Without a content size the decoder would need the whole 256 MiB window.
   std::string frame = ZstdRleFrame(kZstdMaxWindowLog + 1, std::nullopt, 1, 100);
