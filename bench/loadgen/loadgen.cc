@@ -155,7 +155,7 @@ absl::Status Runner::Setup() {
   topts.ca_file = o_.ca_file;
   topts.user_agent = "fleetd-loadgen/0.1";
   topts.clock = clock_;
-  std::shared_ptr<grpc::Channel> channel;
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
   if (o_.transport == "grpc") {
     std::shared_ptr<grpc::ChannelCredentials> credentials;
     if (url->tls) {
@@ -171,8 +171,16 @@ absl::Status Runner::Setup() {
     } else {
       credentials = grpc::InsecureChannelCredentials();
     }
-    channel = grpc::CreateCustomChannel(url->Authority(), credentials,
-                                        agent::GrpcChannelArguments(topts));
+    const int connections = std::clamp(
+        o_.grpc_connections > 0 ? o_.grpc_connections : o_.concurrency, 1,
+        std::max(1, o_.devices));
+    for (int c = 0; c < connections; ++c) {
+      grpc::ChannelArguments args = agent::GrpcChannelArguments(topts);
+      // Channels with equal arguments share one connection.
+      args.SetInt("fleetd.loadgen.connection", c);
+      channels.push_back(
+          grpc::CreateCustomChannel(url->Authority(), credentials, args));
+    }
   }
 
   std::vector<int> batch_sizes;
@@ -191,7 +199,8 @@ absl::Status Runner::Setup() {
       agent::GrpcCallConfig config;
       config.api_key = d->key->api_key;
       d->transport = agent::NewGrpcTransportWithStub(
-          v1::SyncService::NewStub(channel), std::move(config));
+          v1::SyncService::NewStub(channels[i % channels.size()]),
+          std::move(config));
     } else {
       agent::ConnectCallConfig config;
       config.base_url = url->Base();

@@ -58,6 +58,10 @@ int main(int argc, char** argv) {
   app.add_option("--backlog-batches", o.backlog_batches,
                  "backlog mode: each device drains this many batches as fast "
                  "as the server allows");
+  app.add_option(
+      "--grpc-connections", o.grpc_connections,
+      "gRPC connections the devices are spread over (default 0: one per "
+      "sender thread, as Connect has)");
   app.add_option("--concurrency", o.concurrency,
                  "sender threads (calls in flight)")
       ->check(CLI::Range(1, 1024));
