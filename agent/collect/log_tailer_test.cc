@@ -225,8 +225,11 @@ TEST_F(LogTailerTest, RestartAfterOldFileIsGoneReadsNewFileFromStart) {
     ASSERT_THAT(tailer->PollOnce(), testing::IsOk());
   }
   Rename("app.log", "app.log.1");
-  ASSERT_EQ(::unlink(dir_.File("app.log.1").c_str()), 0);
+  // The new file is created before the old one is deleted, so it cannot get
+  // the old inode number back (a documented limitation, see log_tailer.h;
+  // the test failed once that way).
   dir_.Write("app.log", "b\n");
+  ASSERT_EQ(::unlink(dir_.File("app.log.1").c_str()), 0);
   auto tailer = NewTailer();
   ASSERT_THAT(tailer->PollOnce(), testing::IsOk());
   EXPECT_THAT(Messages(*memory_), ElementsAre("a", "b"));

@@ -126,9 +126,9 @@ absl::string_view View(const uint8_t* data, size_t len) {
 // nghttp2's allocations for one session. Its outbound frame buffer (one
 // chunk of 9 + 1 + 16,384 bytes, allocated with the session and kept for its
 // whole life) gets pages of its own, which the session hands back to the
-// kernel whenever it is idle (ReleaseIdle): the buffer holds nothing between
-// frames, and 20,000 mostly idle connections would otherwise keep 16 KiB
-// each resident. Everything else goes to malloc.
+// kernel when the driver finds the connection idle (ReleaseIdleMemory): the
+// buffer holds nothing between frames, and 20,000 mostly idle connections
+// would otherwise keep 16 KiB each resident. Everything else goes to malloc.
 class SessionMemory {
  public:
   SessionMemory() {
@@ -562,15 +562,19 @@ class Http2Session final : public ConnectionSession {
             absl::StrCat("http2: ", nghttp2_strerror(int(n)))));
         return;
       }
-      if (n == 0) {
-        // Nothing queued: an idle session gives its frame buffer's pages
-        // back (SessionMemory).
-        if (streams_.empty()) memory_.ReleaseIdle();
-        return;
-      }
+      if (n == 0) return;
       memory_.MarkUsed();
       out_.append(reinterpret_cast<const char*>(data), size_t(n));
     }
+  }
+
+  void ReleaseIdleMemory() override {
+    // The frame buffer holds nothing once mem_send has nothing to give.
+    if (session_ == nullptr || aborted_ || !streams_.empty() ||
+        nghttp2_session_want_write(session_) != 0) {
+      return;
+    }
+    memory_.ReleaseIdle();
   }
 
   // Flush after a posted operation: outside Feed, the driver must be told.
