@@ -1,6 +1,5 @@
 #include "server/app/server_app.h"
 
-#include <algorithm>
 #include <string>
 #include <utility>
 #include <vector>
@@ -254,17 +253,16 @@ absl::StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(
   if (c.front_end == "legacy") {
     RETURN_IF_ERROR(StartLegacyFrontEnds(c, p));
   }
-  // The door serves every address the legacy front ends do not.
+  // The door serves every address set that the legacy front ends do not.
   std::vector<std::pair<const std::string*, int*>> door_addresses;
+  auto serve = [&door_addresses](const std::string& address, int* port) {
+    if (!address.empty()) door_addresses.push_back({&address, port});
+  };
   if (c.front_end != "legacy") {
-    door_addresses.push_back({&c.grpc_addr, &p.grpc_port});
-    door_addresses.push_back({&c.http_addr, &p.http_port});
+    serve(c.grpc_addr, &p.grpc_port);
+    serve(c.http_addr, &p.http_port);
   }
-  door_addresses.push_back({&c.door_addr, &p.door_port});
-  door_addresses.erase(
-      std::remove_if(door_addresses.begin(), door_addresses.end(),
-                     [](const auto& a) { return a.first->empty(); }),
-      door_addresses.end());
+  serve(c.door_addr, &p.door_port);
   if (!door_addresses.empty()) {
     rpc::FrontDoorOptions door;
     door.address = *door_addresses.front().first;

@@ -100,13 +100,6 @@ class CorsExchange final : public http::Exchange {
   const std::string allow_origin_;
 };
 
-class Ignore final : public http::RequestObserver {
- public:
-  void OnData(absl::string_view) override {}
-  void OnEnd() override {}
-  void OnCancel() override {}
-};
-
 void AnswerPreflight(const Policy& policy, http::Exchange& exchange,
                      absl::string_view origin) {
   std::optional<std::string> allow = policy.AllowOrigin(origin);
@@ -145,7 +138,7 @@ http::ExchangeHandler WithCors(CorsPolicy policy, http::ExchangeHandler inner) {
         http::FindHeader(exchange->headers(), "access-control-request-method")
             .has_value()) {
       AnswerPreflight(*shared, *exchange, *origin);
-      return std::make_unique<Ignore>();
+      return http::IgnoreBody();
     }
     std::optional<std::string> allow = shared->AllowOrigin(*origin);
     if (!allow.has_value()) return inner(std::move(exchange));

@@ -18,13 +18,6 @@ using ::fleetd::server::testing::FakeExchange;
 using ::testing::HasSubstr;
 using ::testing::Optional;
 
-class Discard final : public http::RequestObserver {
- public:
-  void OnData(absl::string_view) override {}
-  void OnEnd() override {}
-  void OnCancel() override {}
-};
-
 // The service behind CORS: answers 200 with "served" and records the calls.
 class CorsTest : public ::testing::Test {
  protected:
@@ -36,7 +29,7 @@ class CorsTest : public ::testing::Test {
                       exchange->SendHeaders(
                           200, {{"content-type", "application/proto"}}, false);
                       exchange->SendData("served", true);
-                      return std::make_unique<Discard>();
+                      return http::IgnoreBody();
                     });
   }
 

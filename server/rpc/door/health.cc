@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -12,6 +13,7 @@
 #include "absl/strings/string_view.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/wire_format_lite.h"
+#include "server/rpc/connect/connect_protocol.h"
 #include "server/rpc/door/wire.h"
 
 namespace fleetd::server::rpc::door {
@@ -23,7 +25,6 @@ using http::FindHeader;
 using http::Headers;
 
 constexpr absl::string_view kServedService = "fleetd.v1.SyncService";
-constexpr size_t kEnvelopeHeaderBytes = 5;
 
 // The `service` field of a HealthCheckRequest; unknown fields are skipped.
 absl::StatusOr<std::string> ParseService(absl::string_view message) {
@@ -47,31 +48,23 @@ absl::StatusOr<std::string> ParseService(absl::string_view message) {
 }
 
 // The message of the one envelope in `body`.
-absl::StatusOr<absl::string_view> OneEnvelope(absl::string_view body) {
-  if (body.size() < kEnvelopeHeaderBytes) {
-    return absl::InvalidArgumentError("no complete message in the request");
-  }
-  const auto byte = [&](size_t i) {
-    return static_cast<uint32_t>(static_cast<unsigned char>(body[i]));
-  };
-  if (byte(0) & 0x01) {
-    return absl::UnimplementedError("compressed health checks are not served");
-  }
-  const uint32_t length =
-      byte(1) << 24 | byte(2) << 16 | byte(3) << 8 | byte(4);
-  if (body.size() - kEnvelopeHeaderBytes != length) {
+absl::StatusOr<std::string> OneEnvelope(absl::string_view body) {
+  absl::StatusOr<std::vector<connect::Envelope>> envelopes =
+      connect::ParseEnvelopes(body, kMaxHealthRequestBytes);
+  if (!envelopes.ok()) return envelopes.status();
+  if (envelopes->size() != 1) {
     return absl::InvalidArgumentError(
         "the request must hold exactly one message");
   }
-  return body.substr(kEnvelopeHeaderBytes);
+  connect::Envelope& envelope = envelopes->front();
+  if (envelope.flags & connect::kFlagCompressed) {
+    return absl::UnimplementedError("compressed health checks are not served");
+  }
+  return std::move(envelope.payload);
 }
 
 void SendStatus(Exchange& exchange, const absl::Status& status) {
-  Headers headers = {{"content-type", "application/grpc"}};
-  for (auto& field : GrpcStatusFields(status)) {
-    headers.push_back(std::move(field));
-  }
-  exchange.SendHeaders(200, std::move(headers), true);
+  SendGrpcTrailersOnly(exchange, "application/grpc", status);
 }
 
 class HealthCheck final : public http::RequestObserver {
@@ -82,7 +75,7 @@ class HealthCheck final : public http::RequestObserver {
   void OnData(absl::string_view chunk) override {
     if (done_) return;
     if (body_.size() + chunk.size() >
-        kEnvelopeHeaderBytes + kMaxHealthRequestBytes) {
+        connect::kEnvelopeHeaderBytes + kMaxHealthRequestBytes) {
       done_ = true;
       SendStatus(*exchange_, absl::ResourceExhaustedError(absl::StrCat(
                                  "a health check request is at most ",
@@ -95,7 +88,7 @@ class HealthCheck final : public http::RequestObserver {
   void OnEnd() override {
     if (done_) return;
     done_ = true;
-    absl::StatusOr<absl::string_view> message = OneEnvelope(body_);
+    absl::StatusOr<std::string> message = OneEnvelope(body_);
     absl::StatusOr<std::string> service =
         message.ok() ? ParseService(*message)
                      : absl::StatusOr<std::string>(message.status());
@@ -123,13 +116,6 @@ class HealthCheck final : public http::RequestObserver {
   bool done_ = false;
 };
 
-class Discard final : public http::RequestObserver {
- public:
-  void OnData(absl::string_view) override {}
-  void OnEnd() override {}
-  void OnCancel() override {}
-};
-
 }  // namespace
 
 http::ExchangeHandler WithGrpcHealth(http::ExchangeHandler inner) {
@@ -138,7 +124,7 @@ http::ExchangeHandler WithGrpcHealth(http::ExchangeHandler inner) {
     if (exchange->path() != kHealthCheckPath) return inner(std::move(exchange));
     if (exchange->method() != "POST") {
       exchange->SendHeaders(405, {{"allow", "POST"}}, true);
-      return std::make_unique<Discard>();
+      return http::IgnoreBody();
     }
     std::optional<Protocol> protocol = ClassifyRequest(
         FindHeader(exchange->headers(), "content-type").value_or(""));
@@ -146,12 +132,12 @@ http::ExchangeHandler WithGrpcHealth(http::ExchangeHandler inner) {
       exchange->SendHeaders(
           415, {{"accept-post", "application/grpc, application/grpc+proto"}},
           true);
-      return std::make_unique<Discard>();
+      return http::IgnoreBody();
     }
     if (exchange->version() != http::HttpVersion::kHttp2) {
       SendWhole(*exchange, 505, {{"content-type", "text/plain"}},
                 "gRPC needs HTTP/2\n");
-      return std::make_unique<Discard>();
+      return http::IgnoreBody();
     }
     return std::make_unique<HealthCheck>(std::move(exchange));
   };

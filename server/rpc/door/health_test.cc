@@ -17,13 +17,6 @@ using ::fleetd::server::testing::FakeExchange;
 using ::testing::HasSubstr;
 using ::testing::Optional;
 
-class Discard final : public http::RequestObserver {
- public:
-  void OnData(absl::string_view) override {}
-  void OnEnd() override {}
-  void OnCancel() override {}
-};
-
 // One gRPC envelope around `message`.
 std::string Envelope(const std::string& message) {
   std::string out(5, '\0');
@@ -43,7 +36,7 @@ class HealthTest : public ::testing::Test {
                                     -> std::unique_ptr<http::RequestObserver> {
           ++inner_calls_;
           e->SendHeaders(404, {}, true);
-          return std::make_unique<Discard>();
+          return http::IgnoreBody();
         })) {}
 
   std::shared_ptr<FakeExchange> Call(

@@ -383,13 +383,7 @@ class StreamCall final : public StreamSink,
         if (headers_sent_) {
           exchange_->SendTrailers(GrpcStatusFields(status));
         } else {
-          // Trailers-only: the status in the one header block.
-          http::Headers headers = {{"content-type", protocol_.response_type}};
-          for (http::Header& field : GrpcStatusFields(status)) {
-            headers.push_back(std::move(field));
-          }
-          headers.push_back({"grpc-accept-encoding", kGrpcAcceptEncoding});
-          exchange_->SendHeaders(200, std::move(headers), true);
+          SendGrpcTrailersOnly(*exchange_, protocol_.response_type, status);
         }
         return;
       case Wire::kGrpcWeb:

@@ -201,14 +201,6 @@ class Door : public std::enable_shared_from_this<Door> {
   const door::StreamCallOptions stream_options_;
 };
 
-// Reads a body nobody needs (the response is already on its way).
-class DiscardObserver final : public http::RequestObserver {
- public:
-  void OnData(absl::string_view) override {}
-  void OnEnd() override {}
-  void OnCancel() override {}
-};
-
 // Accumulates a request body up to the protocol's limit, then dispatches.
 class BodyObserver final : public http::RequestObserver {
  public:
@@ -273,16 +265,15 @@ std::unique_ptr<http::RequestObserver> Door::Accept(
   absl::string_view query = question == absl::string_view::npos
                                 ? absl::string_view()
                                 : target.substr(question + 1);
-  auto discard = std::make_unique<DiscardObserver>();
   if (!absl::StartsWith(path, kServicePrefix)) {
     exchange->SendHeaders(404, {}, true);
-    return discard;
+    return http::IgnoreBody();
   }
   const Procedure* procedure = FindProcedure(procedures_, path);
   const std::string& method = exchange->method();
   if (method == "GET") {
     ServeGet(exchange, procedure, query);
-    return discard;
+    return http::IgnoreBody();
   }
   if (method != "POST") {
     if (procedure == nullptr) {
@@ -291,7 +282,7 @@ std::unique_ptr<http::RequestObserver> Door::Accept(
       bool get = procedure->no_side_effects && !procedure->bidi;
       exchange->SendHeaders(405, {{"allow", get ? "GET, POST" : "POST"}}, true);
     }
-    return discard;
+    return http::IgnoreBody();
   }
   std::optional<Protocol> protocol = ClassifyRequest(
       FindHeader(exchange->headers(), "content-type").value_or(""));
@@ -306,13 +297,13 @@ std::unique_ptr<http::RequestObserver> Door::Accept(
                          connect::SupportedContentTypes())}},
           true);
     }
-    return discard;
+    return http::IgnoreBody();
   }
   if (protocol->wire == Wire::kGrpc &&
       exchange->version() != http::HttpVersion::kHttp2) {
     SendWhole(*exchange, 505, {{"content-type", "text/plain"}},
               "gRPC needs HTTP/2\n");
-    return discard;
+    return http::IgnoreBody();
   }
   bool stream_type = protocol->wire == Wire::kConnectStream;
   bool unary_type = protocol->wire == Wire::kConnectUnary;
@@ -321,7 +312,7 @@ std::unique_ptr<http::RequestObserver> Door::Accept(
     exchange->SendHeaders(
         415, {{"accept-post", std::string(connect::SupportedContentTypes())}},
         true);
-    return discard;
+    return http::IgnoreBody();
   }
   std::shared_ptr<Call> call =
       NewCall(std::move(exchange), procedure, *std::move(protocol));
@@ -329,7 +320,7 @@ std::unique_ptr<http::RequestObserver> Door::Accept(
     Fail(*call,
          absl::UnimplementedError(absl::StrCat(
              path.substr(1), " is not a method of fleetd.v1.SyncService")));
-    return discard;
+    return http::IgnoreBody();
   }
   if (procedure->bidi &&
       call->exchange->version() != http::HttpVersion::kHttp2) {
@@ -338,11 +329,11 @@ std::unique_ptr<http::RequestObserver> Door::Accept(
     SendWhole(*call->exchange, 505, {{"content-type", "text/plain"}},
               "fleetd.v1.SyncService/StreamSync is bidirectional: it needs "
               "HTTP/2\n");
-    return discard;
+    return http::IgnoreBody();
   }
   if (absl::Status status = ReadCallHeaders(*call); !status.ok()) {
     Fail(*call, status);
-    return discard;
+    return http::IgnoreBody();
   }
   if (procedure->bidi) {
     return door::StartStreamCall(call->exchange, call->protocol, call->context,
@@ -582,17 +573,9 @@ void Door::Fail(const Call& call, const absl::Status& status) const {
   Exchange& exchange = *call.exchange;
   const Protocol& protocol = call.protocol;
   switch (protocol.wire) {
-    case Wire::kGrpc: {
-      // Trailers-only: the status in the one header block, ending the
-      // stream.
-      Headers headers = {{"content-type", protocol.response_type}};
-      for (http::Header& field : door::GrpcStatusFields(status)) {
-        headers.push_back(std::move(field));
-      }
-      headers.push_back({"grpc-accept-encoding", kGrpcAcceptEncoding});
-      exchange.SendHeaders(200, std::move(headers), true);
+    case Wire::kGrpc:
+      door::SendGrpcTrailersOnly(exchange, protocol.response_type, status);
       return;
-    }
     case Wire::kGrpcWeb:
     case Wire::kGrpcWebText:
       SendGrpcWeb(call, std::string(), status);

@@ -128,6 +128,17 @@ std::string ConnectEndStreamFrame(const absl::Status& status) {
   return frame;
 }
 
+void SendGrpcTrailersOnly(http::Exchange& exchange,
+                          absl::string_view content_type,
+                          const absl::Status& status) {
+  http::Headers headers = {{"content-type", std::string(content_type)}};
+  for (http::Header& field : GrpcStatusFields(status)) {
+    headers.push_back(std::move(field));
+  }
+  headers.push_back({"grpc-accept-encoding", kGrpcAcceptEncoding});
+  exchange.SendHeaders(200, std::move(headers), true);
+}
+
 void SendWhole(http::Exchange& exchange, int status, http::Headers headers,
                std::string body) {
   headers.push_back({"content-length", absl::StrCat(body.size())});

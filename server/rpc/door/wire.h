@@ -51,6 +51,13 @@ inline constexpr char kGrpcAcceptEncoding[] = "gzip,zstd";
 // (RetryMetadata). For trailers, or a trailers-only response's headers.
 http::Headers GrpcStatusFields(const absl::Status& status);
 
+// A gRPC trailers-only response: 200 with `content_type`, the status fields
+// (GrpcStatusFields) and grpc-accept-encoding in one header block that ends
+// the stream.
+void SendGrpcTrailersOnly(http::Exchange& exchange,
+                          absl::string_view content_type,
+                          const absl::Status& status);
+
 // The gRPC-Web trailers frame (flag 0x80) of `status`, with its retry hint
 // and verdict.
 std::string GrpcWebTrailersFrame(const absl::Status& status);

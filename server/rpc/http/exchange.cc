@@ -10,4 +10,19 @@ std::optional<absl::string_view> FindHeader(const Headers& headers,
   return std::nullopt;
 }
 
+namespace {
+
+class Ignore final : public RequestObserver {
+ public:
+  void OnData(absl::string_view) override {}
+  void OnEnd() override {}
+  void OnCancel() override {}
+};
+
+}  // namespace
+
+std::unique_ptr<RequestObserver> IgnoreBody() {
+  return std::make_unique<Ignore>();
+}
+
 }  // namespace fleetd::server::rpc::http

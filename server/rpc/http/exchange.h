@@ -145,6 +145,9 @@ class RequestObserver {
   virtual bool ControlsRequestWindow() const { return false; }
 };
 
+// An observer for a body nobody needs (the response is decided already).
+std::unique_ptr<RequestObserver> IgnoreBody();
+
 // Called on the connection's strand once a request's headers are complete.
 // Returns the observer for its body (never null). The handler keeps the
 // Exchange as long as it needs to respond.

@@ -159,6 +159,13 @@ class SessionMemory {
       }
     }
   }
+  // Whether a frame buffer's pages are resident.
+  bool Touched() const {
+    for (const Block& block : paged_) {
+      if (block.touched) return true;
+    }
+    return false;
+  }
   // The frame buffers may hold data again (a frame is being packed).
   void MarkUsed() {
     for (Block& block : paged_) block.touched = true;
@@ -568,13 +575,13 @@ class Http2Session final : public ConnectionSession {
     }
   }
 
-  void ReleaseIdleMemory() override {
+  bool HoldsIdleMemory() const override {
     // The frame buffer holds nothing once mem_send has nothing to give.
-    if (session_ == nullptr || aborted_ || !streams_.empty() ||
-        nghttp2_session_want_write(session_) != 0) {
-      return;
-    }
-    memory_.ReleaseIdle();
+    return session_ != nullptr && !aborted_ && streams_.empty() &&
+           nghttp2_session_want_write(session_) == 0 && memory_.Touched();
+  }
+  void ReleaseIdleMemory() override {
+    if (HoldsIdleMemory()) memory_.ReleaseIdle();
   }
 
   // Flush after a posted operation: outside Feed, the driver must be told.

@@ -280,8 +280,6 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Bytes of a request arrived while no exchange was open (header timeout).
   bool header_pending_ = false;
   bool close_when_idle_ = false;
-  // The session gave back its idle memory since the last exchange ended.
-  bool idle_memory_released_ = false;
   bool close_after_flush_ = false;
   bool ping_outstanding_ = false;
 };
@@ -843,10 +841,9 @@ void Connection::UpdateTimer() {
       if (!session_->Idle()) {
         // An open exchange is not idle; the idle time starts when it ends.
         last_activity_ = Clock::now();
-        idle_memory_released_ = false;
         break;
       }
-      if (!idle_memory_released_) {
+      if (session_->HoldsIdleMemory()) {
         want = std::min(
             want, last_activity_ + ToChrono(options_.idle_memory_release));
       }
@@ -907,10 +904,8 @@ void Connection::OnTimer(uint64_t generation) {
         }
       }
       if (!session_->Idle()) break;
-      if (!idle_memory_released_ &&
-          now >= last_activity_ + ToChrono(options_.idle_memory_release)) {
+      if (now >= last_activity_ + ToChrono(options_.idle_memory_release)) {
         session_->ReleaseIdleMemory();
-        idle_memory_released_ = true;
       }
       if (header_pending_ &&
           now >= header_since_ + ToChrono(options_.header_timeout)) {

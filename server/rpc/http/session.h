@@ -86,11 +86,13 @@ class ConnectionSession {
   // is all the driver watches). False when the protocol has none (HTTP/1.1:
   // the driver relies on TCP keepalive there) or the session is ending.
   virtual bool Ping() { return false; }
-  // Gives back memory an idle session keeps only for its next frames (HTTP/2:
-  // the outbound frame buffer's pages). The driver calls it once the
-  // connection has been idle for a moment, not after every exchange: a busy
-  // connection would pay for dropping and faulting the pages in each time.
-  // Does nothing while anything is open or queued. Default: nothing.
+  // Memory an idle session keeps only for its next frames (HTTP/2: the
+  // outbound frame buffer's pages, once frames went through them). True only
+  // while ReleaseIdleMemory would give something back: nothing open or
+  // queued. The driver releases it once the connection has been idle for a
+  // moment, not after every exchange: a busy connection would pay for
+  // dropping and faulting the pages in each time. Default: none.
+  virtual bool HoldsIdleMemory() const { return false; }
   virtual void ReleaseIdleMemory() {}
   // Graceful shutdown: HTTP/2 GOAWAY (open streams finish); HTTP/1.1 closes
   // after the response in progress, or at once when there is none.
