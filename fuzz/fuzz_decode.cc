@@ -2,6 +2,10 @@
 // device batch passes through before a backend sees it, in-message
 // compression, checksum and limits included.
 //
+// Metrics requests are also read straight from their bytes
+// (DecodeMetricsWire, as the front door does) and compared with the message
+// path.
+//
 // Input: a selector byte naming the request type, then the request:
 //   m / l / e   SyncMetricsRequest / SyncLogsRequest / SyncEventsRequest in
 //               the binary wire format,
@@ -12,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "fleetd/v1/sync.pb.h"
@@ -84,6 +89,34 @@ void Run(bool text, absl::string_view bytes, DecodeFn decode) {
   }
 }
 
+// DecodeMetricsWire on `bytes` against parsing them into the message, then
+// DecodeMetrics: bytes the generated parser refuses are refused as the
+// batch's (INVALID_ARGUMENT); otherwise the two decide alike and decode the
+// same samples, except that the wire form refuses a sample with more label
+// entries on the wire than the limit (decode.h) before any other check of it.
+void CompareWire(absl::string_view bytes) {
+  fleetd::v1::SyncMetricsRequest request;
+  const bool parsed =
+      request.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()));
+  absl::StatusOr<server::DecodedBatch> wire =
+      server::DecodeMetricsWire(bytes, kDevice, Limits(), kNow);
+  if (!parsed) {
+    FUZZ_CHECK(absl::IsInvalidArgument(wire.status()));
+    return;
+  }
+  absl::StatusOr<server::DecodedBatch> message =
+      server::DecodeMetrics(request, kDevice, Limits(), kNow);
+  if (wire.status().code() != message.status().code()) {
+    FUZZ_CHECK(absl::IsInvalidArgument(wire.status()) &&
+               absl::StrContains(wire.status().message(), "label"));
+    return;
+  }
+  if (!wire.ok()) return;
+  FUZZ_CHECK(wire->metrics == message->metrics);
+  FUZZ_CHECK(wire->stream == message->stream);
+  FUZZ_CHECK(wire->sequence_number == message->sequence_number);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -94,6 +127,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   switch (kind | 0x20) {  // lower case
     case 'm':
       Run<fleetd::v1::SyncMetricsRequest>(text, bytes, server::DecodeMetrics);
+      if (!text) {
+        CompareWire(bytes);
+      } else {
+        fleetd::v1::SyncMetricsRequest request;
+        if (Parse(true, bytes, &request)) {
+          CompareWire(request.SerializePartialAsString());
+        }
+      }
       break;
     case 'l':
       Run<fleetd::v1::SyncLogsRequest>(text, bytes, server::DecodeLogs);

@@ -86,16 +86,16 @@ absl::Status CheckLabels(
   return absl::OkStatus();
 }
 
-// Undoes in-message compression: the decompressed bytes of `wire`, checked
-// against its declared size and the metadata's checksum, or nullopt when the
-// records travel uncompressed. `Batch` is MetricsBatch, LogsBatch or
-// EventsBatch; `wire_records` is how many records the wire batch carries
-// uncompressed.
-template <typename Batch>
+// Undoes in-message compression: the decompressed bytes of `compressed`
+// (the batch's compressed_data, in `compression`), checked against its
+// declared size and the metadata's checksum, or nullopt when the records
+// travel uncompressed (`compressed` empty). `wire_records` is how many records
+// the wire batch carries uncompressed.
 absl::StatusOr<std::optional<std::string>> Inflate(
-    const Batch& wire, const v1::SyncMetadata& metadata, int declared_size,
-    int wire_records, const DecodeLimits& limits) {
-  if (wire.compressed_data().empty()) {
+    absl::string_view compression, absl::string_view compressed,
+    const v1::SyncMetadata& metadata, int declared_size, int wire_records,
+    const DecodeLimits& limits) {
+  if (compressed.empty()) {
     if (!metadata.checksum().empty() &&
         metadata.checksum().size() != kSha256Size) {
       return absl::InvalidArgumentError("checksum must be a 32-byte SHA-256");
@@ -106,7 +106,7 @@ absl::StatusOr<std::optional<std::string>> Inflate(
     return absl::InvalidArgumentError(
         "batch has both records and compressed_data; send one or the other");
   }
-  ASSIGN_OR_RETURN(Compression codec, ParseCompression(wire.compression()));
+  ASSIGN_OR_RETURN(Compression codec, ParseCompression(compression));
   if (declared_size < 0) {
     return absl::InvalidArgumentError("original_size must not be negative");
   }
@@ -117,8 +117,7 @@ absl::StatusOr<std::optional<std::string>> Inflate(
   }
   size_t limit = declared_size > 0 ? static_cast<size_t>(declared_size)
                                    : limits.max_decompressed_bytes;
-  absl::StatusOr<std::string> raw =
-      Decompress(codec, wire.compressed_data(), limit);
+  absl::StatusOr<std::string> raw = Decompress(codec, compressed, limit);
   if (!raw.ok()) {
     if (absl::IsResourceExhausted(raw.status()) && declared_size > 0) {
       return absl::InvalidArgumentError(
@@ -136,6 +135,16 @@ absl::StatusOr<std::optional<std::string>> Inflate(
         "checksum does not match the uncompressed batch");
   }
   return *std::move(raw);
+}
+
+// Inflate for a generated batch message (MetricsBatch, LogsBatch or
+// EventsBatch).
+template <typename Batch>
+absl::StatusOr<std::optional<std::string>> Inflate(
+    const Batch& wire, const v1::SyncMetadata& metadata, int declared_size,
+    int wire_records, const DecodeLimits& limits) {
+  return Inflate(wire.compression(), wire.compressed_data(), metadata,
+                 declared_size, wire_records, limits);
 }
 
 // Inflate, then the generated parser (logs and events). Sets `*payload_bytes`
@@ -305,30 +314,30 @@ absl::Status CheckSeriesLabels(MetricSamples* samples, int i,
   return absl::OkStatus();
 }
 
-absl::StatusOr<DecodedBatch> DecodeMetricsContent(
-    const v1::SyncMetricsRequest& request, const DeviceIdentity& device,
-    const DecodeLimits& limits, absl::Time now) {
-  const v1::SyncMetadata& md = request.metadata();
-  RETURN_IF_ERROR(CheckMetadataIdentity(md, device));
-  ASSIGN_OR_RETURN(std::optional<std::string> raw,
-                   Inflate(request.batch(), md, request.batch().original_size(),
-                           request.batch().metrics_size(), limits));
-  MetricSamples samples;
-  if (raw.has_value()) {
-    // Straight from the decompressed bytes, no message objects (see
-    // metric_samples.h). A sample with far more label entries than allowed
-    // is refused while reading, before any work on its labels.
-    absl::StatusOr<MetricSamples> parsed =
-        MetricSamples::Parse(*std::move(raw), limits.max_labels);
-    if (!parsed.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("compressed_data is not a valid serialized batch: ",
-                       parsed.status().message()));
-    }
-    samples = *std::move(parsed);
-  } else {
-    samples = MetricSamples::FromProto(request.batch());
+// Reads decompressed metrics (MetricSamples::Parse), naming a failure as the
+// batch's.
+absl::StatusOr<MetricSamples> ParseSamples(std::string raw,
+                                           const DecodeLimits& limits) {
+  // Straight from the bytes, no message objects (see metric_samples.h). A
+  // sample with far more label entries than allowed is refused while
+  // reading, before any work on its labels.
+  absl::StatusOr<MetricSamples> parsed =
+      MetricSamples::Parse(std::move(raw), limits.max_labels);
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("compressed_data is not a valid serialized batch: ",
+                     parsed.status().message()));
   }
+  return parsed;
+}
+
+// The checks every metrics batch passes once its samples are read, and the
+// DecodedBatch they make.
+absl::StatusOr<DecodedBatch> FinishMetrics(const v1::SyncMetadata& md,
+                                           MetricSamples samples,
+                                           const DeviceIdentity& device,
+                                           const DecodeLimits& limits,
+                                           absl::Time now) {
   RETURN_IF_ERROR(CheckEnvelope(md, samples.size(), limits));
   const int64_t now_nanos = absl::ToUnixNanos(now);
   // Names and labels are checked at the first sample of each series (series
@@ -365,6 +374,60 @@ absl::StatusOr<DecodedBatch> DecodeMetricsContent(
   out.payload_bytes = samples.wire_bytes();
   out.metrics = std::move(samples);
   return out;
+}
+
+absl::StatusOr<DecodedBatch> DecodeMetricsContent(
+    const v1::SyncMetricsRequest& request, const DeviceIdentity& device,
+    const DecodeLimits& limits, absl::Time now) {
+  const v1::SyncMetadata& md = request.metadata();
+  RETURN_IF_ERROR(CheckMetadataIdentity(md, device));
+  ASSIGN_OR_RETURN(std::optional<std::string> raw,
+                   Inflate(request.batch(), md, request.batch().original_size(),
+                           request.batch().metrics_size(), limits));
+  MetricSamples samples;
+  if (raw.has_value()) {
+    ASSIGN_OR_RETURN(samples, ParseSamples(*std::move(raw), limits));
+  } else {
+    samples = MetricSamples::FromProto(request.batch());
+  }
+  return FinishMetrics(md, std::move(samples), device, limits, now);
+}
+
+absl::StatusOr<DecodedBatch> DecodeMetricsWireContent(
+    absl::string_view request, const DeviceIdentity& device,
+    const DecodeLimits& limits, absl::Time now) {
+  ASSIGN_OR_RETURN(MetricsRequestWire wire, MetricsRequestWire::Split(request));
+  // First whatever the generated parser would refuse, so that such bytes are
+  // refused as a request that does not parse, before the identity is looked
+  // at (as in the message path, where they never reach DecodeMetrics).
+  MetricSamples samples;
+  if (wire.compressed_size == 0) {
+    absl::StatusOr<MetricSamples> parsed =
+        MetricSamples::Parse(std::move(wire.batch), limits.max_labels);
+    if (!parsed.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "malformed SyncMetricsRequest: batch: ", parsed.status().message()));
+    }
+    samples = *std::move(parsed);
+  } else if (wire.records > 0) {
+    // Records beside compressed_data: refused below unless the identity
+    // is refused first; only whether the records parse is asked here (a
+    // hostile request, so the generated parser's cost does not matter).
+    v1::MetricsBatch records;
+    if (!records.ParseFromString(wire.batch)) {
+      return absl::InvalidArgumentError(
+          "malformed SyncMetricsRequest: batch is not a valid MetricsBatch");
+    }
+  }
+  const v1::SyncMetadata& md = wire.metadata;
+  RETURN_IF_ERROR(CheckMetadataIdentity(md, device));
+  ASSIGN_OR_RETURN(std::optional<std::string> raw,
+                   Inflate(wire.compression, wire.compressed_data(), md,
+                           wire.original_size, wire.records, limits));
+  if (raw.has_value()) {
+    ASSIGN_OR_RETURN(samples, ParseSamples(*std::move(raw), limits));
+  }
+  return FinishMetrics(md, std::move(samples), device, limits, now);
 }
 
 absl::StatusOr<DecodedBatch> DecodeLogsContent(
@@ -493,6 +556,16 @@ absl::StatusOr<DecodedBatch> DecodeMetrics(
     const DecodeLimits& limits, absl::Time now) {
   absl::StatusOr<DecodedBatch> b =
       DecodeMetricsContent(request, device, limits, now);
+  if (!b.ok()) return BatchVerdict(b.status());
+  return b;
+}
+
+absl::StatusOr<DecodedBatch> DecodeMetricsWire(absl::string_view request,
+                                               const DeviceIdentity& device,
+                                               const DecodeLimits& limits,
+                                               absl::Time now) {
+  absl::StatusOr<DecodedBatch> b =
+      DecodeMetricsWireContent(request, device, limits, now);
   if (!b.ok()) return BatchVerdict(b.status());
   return b;
 }

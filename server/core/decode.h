@@ -48,6 +48,20 @@ bool IsValidLabelName(absl::string_view name);
 absl::StatusOr<DecodedBatch> DecodeMetrics(
     const v1::SyncMetricsRequest& request, const DeviceIdentity& device,
     const DecodeLimits& limits, absl::Time now);
+// DecodeMetrics for a request as received: `request` is a serialized
+// fleetd.v1.SyncMetricsRequest. The samples are read straight from the bytes
+// (MetricsRequestWire, MetricSamples::Parse), compressed or not, so no
+// message object is made per sample. Same statuses, verdicts and batch as
+// parsing `request` into the message and calling DecodeMetrics, except that
+// the error messages differ for bytes that are not a SyncMetricsRequest (all
+// INVALID_ARGUMENT, the batch's rejection, as the front end answers a
+// request that does not parse), and that an uncompressed sample with more
+// than limits.max_labels label entries on the wire is refused even if
+// repeated keys would leave fewer (as for a compressed batch).
+absl::StatusOr<DecodedBatch> DecodeMetricsWire(absl::string_view request,
+                                               const DeviceIdentity& device,
+                                               const DecodeLimits& limits,
+                                               absl::Time now);
 absl::StatusOr<DecodedBatch> DecodeLogs(const v1::SyncLogsRequest& request,
                                         const DeviceIdentity& device,
                                         const DecodeLimits& limits,

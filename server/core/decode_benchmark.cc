@@ -8,7 +8,10 @@
 //                            traits (what a sync or callback service does
 //                            around the handler);
 //   BM_GrpcParseDecode       parse from the received ByteBuffer, then
-//                            DecodeMetrics: the front end's whole share;
+//                            DecodeMetrics: the legacy gRPC front end's
+//                            whole share;
+//   BM_DecodeMetricsWire     DecodeMetricsWire on the request's bytes: the
+//                            front door's whole share (binary codec);
 //   BM_ParseMetricSamples    MetricSamples::Parse alone on tier 1's
 //                            decompressed batch, label entries in one order
 //                            per series (as C++ protobuf writes a map) or in
@@ -133,6 +136,25 @@ void BM_GrpcParseDecode(benchmark::State& state) {
   SetRates(state, request, bench::ShapeOfTier(tier).samples);
 }
 BENCHMARK(BM_GrpcParseDecode)->ArgName("tier")->DenseRange(1, 3);
+
+// What the front door does with a SyncMetrics request in the binary codec:
+// DecodeMetricsWire on its bytes as received (no message objects), to set
+// beside BM_GrpcParseDecode (parse into the message, then DecodeMetrics).
+void BM_DecodeMetricsWire(benchmark::State& state) {
+  const int tier = static_cast<int>(state.range(0));
+  const v1::SyncMetricsRequest request = TierRequest(tier);
+  const std::string bytes = request.SerializeAsString();
+  const DeviceIdentity device = Device();
+  const DecodeLimits limits;
+  for (auto _ : state) {
+    absl::StatusOr<DecodedBatch> decoded =
+        DecodeMetricsWire(bytes, device, limits, Start());
+    if (!Ok(state, decoded.status())) break;
+    benchmark::DoNotOptimize(decoded);
+  }
+  SetRates(state, request, bench::ShapeOfTier(tier).samples);
+}
+BENCHMARK(BM_DecodeMetricsWire)->ArgName("tier")->DenseRange(1, 3);
 
 void AppendVarint(uint64_t v, std::string* out) {
   while (v >= 0x80) {

@@ -287,18 +287,171 @@ TEST(DecodeTest, CheckingOncePerSeriesDecidesAsCheckingEverySample) {
     auto plain = DecodeMetrics(r, kDevice, limits, kNow);
     auto compressed =
         DecodeMetrics(Compressed(r, Compression::kZstd), kDevice, limits, kNow);
+    // The same requests read from their bytes (DecodeMetricsWire), which
+    // shares series in both forms.
+    auto wire_plain =
+        DecodeMetricsWire(r.SerializeAsString(), kDevice, limits, kNow);
+    auto wire_compressed =
+        DecodeMetricsWire(Compressed(r, Compression::kZstd).SerializeAsString(),
+                          kDevice, limits, kNow);
     ASSERT_EQ(plain.status(), compressed.status()) << "round " << round;
+    ASSERT_EQ(plain.status(), wire_plain.status()) << "round " << round;
+    ASSERT_EQ(plain.status(), wire_compressed.status()) << "round " << round;
     if (!plain.ok()) {
       ++failed;
       continue;
     }
     ++ok;
     EXPECT_TRUE(plain->metrics == compressed->metrics) << "round " << round;
+    EXPECT_TRUE(plain->metrics == wire_plain->metrics) << "round " << round;
+    EXPECT_TRUE(plain->metrics == wire_compressed->metrics)
+        << "round " << round;
+    EXPECT_EQ(wire_plain->payload_bytes, plain->payload_bytes);
     shared += compressed->metrics.size() - compressed->metrics.series_count();
   }
   EXPECT_GT(ok, 300);
   EXPECT_GT(failed, 300);
   EXPECT_GT(shared, 1000);
+}
+
+// Protobuf wire helpers for requests the generated serializer does not
+// write: a field split in two, unknown fields, a group, wrong wire types.
+void PutVarint(uint64_t v, std::string* out) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>(v | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+void PutBytes(int field, absl::string_view bytes, std::string* out) {
+  PutVarint(static_cast<uint64_t>(field) << 3 | 2, out);
+  PutVarint(bytes.size(), out);
+  out->append(bytes.data(), bytes.size());
+}
+
+// What DecodeMetrics says of `bytes` after the generated parser, or the
+// front end's answer when they do not parse (the batch's rejection).
+absl::StatusOr<DecodedBatch> ViaMessage(const std::string& bytes) {
+  v1::SyncMetricsRequest parsed;
+  if (!parsed.ParseFromString(bytes)) {
+    return MarkBatchRejected(absl::InvalidArgumentError("does not parse"));
+  }
+  return DecodeMetrics(parsed, kDevice, {}, kNow);
+}
+
+void ExpectSameDecoding(const std::string& bytes, const std::string& what) {
+  absl::StatusOr<DecodedBatch> message = ViaMessage(bytes);
+  absl::StatusOr<DecodedBatch> wire =
+      DecodeMetricsWire(bytes, kDevice, {}, kNow);
+  ASSERT_EQ(message.status().code(), wire.status().code())
+      << what << ": " << message.status() << " / " << wire.status();
+  EXPECT_EQ(IsBatchRejected(message.status()), IsBatchRejected(wire.status()))
+      << what;
+  if (!message.ok()) return;
+  EXPECT_TRUE(message->metrics == wire->metrics) << what;
+  EXPECT_EQ(message->stream, wire->stream) << what;
+  EXPECT_EQ(message->sequence_number, wire->sequence_number) << what;
+  EXPECT_EQ(message->payload_bytes, wire->payload_bytes) << what;
+}
+
+TEST(DecodeTest, WireDecodingDecidesAsTheGeneratedParser) {
+  const v1::SyncMetricsRequest plain = Request(4);
+  const v1::SyncMetricsRequest zstd =
+      Compressed(Request(40), Compression::kZstd);
+  const v1::SyncMetricsRequest gzip =
+      Compressed(Request(40), Compression::kGzip);
+  ExpectSameDecoding(plain.SerializeAsString(), "plain");
+  ExpectSameDecoding(zstd.SerializeAsString(), "zstd");
+  ExpectSameDecoding(gzip.SerializeAsString(), "gzip");
+  ExpectSameDecoding("", "empty request");
+
+  // Metadata and batch each split in two: protobuf merges the pieces.
+  for (const v1::SyncMetricsRequest* r : {&plain, &zstd}) {
+    const std::string md = r->metadata().SerializeAsString();
+    const std::string batch = r->batch().SerializeAsString();
+    std::string split;
+    PutBytes(1, md.substr(0, md.size() / 2), &split);
+    PutBytes(2, batch.substr(0, batch.size() / 3), &split);
+    PutBytes(1, md.substr(md.size() / 2), &split);
+    PutBytes(2, batch.substr(batch.size() / 3), &split);
+    // A cut may fall inside a field: then neither side parses.
+    ExpectSameDecoding(split, "split at a third");
+    std::string whole_fields;
+    v1::SyncMetricsRequest head = *r;
+    head.mutable_batch()->clear_metrics();
+    v1::MetricsBatch tail;
+    *tail.mutable_metrics() = r->batch().metrics();
+    PutBytes(1, md, &whole_fields);
+    PutBytes(2, head.batch().SerializeAsString(), &whole_fields);
+    PutBytes(2, tail.SerializeAsString(), &whole_fields);
+    ExpectSameDecoding(whole_fields, "batch in two messages");
+  }
+
+  // Unknown fields of every wire type, a group, and known field numbers with
+  // the wrong wire type, in the request and in the batch.
+  std::string unknown;
+  PutVarint(9 << 3 | 0, &unknown);
+  PutVarint(300, &unknown);
+  PutVarint(10 << 3 | 1, &unknown);
+  unknown.append(8, 'x');
+  PutBytes(11, "opaque", &unknown);
+  PutVarint(12 << 3 | 3, &unknown);  // group 12 { field 1 = 5 }
+  PutVarint(1 << 3 | 0, &unknown);
+  PutVarint(5, &unknown);
+  PutVarint(12 << 3 | 4, &unknown);
+  PutVarint(13 << 3 | 5, &unknown);
+  unknown.append(4, 'y');
+  PutVarint(2 << 3 | 0, &unknown);  // field 2 as a varint: unknown
+  PutVarint(7, &unknown);
+  for (const v1::SyncMetricsRequest* r : {&plain, &gzip}) {
+    std::string batch = r->batch().SerializeAsString() + unknown;
+    std::string bytes = unknown;
+    PutBytes(1, r->metadata().SerializeAsString(), &bytes);
+    bytes += unknown;
+    PutBytes(2, batch, &bytes);
+    ExpectSameDecoding(bytes, "unknown fields");
+  }
+
+  // Malformed: truncated anywhere, a stray end of group, compression that is
+  // not UTF-8, compressed data with records beside it.
+  const std::string whole = zstd.SerializeAsString();
+  for (size_t cut :
+       {size_t{1}, size_t{3}, whole.size() / 2, whole.size() - 1}) {
+    ExpectSameDecoding(whole.substr(0, cut), absl::StrCat("cut at ", cut));
+  }
+  std::string stray;
+  PutVarint(7 << 3 | 4, &stray);
+  ExpectSameDecoding(stray, "end of group");
+  std::string bad_batch;
+  PutBytes(2, "\xff", &bad_batch);  // compression
+  std::string bad;
+  PutBytes(1, plain.metadata().SerializeAsString(), &bad);
+  PutBytes(2, bad_batch, &bad);
+  absl::StatusOr<DecodedBatch> not_utf8 =
+      DecodeMetricsWire(bad, kDevice, {}, kNow);
+  EXPECT_THAT(not_utf8, StatusIs(absl::StatusCode::kInvalidArgument,
+                                 HasSubstr("compression is not UTF-8")));
+  EXPECT_TRUE(IsBatchRejected(not_utf8.status()));
+  v1::SyncMetricsRequest both = zstd;
+  *both.mutable_batch()->add_metrics() = plain.batch().metrics(0);
+  ExpectSameDecoding(both.SerializeAsString(), "records and compressed_data");
+  v1::SyncMetricsRequest other = plain;
+  other.mutable_metadata()->set_device_id("dev-2");
+  ExpectSameDecoding(other.SerializeAsString(), "another device");
+  // Another device's request that does not parse (a record cut short, with
+  // and without compressed_data beside it) is refused as not parsing, as the
+  // front door refuses it before any identity check.
+  for (v1::SyncMetricsRequest* r : {&other, &both}) {
+    r->mutable_metadata()->set_device_id("dev-2");
+    std::string bytes;
+    PutBytes(1, r->metadata().SerializeAsString(), &bytes);
+    std::string batch = r->batch().SerializeAsString();
+    PutBytes(1, "\x0a\x05cpu", &batch);  // a metric whose name is cut
+    PutBytes(2, batch, &bytes);
+    ExpectSameDecoding(bytes, "another device, malformed");
+    EXPECT_TRUE(absl::IsInvalidArgument(
+        DecodeMetricsWire(bytes, kDevice, {}, kNow).status()));
+  }
 }
 
 TEST(DecodeTest, NameRules) {

@@ -16,6 +16,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "fleetd/v1/sync.pb.h"
 
@@ -97,6 +98,16 @@ class SyncHandler {
                                 Reply<v1::SyncMetricsResponse> done) {
     std::move(done)(SyncMetrics(context, request));
   }
+  // SyncMetricsAsync for a request as received in protobuf encoding (the
+  // binary codec of gRPC, gRPC-Web and Connect): `request` is a serialized
+  // SyncMetricsRequest, read only before the method returns. Lets the
+  // implementation read the samples without making message objects. By
+  // default: parse it, then SyncMetricsAsync; bytes that do not parse get
+  // INVALID_ARGUMENT marked as the batch's rejection, as a front end answers
+  // any batch request that does not parse.
+  virtual void SyncMetricsWireAsync(const CallContext& context,
+                                    absl::string_view request,
+                                    Reply<v1::SyncMetricsResponse> done);
   virtual void SyncLogsAsync(const CallContext& context,
                              const v1::SyncLogsRequest& request,
                              Reply<v1::SyncLogsResponse> done) {

@@ -458,6 +458,17 @@ void SyncCore::SyncMetricsAsync(const CallContext& context,
       std::move(done));
 }
 
+void SyncCore::SyncMetricsWireAsync(const CallContext& context,
+                                    absl::string_view request,
+                                    Reply<v1::SyncMetricsResponse> done) {
+  ApplyRpcAsync(
+      context, "SyncMetrics",
+      [&](const DeviceIdentity& id) {
+        return DecodeMetricsWire(request, id, options_.limits, clock_->Now());
+      },
+      std::move(done));
+}
+
 void SyncCore::SyncLogsAsync(const CallContext& context,
                              const v1::SyncLogsRequest& request,
                              Reply<v1::SyncLogsResponse> done) {

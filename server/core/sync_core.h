@@ -66,6 +66,10 @@ class SyncCore final : public SyncHandler {
   void SyncMetricsAsync(const CallContext& context,
                         const v1::SyncMetricsRequest& request,
                         Reply<v1::SyncMetricsResponse> done) override;
+  // Decodes with DecodeMetricsWire: no message objects per sample.
+  void SyncMetricsWireAsync(const CallContext& context,
+                            absl::string_view request,
+                            Reply<v1::SyncMetricsResponse> done) override;
   void SyncLogsAsync(const CallContext& context,
                      const v1::SyncLogsRequest& request,
                      Reply<v1::SyncLogsResponse> done) override;

@@ -327,6 +327,40 @@ TEST_F(SyncCoreTest, AsyncRefusalsAreAnsweredBeforeTheCallReturns) {
   EXPECT_TRUE(metrics_writer_.rows().empty());
 }
 
+// The request as received (the front door's binary codec): decoded from its
+// bytes, recorded and written as the message form is, a retry of it answered
+// as a duplicate, and bytes that are no request refused as the batch's
+// rejection before anything is written.
+TEST_F(SyncCoreTest, WireRequestsAreAppliedAsMessagesAre) {
+  Answers answers;
+  const std::string bytes = Metrics(23, 3).SerializeAsString();
+  core_.SyncMetricsWireAsync(Context(key_), bytes, answers.Slot());
+  ASSERT_TRUE(WaitFor([&] { return answers.count() == 1; }));
+  ASSERT_THAT(answers.got()[0], IsOk());
+  EXPECT_EQ(answers.got()[0]->last_sequence_ack(), 23);
+  EXPECT_FALSE(answers.got()[0]->duplicate());
+  EXPECT_EQ(metrics_writer_.rows().size(), 3u);
+  EXPECT_EQ(ledger_.applied_count(), 1u);
+
+  core_.SyncMetricsAsync(Context(key_), Metrics(23, 3), answers.Slot());
+  ASSERT_TRUE(WaitFor([&] { return answers.count() == 2; }));
+  ASSERT_THAT(answers.got()[1], IsOk());
+  EXPECT_TRUE(answers.got()[1]->duplicate()) << "the same batch, once";
+  EXPECT_EQ(metrics_writer_.rows().size(), 3u);
+
+  core_.SyncMetricsWireAsync(Context(key_), bytes.substr(0, bytes.size() - 1),
+                             answers.Slot());
+  ASSERT_EQ(answers.count(), 3u);
+  EXPECT_THAT(answers.got()[2], StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_TRUE(IsBatchRejected(answers.got()[2].status()));
+  core_.SyncMetricsWireAsync(Context("fleetd_not-a-key"), bytes,
+                             answers.Slot());
+  ASSERT_EQ(answers.count(), 4u);
+  EXPECT_THAT(answers.got()[3], StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_EQ(metrics_writer_.rows().size(), 3u);
+  EXPECT_EQ(ledger_.applied_count(), 1u);
+}
+
 TEST_F(SyncCoreTest, AsyncRetryOfABatchUnderWayJoinsItAndIsWrittenOnce) {
   metrics_writer_.set_open(false);
   Answers answers;

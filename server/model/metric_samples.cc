@@ -874,4 +874,95 @@ bool operator==(const MetricSamples& a, const MetricSamples& b) {
   return true;
 }
 
+absl::StatusOr<MetricsRequestWire> MetricsRequestWire::Split(
+    absl::string_view request) {
+  auto malformed = [](absl::string_view what) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("malformed SyncMetricsRequest: ", what));
+  };
+  if (request.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
+    return malformed("over 2 GiB");
+  }
+  MetricsRequestWire out;
+  const auto* base = reinterpret_cast<const uint8_t*>(request.data());
+  Reader in(base, base + request.size());
+  // The batch's pieces (usually one), each read as a message of its own (as
+  // the generated parser does), then appended.
+  std::vector<absl::string_view> pieces;
+  while (!in.AtEnd()) {
+    uint32_t tag;
+    if (!in.Tag(&tag)) return malformed("invalid tag");
+    const int type = static_cast<int>(tag & 7);
+    if (type == kEndGroup) return malformed("unexpected end of group");
+    const uint32_t field = tag >> 3;
+    if ((field == 1 || field == 2) && type == kLengthDelimited) {
+      uint32_t len;
+      Reader sub(nullptr, nullptr);
+      if (!in.Length(&len) || !in.Sub(len, &sub)) {
+        return malformed(field == 1 ? "truncated metadata" : "truncated batch");
+      }
+      const char* data = reinterpret_cast<const char*>(sub.position());
+      if (field == 2) {
+        pieces.emplace_back(data, len);
+      } else if (!out.metadata.MergeFromString(std::string(data, len))) {
+        return malformed("metadata is not a valid SyncMetadata");
+      }
+    } else if (!SkipField(in, tag, kRecursionLimit)) {
+      return malformed("truncated or invalid field");
+    }
+  }
+
+  size_t piece_offset = 0;
+  for (absl::string_view piece : pieces) {
+    const auto* p = reinterpret_cast<const uint8_t*>(piece.data());
+    Reader b(p, p + piece.size());
+    while (!b.AtEnd()) {
+      uint32_t tag;
+      if (!b.Tag(&tag)) return malformed("invalid tag in batch");
+      const int type = static_cast<int>(tag & 7);
+      if (type == kEndGroup) {
+        return malformed("unexpected end of group in batch");
+      }
+      const uint32_t field = tag >> 3;
+      if (field >= 1 && field <= 3 && type == kLengthDelimited) {
+        uint32_t len;
+        Reader sub(nullptr, nullptr);
+        if (!b.Length(&len) || !b.Sub(len, &sub)) {
+          return malformed("truncated field in batch");
+        }
+        const absl::string_view value(
+            reinterpret_cast<const char*>(sub.position()), len);
+        if (field == 1) {
+          ++out.records;
+        } else if (field == 2) {
+          if (!IsValidUtf8(value)) {
+            return malformed("compression is not UTF-8");
+          }
+          out.compression.assign(value.data(), value.size());
+        } else {
+          out.compressed_offset =
+              piece_offset + static_cast<size_t>(sub.position() - p);
+          out.compressed_size = len;
+        }
+      } else if (field == 4 && type == kVarint) {
+        uint64_t v;
+        if (!b.Varint(&v)) return malformed("truncated original_size");
+        out.original_size = static_cast<int32_t>(static_cast<uint32_t>(v));
+      } else if (!SkipField(b, tag, kRecursionLimit - 1)) {
+        return malformed("truncated or invalid field in batch");
+      }
+    }
+    piece_offset += piece.size();
+  }
+  if (pieces.size() == 1) {
+    out.batch.assign(pieces[0].data(), pieces[0].size());
+  } else {
+    out.batch.reserve(piece_offset);
+    for (absl::string_view piece : pieces) {
+      out.batch.append(piece.data(), piece.size());
+    }
+  }
+  return out;
+}
+
 }  // namespace fleetd::server

@@ -36,6 +36,43 @@ struct LabelView {
   absl::string_view value;
 };
 
+// A serialized fleetd.v1.SyncMetricsRequest taken apart the way the generated
+// parser reads it, without reading the samples: the metadata's bytes, and the
+// batch's bytes and its scalar fields. For decoding a request straight from
+// what was received (server/core/decode.h DecodeMetricsWire), so an
+// uncompressed batch's samples are read by MetricSamples::Parse instead of
+// becoming message objects.
+struct MetricsRequestWire {
+  // Field 1, every occurrence parsed in wire order (merged) by the generated
+  // parser.
+  v1::SyncMetadata metadata;
+  // Field 2: every occurrence's bytes in wire order, concatenated, each
+  // checked to be a whole message on its own (its fields complete), so the
+  // concatenation reads as the generated parser merges them.
+  std::string batch;
+  // Of the batch, the last occurrence of each scalar field (as the generated
+  // parser keeps): compression (2), compressed_data (3, as its place in
+  // `batch`) and original_size (4); and how many metrics entries (field 1)
+  // it carries on the wire.
+  std::string compression;
+  size_t compressed_offset = 0;
+  size_t compressed_size = 0;
+  int32_t original_size = 0;
+  int records = 0;
+
+  // Empty when there is none (also once `batch` has been moved from).
+  absl::string_view compressed_data() const {
+    if (compressed_size == 0) return {};
+    return absl::string_view(batch).substr(compressed_offset, compressed_size);
+  }
+
+  // Accepts what the generated parser accepts for these fields (unknown
+  // fields and groups skipped, wire-type mismatches treated as unknown,
+  // compression must be UTF-8); anything else is InvalidArgument. The
+  // batch's metrics entries are not looked into (MetricSamples::Parse does).
+  static absl::StatusOr<MetricsRequestWire> Split(absl::string_view request);
+};
+
 class MetricSamples {
  public:
   MetricSamples() = default;

@@ -37,16 +37,12 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "common/status/retryable.h"
-#include "nlohmann/json.hpp"
 #include "server/writers/backends.h"
+#include "server/writers/clickhouse_rows.h"
 #include "server/writers/http_pool.h"
 
 namespace fleetd::server {
 namespace {
-
-constexpr absl::string_view kEventsTable = "events";
-constexpr absl::string_view kMetricsTable = "metrics";
-constexpr absl::string_view kLogsTable = "logs";
 
 // Columns shared by every table: the row's identity and time.
 constexpr absl::string_view kKeyColumns =
@@ -64,14 +60,14 @@ struct TableSpec {
 };
 
 constexpr TableSpec kTables[] = {
-    {kEventsTable,
+    {kClickHouseEventsTable,
      "name String, event_id String, properties_keys Array(String), "
      "properties_values Array(String), values_keys Array(String), "
      "values_values Array(Float64)"},
-    {kMetricsTable,
+    {kClickHouseMetricsTable,
      "name String, value Float64, labels_keys Array(String), "
      "labels_values Array(String)"},
-    {kLogsTable,
+    {kClickHouseLogsTable,
      "level String, source String, message String, fields_keys Array(String), "
      "fields_values Array(String)"},
 };
@@ -101,101 +97,6 @@ std::string UrlEncode(absl::string_view s) {
     }
   }
   return out;
-}
-
-// Parallel key/value arrays of a protobuf map, sorted by key (map iteration
-// order is unspecified; sorting keeps a retried row identical).
-template <typename Map>
-void AddMap(const Map& map, const char* keys_column, const char* values_column,
-            nlohmann::json* row) {
-  std::vector<std::pair<std::string, typename Map::mapped_type>> sorted(
-      map.begin(), map.end());
-  std::sort(sorted.begin(), sorted.end(),
-            [](const auto& a, const auto& b) { return a.first < b.first; });
-  nlohmann::json keys = nlohmann::json::array();
-  nlohmann::json values = nlohmann::json::array();
-  for (auto& [k, v] : sorted) {
-    keys.push_back(std::move(k));
-    values.push_back(std::move(v));
-  }
-  (*row)[keys_column] = std::move(keys);
-  (*row)[values_column] = std::move(values);
-}
-
-absl::StatusOr<nlohmann::json> KeyColumns(
-    const DecodedBatch& b, int idx, const google::protobuf::Timestamp& t) {
-  if (t.seconds() < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("record ", idx, " of batch ", b.sequence_number,
-                     ": ClickHouse cannot store a timestamp before 1970"));
-  }
-  nlohmann::json row = nlohmann::json::object();
-  row["org_id"] = b.device.org_id;
-  row["device_id"] = b.device.device_id;
-  row["stream"] = b.stream;
-  row["sequence_number"] = b.sequence_number;
-  row["idx"] = idx;
-  row["timestamp_ms"] =
-      static_cast<uint64_t>(t.seconds()) * 1000 + t.nanos() / 1'000'000;
-  return row;
-}
-
-// One JSONEachRow body per table. Throws nlohmann::json exceptions on strings
-// that are not UTF-8.
-absl::StatusOr<std::map<absl::string_view, std::string>> BuildBodies(
-    absl::Span<const DecodedBatch* const> batches) {
-  std::map<absl::string_view, std::string> bodies;
-  for (const DecodedBatch* b : batches) {
-    switch (b->kind) {
-      case DataKind::kEvents:
-        for (int i = 0; i < b->events.events_size(); ++i) {
-          const v1::Event& e = b->events.events(i);
-          absl::StatusOr<nlohmann::json> row = KeyColumns(*b, i, e.timestamp());
-          if (!row.ok()) return row.status();
-          (*row)["name"] = e.name();
-          (*row)["event_id"] = e.event_id();
-          AddMap(e.properties(), "properties_keys", "properties_values", &*row);
-          AddMap(e.values(), "values_keys", "values_values", &*row);
-          absl::StrAppend(&bodies[kEventsTable], row->dump(), "\n");
-        }
-        break;
-      case DataKind::kMetrics:
-        for (int i = 0; i < b->metrics.size(); ++i) {
-          const MetricSamples& m = b->metrics;
-          google::protobuf::Timestamp ts;
-          ts.set_seconds(m.timestamp_seconds(i));
-          ts.set_nanos(m.timestamp_nanos(i));
-          absl::StatusOr<nlohmann::json> row = KeyColumns(*b, i, ts);
-          if (!row.ok()) return row.status();
-          (*row)["name"] = std::string(m.name(i));
-          (*row)["value"] = m.value(i);
-          // Labels come sorted by name (metric_samples.h), as AddMap sorts.
-          nlohmann::json keys = nlohmann::json::array();
-          nlohmann::json values = nlohmann::json::array();
-          for (int j = 0; j < m.label_count(i); ++j) {
-            keys.push_back(std::string(m.label(i, j).name));
-            values.push_back(std::string(m.label(i, j).value));
-          }
-          (*row)["labels_keys"] = std::move(keys);
-          (*row)["labels_values"] = std::move(values);
-          absl::StrAppend(&bodies[kMetricsTable], row->dump(), "\n");
-        }
-        break;
-      case DataKind::kLogs:
-        for (int i = 0; i < b->logs.logs_size(); ++i) {
-          const v1::LogEntry& l = b->logs.logs(i);
-          absl::StatusOr<nlohmann::json> row = KeyColumns(*b, i, l.timestamp());
-          if (!row.ok()) return row.status();
-          (*row)["level"] = l.level();
-          (*row)["source"] = l.source();
-          (*row)["message"] = l.message();
-          AddMap(l.fields(), "fields_keys", "fields_values", &*row);
-          absl::StrAppend(&bodies[kLogsTable], row->dump(), "\n");
-        }
-        break;
-    }
-  }
-  return bodies;
 }
 
 // The exception code at the start of a ClickHouse error body ("Code: 27,
@@ -241,16 +142,12 @@ class ClickHouseWriter final : public Writer {
   // order). If a later insert fails after an earlier one succeeded, the retry
   // inserts the earlier rows again and they collapse with the first copy.
   absl::Status Write(absl::Span<const DecodedBatch* const> batches) override {
-    absl::StatusOr<std::map<absl::string_view, std::string>> bodies;
-    try {
-      bodies = BuildBodies(batches);
-    } catch (const std::exception& e) {
-      // Invalid UTF-8 in a string; decoding should have refused it already.
-      return absl::InvalidArgumentError(
-          absl::StrCat("cannot encode rows for ClickHouse: ", e.what()));
-    }
+    absl::StatusOr<std::map<absl::string_view, std::string>> bodies =
+        EncodeClickHouseRows(batches);
     if (!bodies.ok()) return bodies.status();
-    for (absl::string_view table : {kEventsTable, kMetricsTable, kLogsTable}) {
+    for (absl::string_view table :
+         {kClickHouseEventsTable, kClickHouseMetricsTable,
+          kClickHouseLogsTable}) {
       auto it = bodies->find(table);
       if (it == bodies->end()) continue;
       const std::string query = absl::StrCat("INSERT INTO `", database_, "`.`",

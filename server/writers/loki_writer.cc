@@ -1,219 +1,18 @@
-// Logs → Loki through its push API (snappy-compressed protobuf, or JSON).
-//
-// Stream labels are device_id, org_id (both from the batch identity, i.e. the
-// API key), level and source. An empty source is left out rather than replaced
-// by a made-up value: in Loki (as in Prometheus) a label with an empty value is
-// the same as no label, so `{source=""}` still selects those entries, and a
-// placeholder such as "unknown" could collide with a real source of that name.
-// Entry fields become structured metadata (Loki >= 2.9 with
-// allow_structured_metadata; older Loki ignores the protobuf field and rejects
-// the third JSON element, so entries without fields never send it).
-//
-// Idempotency: the body is a pure function of the batches. Streams are ordered
-// by their label text, entries of a stream are sorted by timestamp (stable, so
-// equal timestamps keep their order in the flush), and structured metadata is
-// sorted by name (protobuf map iteration order is unspecified). A retried batch
-// therefore yields entries identical in labels, timestamp, line and metadata,
-// which Loki drops as duplicates. Sorting also keeps Loki versions before 2.4
-// (no unordered_writes) from rejecting a push whose entries are out of order.
+// Logs → Loki through its push API; the body is made by EncodeLokiPush
+// (loki_push.h), which says what it holds.
 #include <algorithm>
-#include <cstdint>
-#include <map>
 #include <string>
 #include <utility>
-#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
-#include "loki/push.pb.h"
-#include "nlohmann/json.hpp"
 #include "server/writers/backends.h"
 #include "server/writers/http_pool.h"
-#include "snappy.h"
+#include "server/writers/loki_push.h"
 
 namespace fleetd::server {
 namespace {
-
-// Loki keeps timestamps as int64 nanoseconds since the epoch (years
-// 1677..2262); anything outside cannot be pushed.
-constexpr int64_t kMinLokiSeconds = -9'223'372'035;
-constexpr int64_t kMaxLokiSeconds = 9'223'372'035;
-
-// Appends `value` as a double-quoted Go string literal, the syntax Loki's label
-// parser (PromQL's lexer plus strconv-style unquoting) reads back exactly:
-// backslash and double quote are escaped, ASCII control characters use Go's
-// escapes (\n, \t, ... or \xNN), everything else, including multi-byte UTF-8,
-// is copied as is. A raw newline would end the string, so it must never
-// appear unescaped.
-void AppendQuoted(absl::string_view value, std::string* out) {
-  out->push_back('"');
-  for (const char c : value) {
-    switch (c) {
-      case '\\':
-        out->append("\\\\");
-        break;
-      case '"':
-        out->append("\\\"");
-        break;
-      case '\n':
-        out->append("\\n");
-        break;
-      case '\r':
-        out->append("\\r");
-        break;
-      case '\t':
-        out->append("\\t");
-        break;
-      case '\a':
-        out->append("\\a");
-        break;
-      case '\b':
-        out->append("\\b");
-        break;
-      case '\f':
-        out->append("\\f");
-        break;
-      case '\v':
-        out->append("\\v");
-        break;
-      default: {
-        const unsigned char u = static_cast<unsigned char>(c);
-        if (u < 0x20 || u == 0x7f) {
-          absl::StrAppendFormat(out, "\\x%02x", u);
-        } else {
-          out->push_back(c);
-        }
-      }
-    }
-  }
-  out->push_back('"');
-}
-
-using Labels = std::vector<std::pair<std::string, std::string>>;
-
-// `{a="x", b="y"}` from labels sorted by name; empty values are left out.
-std::string LabelText(const Labels& labels) {
-  std::string out = "{";
-  for (const auto& [name, value] : labels) {
-    if (value.empty()) continue;
-    if (out.size() > 1) out.append(", ");
-    out.append(name);
-    out.push_back('=');
-    AppendQuoted(value, &out);
-  }
-  out.push_back('}');
-  return out;
-}
-
-struct Entry {
-  int64_t seconds = 0;
-  int32_t nanos = 0;
-  const std::string* line = nullptr;
-  Labels metadata;  // Sorted by name.
-};
-
-struct Stream {
-  Labels labels;  // Non-empty values only, sorted by name.
-  std::vector<Entry> entries;
-};
-
-// Keyed by the label text, so streams come out in a deterministic order.
-using Streams = std::map<std::string, Stream>;
-
-absl::StatusOr<Streams> GroupByStream(
-    absl::Span<const DecodedBatch* const> batches) {
-  Streams streams;
-  for (const DecodedBatch* b : batches) {
-    if (b->kind != DataKind::kLogs) continue;
-    for (const v1::LogEntry& e : b->logs.logs()) {
-      // Sorted by name; decoding already refused device_id/org_id that
-      // disagree with the key and removed them from the fields.
-      Labels labels = {{"device_id", b->device.device_id},
-                       {"level", e.level()},
-                       {"org_id", b->device.org_id},
-                       {"source", e.source()}};
-      labels.erase(
-          std::remove_if(labels.begin(), labels.end(),
-                         [](const auto& l) { return l.second.empty(); }),
-          labels.end());
-      std::string key = LabelText(labels);
-      Stream& stream = streams[key];
-      if (stream.labels.empty()) stream.labels = std::move(labels);
-
-      Entry entry;
-      entry.seconds = e.timestamp().seconds();
-      entry.nanos = e.timestamp().nanos();
-      if (entry.seconds < kMinLokiSeconds || entry.seconds > kMaxLokiSeconds) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("log timestamp ", entry.seconds,
-                         "s is outside the range Loki can store"));
-      }
-      entry.line = &e.message();
-      entry.metadata.assign(e.fields().begin(), e.fields().end());
-      std::sort(entry.metadata.begin(), entry.metadata.end());
-      stream.entries.push_back(std::move(entry));
-    }
-  }
-  for (auto& [key, stream] : streams) {
-    std::stable_sort(stream.entries.begin(), stream.entries.end(),
-                     [](const Entry& a, const Entry& b) {
-                       return std::make_pair(a.seconds, a.nanos) <
-                              std::make_pair(b.seconds, b.nanos);
-                     });
-  }
-  return streams;
-}
-
-std::string ProtobufBody(const Streams& streams) {
-  logproto::PushRequest request;
-  for (const auto& [key, stream] : streams) {
-    logproto::StreamAdapter* s = request.add_streams();
-    s->set_labels(key);
-    for (const Entry& e : stream.entries) {
-      logproto::EntryAdapter* entry = s->add_entries();
-      entry->mutable_timestamp()->set_seconds(e.seconds);
-      entry->mutable_timestamp()->set_nanos(e.nanos);
-      entry->set_line(*e.line);
-      for (const auto& [name, value] : e.metadata) {
-        logproto::LabelPairAdapter* kv = entry->add_structuredmetadata();
-        kv->set_name(name);
-        kv->set_value(value);
-      }
-    }
-  }
-  std::string raw;
-  request.SerializeToString(&raw);
-  std::string compressed;
-  snappy::Compress(raw.data(), raw.size(), &compressed);
-  return compressed;
-}
-
-// Throws nlohmann::json exceptions on strings that are not UTF-8.
-std::string JsonBody(const Streams& streams) {
-  nlohmann::json out_streams = nlohmann::json::array();
-  for (const auto& [key, stream] : streams) {
-    nlohmann::json labels = nlohmann::json::object();
-    for (const auto& [name, value] : stream.labels) labels[name] = value;
-    nlohmann::json values = nlohmann::json::array();
-    for (const Entry& e : stream.entries) {
-      // Unix nanoseconds as a decimal string; the range was checked above.
-      nlohmann::json value = nlohmann::json::array(
-          {std::to_string(e.seconds * 1'000'000'000 + e.nanos), *e.line});
-      if (!e.metadata.empty()) {
-        nlohmann::json metadata = nlohmann::json::object();
-        for (const auto& [name, v] : e.metadata) metadata[name] = v;
-        value.push_back(std::move(metadata));
-      }
-      values.push_back(std::move(value));
-    }
-    out_streams.push_back(
-        {{"stream", std::move(labels)}, {"values", std::move(values)}});
-  }
-  nlohmann::json body = {{"streams", std::move(out_streams)}};
-  return body.dump();
-}
 
 class LokiWriter final : public Writer {
  public:
@@ -227,26 +26,17 @@ class LokiWriter final : public Writer {
 
   // One push for the whole flush, entries grouped by stream.
   absl::Status Write(absl::Span<const DecodedBatch* const> batches) override {
-    absl::StatusOr<Streams> streams = GroupByStream(batches);
-    if (!streams.ok()) return streams.status();
+    const LokiFormat format = json_ ? LokiFormat::kJson : LokiFormat::kProtobuf;
+    absl::StatusOr<std::string> body = EncodeLokiPush(batches, format);
+    if (!body.ok()) return body.status();
     // Loki answers 422 to a push without streams.
-    if (streams->empty()) return absl::OkStatus();
+    if (body->empty()) return absl::OkStatus();
     HttpRequest request;
     request.method = "POST";
     request.url = absl::StrCat(base_, "/loki/api/v1/push");
-    if (json_) {
-      try {
-        request.body = JsonBody(*streams);
-      } catch (const std::exception& e) {
-        // Invalid UTF-8; protobuf decoding should have refused it already.
-        return absl::InvalidArgumentError(
-            absl::StrCat("cannot encode logs: ", e.what()));
-      }
-      request.headers.emplace_back("Content-Type", "application/json");
-    } else {
-      request.body = ProtobufBody(*streams);
-      request.headers.emplace_back("Content-Type", "application/x-protobuf");
-    }
+    request.body = *std::move(body);
+    request.headers.emplace_back("Content-Type",
+                                 std::string(LokiContentType(format)));
     if (!tenant_id_.empty()) {
       request.headers.emplace_back("X-Scope-OrgID", tenant_id_);
     }

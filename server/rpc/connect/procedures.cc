@@ -53,6 +53,20 @@ std::map<std::string, AsyncInvoker> AsyncInvokers() {
   };
 }
 
+WireInvoker MakeWireInvoker() {
+  return [](SyncHandler* handler, const CallContext& context,
+            absl::string_view request, MessageReply reply) {
+    handler->SyncMetricsWireAsync(
+        context, request,
+        [reply = std::move(reply)](
+            absl::StatusOr<v1::SyncMetricsResponse> response) mutable {
+          if (!response.ok()) return std::move(reply)(response.status());
+          std::move(reply)(std::unique_ptr<Message>(
+              new v1::SyncMetricsResponse(*std::move(response))));
+        });
+  };
+}
+
 std::map<std::string, Invoker> Invokers() {
   return {
       {"SyncMetrics", MakeInvoker(&SyncHandler::SyncMetrics)},
@@ -90,6 +104,9 @@ absl::StatusOr<ProcedureTable> SyncServiceProcedures(
     auto async_invoker = async_invokers.find(method->name());
     if (async_invoker != async_invokers.end()) {
       procedure.invoke_async = async_invoker->second;
+    }
+    if (procedure.name == "SyncMetrics") {
+      procedure.invoke_wire = MakeWireInvoker();
     }
     if (!procedure.bidi && !procedure.invoke) {
       LOG(WARNING) << front_end << ": no handler method for "
@@ -155,6 +172,10 @@ void InvokeProcedureAsync(const Procedure& procedure, SyncHandler* handler,
                           absl::string_view bytes, MessageReply reply) {
   if (!procedure.invoke_async) {
     std::move(reply)(InvokeProcedure(procedure, handler, call, codec, bytes));
+    return;
+  }
+  if (procedure.invoke_wire && codec == connect::Codec::kProto) {
+    procedure.invoke_wire(handler, call, bytes, std::move(reply));
     return;
   }
   absl::StatusOr<std::unique_ptr<Message>> request =

@@ -45,6 +45,11 @@ using AsyncInvoker =
     std::function<void(SyncHandler*, const CallContext&,
                        const google::protobuf::Message&, MessageReply)>;
 
+// Calls a batch method of a SyncHandler without waiting, with its request as
+// received in protobuf encoding (SyncHandler::SyncMetricsWireAsync).
+using WireInvoker = std::function<void(SyncHandler*, const CallContext&,
+                                       absl::string_view, MessageReply)>;
+
 // One procedure of fleetd.v1.SyncService, as read from its descriptor.
 struct Procedure {
   std::string name;  // "SyncMetrics"
@@ -55,6 +60,9 @@ struct Procedure {
   Invoker invoke;  // unary only; null if the handler has no such method
   // The batch methods: their asynchronous form; null for the others.
   AsyncInvoker invoke_async;
+  // SyncMetrics: the asynchronous form that reads the request's bytes itself
+  // (binary codec only); null for the others.
+  WireInvoker invoke_wire;
 };
 
 // Procedures by path, "/fleetd.v1.SyncService/<Method>".
@@ -94,6 +102,8 @@ absl::StatusOr<std::unique_ptr<google::protobuf::Message>> InvokeProcedure(
 // for backends: `reply` gets the answer exactly once, before this returns
 // (refused, invalid, not a batch method, or the handler answered at once) or
 // later on another thread, where it must be quick and must not block.
+// SyncMetrics in the binary codec goes to the handler as bytes
+// (invoke_wire), which then answers a request that does not parse.
 void InvokeProcedureAsync(const Procedure& procedure, SyncHandler* handler,
                           const CallContext& call, connect::Codec codec,
                           absl::string_view bytes, MessageReply reply);
