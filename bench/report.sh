@@ -93,6 +93,14 @@ ingest_sections() {
   fi
   echo "Server throughput, best of all runs / ceiling: **$(r '.ceiling_ratio * 100 | round') %**."
   echo
+  echo "What is left ([profile](profile.md)): per sample, the server does work the device-shaped"
+  echo "vmagent run is spared by its input, before it does what vmagent does (encode remote write,"
+  echo "snappy, send): the wire's SHA-256 checksum over every uncompressed batch, zstd or gzip"
+  echo "in-message compression, and a label map on every sample where remote write sends each series'"
+  echo "labels once; plus HTTP/2 framing per device batch (the gRPC run) and the ledger's check and"
+  echo "record per batch. \`build/bin/decode_benchmark --benchmark_filter=DecodeMetricsWire\` measures"
+  echo "the decoding share per tier alone."
+  echo
 
   echo "## Throughput and latency by fleet size (open loop, $(r .transport))"
   echo

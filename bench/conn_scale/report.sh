@@ -59,9 +59,10 @@ conn_scale_section() {
   echo
   echo "Why the thread count stays flat: the front door runs every connection on a fixed pool of"
   echo "Asio I/O threads (one per CPU) and every handler call on a fixed pool of workers started"
-  echo "with the server (\`door-*\`; the older gRPC front end, still started beside it, has its own"
-  echo "\`grpc-*\` pool); a connection costs its socket, its TLS state and its HTTP/2 session, no"
-  echo "thread, so memory, not threads, grows with connections (per connection: the table)."
+  echo "with the server (\`door-*\`); a connection costs its socket, its TLS state and its HTTP/2"
+  echo "session, no thread, so memory, not threads, grows with connections (per connection: the"
+  echo "table; what it is made of: [server/rpc/README.md](../../server/rpc/README.md), *Memory per"
+  echo "connection*)."
   echo "\`BENCH_CONN_PROTOCOLS=connect-h1\` runs the same fleet over HTTP/1.1 keep-alive instead."
   echo "*Server threads* and *RSS* are read from \`/proc/<pid>/status\` (Threads, VmRSS, VmHWM)"
   echo "every second of the run; *with a handful* is the same reading after the first devices' calls,"
