@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <memory>
+#include <optional>
+#include <utility>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
@@ -64,8 +66,61 @@ absl::StatusOr<std::string> GzipCompress(absl::string_view input, int level) {
   return out;
 }
 
+// The common case in one step: a single gzip member whose trailer's ISIZE
+// (its length mod 2^32) fits the limit, inflated straight into a result of
+// that size by a decoder the thread keeps (inflateReset keeps its window).
+// Anything else (several members, an ISIZE that does not match, corrupt or
+// truncated data) returns nullopt and is left to the streaming path, which
+// enforces the limit and says what is wrong.
+std::optional<std::string> GzipDecompressSingleMember(absl::string_view input,
+                                                      size_t max_output) {
+  // Header (10) and trailer (8) at least.
+  if (input.size() < 18 || input.size() > (1u << 30)) return std::nullopt;
+  const auto* tail =
+      reinterpret_cast<const unsigned char*>(input.data() + input.size() - 4);
+  const size_t isize =
+      static_cast<size_t>(tail[0]) | static_cast<size_t>(tail[1]) << 8 |
+      static_cast<size_t>(tail[2]) << 16 | static_cast<size_t>(tail[3]) << 24;
+  // Deflate expands at most 1032:1, so a larger ISIZE is a lie: not worth
+  // allocating for (a tiny request must not buy a large zeroed buffer).
+  if (isize == 0 || isize > max_output || isize > (1u << 30) ||
+      isize / 1032 > input.size()) {
+    return std::nullopt;
+  }
+  struct Inflater {
+    z_stream zs{};
+    bool ready = false;
+    ~Inflater() {
+      if (ready) inflateEnd(&zs);
+    }
+  };
+  thread_local Inflater inflater;
+  if (!inflater.ready) {
+    if (inflateInit2(&inflater.zs, 15 + 16) != Z_OK) return std::nullopt;
+    inflater.ready = true;
+  } else if (inflateReset(&inflater.zs) != Z_OK) {
+    return std::nullopt;
+  }
+  z_stream& zs = inflater.zs;
+  std::string out;
+  out.resize(isize);
+  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(input.data()));
+  zs.avail_in = static_cast<uInt>(input.size());
+  zs.next_out = reinterpret_cast<Bytef*>(out.data());
+  zs.avail_out = static_cast<uInt>(out.size());
+  const int rc = inflate(&zs, Z_FINISH);
+  if (rc != Z_STREAM_END || zs.avail_in != 0 || zs.avail_out != 0) {
+    return std::nullopt;
+  }
+  return out;
+}
+
 absl::StatusOr<std::string> GzipDecompress(absl::string_view input,
                                            size_t max_output) {
+  if (std::optional<std::string> out =
+          GzipDecompressSingleMember(input, max_output)) {
+    return *std::move(out);
+  }
   z_stream zs{};
   if (inflateInit2(&zs, 15 + 16) != Z_OK)
     return absl::InternalError("inflateInit2 failed");

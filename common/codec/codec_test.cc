@@ -241,6 +241,35 @@ TEST(CodecTest, ConcatenatedGzipMembersAreOneStream) {
               IsOkAndHolds("hello world"));
 }
 
+// A single member decodes in one step into a result of its trailer's size
+// (ISIZE); a trailer that lies, either way, changes nothing but the path: the
+// data decodes or is refused as the streaming decoder decides.
+TEST(CodecTest, GzipTrailerSizeIsOnlyAHint) {
+  const std::string input = TextLike(50000, 3);
+  auto packed = Compress(Compression::kGzip, input);
+  ASSERT_THAT(packed, IsOk());
+  EXPECT_THAT(Decompress(Compression::kGzip, *packed, input.size()),
+              IsOkAndHolds(input));
+  EXPECT_THAT(Decompress(Compression::kGzip, *packed, input.size() - 1),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  for (uint32_t lie : {uint32_t{100}, uint32_t{60000}, uint32_t{1} << 30}) {
+    std::string lying = *packed;
+    for (int i = 0; i < 4; ++i) {
+      lying[lying.size() - 4 + i] = static_cast<char>(lie >> (8 * i));
+    }
+    // zlib checks ISIZE after the data: a wrong one is corrupt data.
+    EXPECT_THAT(
+        Decompress(Compression::kGzip, lying, kMiB),
+        StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("length check")))
+        << lie;
+  }
+  // Two members: the trailer names the last one only.
+  auto second = Compress(Compression::kGzip, "tail");
+  ASSERT_THAT(second, IsOk());
+  EXPECT_THAT(Decompress(Compression::kGzip, *packed + *second, kMiB),
+              IsOkAndHolds(input + "tail"));
+}
+
 TEST(CodecZstdInteropTest, StreamingFrameWithoutContentSizeIsAccepted) {
   // decode.cc passes the declared original_size as the limit, so the exact
   // size must be enough, however small, whatever window the encoder chose.

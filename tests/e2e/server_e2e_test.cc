@@ -16,11 +16,11 @@
 #include "common/testing/wait.h"
 #include "fleetd/v1/sync.grpc.pb.h"
 #include "gmock/gmock.h"
-#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "server/app/server_app.h"
+#include "server/rpc/testing/grpc_health_client.h"
 #include "server/store/pg_pool.h"
 #include "server/store/pg_store.h"
 #include "tests/e2e/backend_stack.h"
@@ -443,43 +443,14 @@ TEST_F(ServerE2eTest, ReportedSetAsideCountsLandInPostgres) {
               HasSubstr("fleetd_device_set_aside_batches_reported_total"));
 }
 
-// grpc.health.v1.Health/Check by grpc++'s generic stub on `port`: the
-// status and the response bytes.
+// grpc.health.v1.Health/Check on `port` (plaintext): the status and the
+// response bytes.
 std::pair<grpc::Status, std::string> HealthCheck(int port,
                                                  const std::string& service) {
-  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port),
-                                     grpc::InsecureChannelCredentials());
-  grpc::GenericStub generic(channel);
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::seconds(30));
-  grpc::CompletionQueue cq;
-  // HealthCheckRequest{service}.
-  std::string message =
-      std::string("\x0a", 1) + static_cast<char>(service.size()) + service;
-  grpc::Slice slice(message);
-  grpc::ByteBuffer request(&slice, 1);
-  std::unique_ptr<grpc::GenericClientAsyncResponseReader> call =
-      generic.PrepareUnaryCall(&context, "/grpc.health.v1.Health/Check",
-                               request, &cq);
-  call->StartCall();
-  grpc::ByteBuffer reply;
-  grpc::Status status;
-  call->Finish(&reply, &status, reinterpret_cast<void*>(1));
-  void* tag = nullptr;
-  bool ok = false;
-  EXPECT_TRUE(cq.Next(&tag, &ok));
-  std::string bytes;
-  std::vector<grpc::Slice> slices;
-  if (status.ok() && reply.Dump(&slices).ok()) {
-    for (const grpc::Slice& s : slices) {
-      bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-    }
-  }
-  cq.Shutdown();
-  while (cq.Next(&tag, &ok)) {
-  }
-  return {status, bytes};
+  return server::testing::GrpcHealthCheck(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port),
+                          grpc::InsecureChannelCredentials()),
+      service);
 }
 
 // The front door serves both configured addresses: gRPC (health checks and

@@ -30,11 +30,11 @@
 #include "common/testing/wait.h"
 #include "fleetd/v1/sync.grpc.pb.h"
 #include "gmock/gmock.h"
-#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "server/rpc/net/net.h"
 #include "server/rpc/testing/fake_sync_handler.h"
+#include "server/rpc/testing/grpc_health_client.h"
 #include "server/rpc/testing/test_tls.h"
 #include "tests/faults/fault_proxy.h"
 
@@ -486,35 +486,10 @@ TEST_F(GrpcFrontEndTest, StreamSyncMessageErrorEndsCallAndStillFinishes) {
 
 TEST_F(GrpcFrontEndTest, HealthServiceReportsServing) {
   StartInsecure();
-  grpc::GenericStub generic(channel_);
-  grpc::ClientContext context;
-  context.set_deadline(In(absl::Seconds(30)));
-  grpc::CompletionQueue cq;
-  // HealthCheckRequest{service: ""}, with the field written out.
-  grpc::Slice request_bytes(std::string("\x0a\x00", 2));
-  grpc::ByteBuffer request(&request_bytes, 1);
-  std::unique_ptr<grpc::GenericClientAsyncResponseReader> call =
-      generic.PrepareUnaryCall(&context, "/grpc.health.v1.Health/Check",
-                               request, &cq);
-  call->StartCall();
-  grpc::ByteBuffer reply;
-  grpc::Status status;
-  call->Finish(&reply, &status, reinterpret_cast<void*>(1));
-  void* tag = nullptr;
-  bool ok = false;
-  ASSERT_TRUE(cq.Next(&tag, &ok));
+  auto [status, bytes] = server::testing::GrpcHealthCheck(channel_, "");
   ASSERT_TRUE(status.ok()) << status.error_code() << " "
                            << status.error_message();
-  std::vector<grpc::Slice> slices;
-  ASSERT_TRUE(reply.Dump(&slices).ok());
-  std::string bytes;
-  for (const grpc::Slice& s : slices) {
-    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  }
   EXPECT_EQ(bytes, std::string("\x08\x01", 2));  // status: SERVING
-  cq.Shutdown();
-  while (cq.Next(&tag, &ok)) {
-  }
 }
 
 TEST_F(GrpcFrontEndTest, TlsServesCallsAndStreamsWithClientAddressAsPeer) {
